@@ -1,0 +1,154 @@
+"""The running agent: config -> scheduler -> probers -> store -> /metrics, with reload and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import signal
+import time
+
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from agents import __version__
+from agents.config import AgentConfig, ConfigError, load_config
+from agents.exposition import FamiliesCollector, ResultCollector, result_families
+from agents.httpserver import HttpError, HttpServer, Request, Response, require_method
+from agents.probes.base import ProbeTarget
+from agents.probes.resources import ProbeResources
+from agents.runner import run_probe
+from agents.scheduler import Scheduler
+from agents.selfmetrics import AgentMetrics
+from agents.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, config_path: str, listen: tuple[str, int] | None = None) -> None:
+        self.config = config
+        self._config_path = config_path
+        self._listen_override = listen
+        disable_created_metrics()  # *_created series double the counters' cost for no use here
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.metrics = AgentMetrics(self.registry)
+        self.store = ResultStore()
+        self.registry.register(ResultCollector(self.store))
+        self.resources = ProbeResources()
+        self._scheduler: Scheduler | None = None
+        self._server: HttpServer | None = None
+        self._stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self.address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        self._scheduler = Scheduler(
+            self.config.agent.id, self.store, self.metrics, self.resources, self.config.max_concurrent_probes
+        )
+        self._server = HttpServer(
+            {
+                "/metrics": self._handle_metrics,
+                "/probe": self._handle_probe,
+                "/": self._handle_index,
+                "/-/healthy": self._handle_healthy,
+            }
+        )
+        host, port = self._listen_override or (self.config.listen_host, self.config.listen_port)
+        self.address = await self._server.start(host, port)
+        self.metrics.apply_config(self.config)
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(time.time())
+        await self._scheduler.apply(self.config.targets)
+        log.info(
+            "agent %s (%s) listening on %s:%d with %d targets",
+            self.config.agent.id, self.config.agent.name or self.config.agent.agency, *self.address, len(self.config.targets),
+        )
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        log.info("agent stopping")
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+        if self._server is not None:
+            await self._server.close()
+        self.resources.close()
+
+    async def reload(self) -> bool:
+        """Re-read the config file; keep running the old one if the new one is invalid."""
+        async with self._reload_lock:
+            try:
+                new_config = load_config(self._config_path)
+            except ConfigError as exc:
+                log.error("config reload failed, keeping the previous config: %s", exc)
+                self.metrics.reload_ok.set(0)
+                return False
+            self.config = new_config
+            assert self._scheduler is not None
+            await self._scheduler.apply(new_config.targets, new_config.max_concurrent_probes)
+            self.metrics.apply_config(new_config)
+            self.metrics.reload_ok.set(1)
+            self.metrics.reload_time.set(time.time())
+            log.info("config reloaded: %d targets", len(new_config.targets))
+            return True
+
+    async def _handle_metrics(self, request: Request) -> Response:
+        require_method(request, "GET")
+        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+    async def _handle_probe(self, request: Request) -> Response:
+        """blackbox_exporter's /probe: `target` is an address, `module` a configured module."""
+        require_method(request, "GET")
+        address, module_name = request.arg("target"), request.arg("module")
+        if not address:
+            raise HttpError(400, "target parameter is missing")
+        if not module_name:
+            raise HttpError(400, "module parameter is missing")
+        module = self.config.modules.get(module_name)
+        if module is None:
+            raise HttpError(400, f"unknown module {module_name!r}")
+        result = await run_probe(ProbeTarget(address, address), module, self.resources)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(FamiliesCollector(result_families(result)))
+        return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    async def _handle_healthy(self, request: Request) -> Response:
+        return Response.text(200, "Healthy\n")
+
+    async def _handle_index(self, request: Request) -> Response:
+        require_method(request, "GET")
+        return Response(200, render_index(self).encode(), "text/html; charset=utf-8")
+
+
+def render_index(agent: Agent) -> str:
+    rows = []
+    for state in sorted(agent.store.states(), key=lambda s: s.target.name):
+        latest = state.latest
+        status = "—" if latest is None else ("OK" if latest.success else f"FAIL ({latest.failure.value if latest.failure else '?'})")
+        detail = "" if latest is None else latest.detail
+        rows.append(
+            f"<tr><td>{html.escape(state.target.name)}</td><td>{html.escape(state.target.module.name)}</td>"
+            f"<td>{html.escape(state.target.address)}</td><td>{html.escape(status)}</td>"
+            f"<td>{(latest.duration_seconds if latest else 0):.3f}s</td><td>{html.escape(detail)}</td></tr>"
+        )
+    identity = agent.config.agent
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>netmon agent</title></head><body>"
+        f"<h1>netmon-agent {html.escape(identity.id)}</h1><p>{html.escape(identity.name or identity.agency)} — "
+        f"version {__version__}</p><p><a href='/metrics'>/metrics</a></p>"
+        "<table border='1' cellpadding='4'><tr><th>target</th><th>module</th><th>address</th><th>status</th>"
+        f"<th>duration</th><th>detail</th></tr>{''.join(rows)}</table></body></html>"
+    )

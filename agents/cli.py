@@ -1,0 +1,146 @@
+"""netmon-agent: run the agent, check a config, or run every probe once from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Sequence
+
+from agents import __version__
+from agents.config import AgentConfig, ConfigError, load_config
+from agents.logs import setup_logging
+from agents.probes.base import ProbeResult
+
+EXIT_OK, EXIT_PROBE_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netmon-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"netmon-agent {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="probe on schedule and serve /metrics until SIGTERM")
+    run.add_argument("--config", required=True, help="agent YAML config file")
+    run.add_argument("--listen", type=_listen, help="HOST:PORT, overrides the config's listen")
+    check = commands.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
+    check.add_argument("config")
+    probe = commands.add_parser("probe", help="run probes once and print the results")
+    probe.add_argument("--config", required=True)
+    probe.add_argument("--once", action="store_true", required=True, help="run each target's probe once")
+    probe.add_argument("--target", action="append", help="only this target (repeatable)")
+    probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    config_path = args.config
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(f"{config_path}: OK ({len(config.modules)} modules, {len(config.targets)} targets)")
+        return EXIT_OK
+    if args.command == "probe":
+        return asyncio.run(_probe_once(config, args.target, args.json))
+    return _run(config, config_path, args.listen)
+
+
+def _run(config: AgentConfig, config_path: str, listen: tuple[str, int] | None) -> int:
+    from agents.app import Agent  # the server stack is only needed by `run`
+
+    async def main_loop() -> None:
+        await Agent(config, config_path, listen).run_until_stopped()
+
+    try:
+        asyncio.run(main_loop())
+    except OSError as exc:
+        print(f"netmon-agent: {exc}", file=sys.stderr)
+        return 1
+    return EXIT_OK
+
+
+async def _probe_once(config: AgentConfig, names: list[str] | None, as_json: bool) -> int:
+    from agents.probes.resources import ProbeResources
+    from agents.runner import run_target
+
+    targets = list(config.targets)
+    if names:
+        unknown = sorted(set(names) - {t.name for t in targets})
+        if unknown:
+            print(f"unknown or disabled target(s): {', '.join(unknown)}", file=sys.stderr)
+            return EXIT_CONFIG
+        targets = [t for t in targets if t.name in names]
+    resources = ProbeResources()
+    limit = asyncio.Semaphore(config.max_concurrent_probes)
+
+    async def one(target):
+        async with limit:
+            return await run_target(target, resources)
+
+    try:
+        results = await asyncio.gather(*(one(t) for t in targets))
+    finally:
+        resources.close()
+    pairs = list(zip(targets, results))
+    print(json.dumps(_as_json(pairs), ensure_ascii=False, indent=2) if as_json else _as_table(pairs))
+    return EXIT_OK if all(r.success for r in results) else EXIT_PROBE_FAILED
+
+
+def _sample_json(sample) -> dict:
+    entry = {"name": sample.metric.name, "labels": dict(sample.labels), "value": sample.value}
+    if sample.metric.kind == "histogram":
+        entry["observations"] = list(sample.observations)
+    return entry
+
+
+def _as_json(pairs: list[tuple[object, ProbeResult]]) -> dict:
+    return {
+        "results": [
+            {
+                "target": target.name,
+                "module": target.module.name,
+                "address": target.address,
+                "success": result.success,
+                "duration_seconds": round(result.duration_seconds, 6),
+                "failure": result.failure.value if result.failure else None,
+                "detail": result.detail,
+                "samples": [_sample_json(s) for s in result.samples],
+            }
+            for target, result in pairs
+        ]
+    }
+
+
+def _as_table(pairs: list[tuple[object, ProbeResult]]) -> str:
+    header = ("TARGET", "MODULE", "ADDRESS", "RESULT", "TIME", "DETAIL")
+    rows = [header] + [
+        (
+            t.name,
+            t.module.name,
+            t.address,
+            "ok" if r.success else f"FAIL {r.failure.value if r.failure else ''}",
+            f"{r.duration_seconds * 1000:.1f}ms",
+            r.detail,
+        )
+        for t, r in pairs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

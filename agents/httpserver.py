@@ -1,0 +1,198 @@
+"""A small asyncio HTTP/1.1 server: the one server library of the agent and the collector.
+
+Enough of HTTP/1.1 for Prometheus scrapes, remote_write pushes and a status page: keep-alive,
+Content-Length bodies with a size cap, gzip responses, timeouts on every read, and a 4xx with a
+reason for anything malformed. (aiohttp would cost more memory than the whole agent budget.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qs, unquote, urlsplit
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_LINE = 8192
+MAX_HEADERS = 100
+HEADER_TIMEOUT = 10.0
+IDLE_TIMEOUT = 60.0
+GZIP_MIN_BYTES = 1024
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    body: bytes
+    peer: str
+    tls_peer_cert: dict | None = None
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def text(cls, status: int, text: str, **headers: str) -> "Response":
+        return cls(status, text.encode("utf-8"), headers=dict(headers))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class HttpServer:
+    def __init__(self, routes: dict[str, Handler], max_body_bytes: int = 1 << 20, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._routes = routes
+        self._max_body = max_body_bytes
+        self._ssl = ssl_context
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self._ssl, limit=MAX_REQUEST_LINE)
+        sockname = self._server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        peer_text = f"{peer[0]}:{peer[1]}" if peer else "?"
+        try:
+            keep_alive = True
+            first = True
+            while keep_alive:
+                try:
+                    request = await self._read_request(reader, peer_text, IDLE_TIMEOUT if not first else HEADER_TIMEOUT)
+                except HttpError as exc:
+                    await self._write(writer, Response.text(exc.status, exc.reason + "\n"), close=True)
+                    return
+                if request is None:
+                    return
+                request.tls_peer_cert = writer.get_extra_info("peercert")
+                first = False
+                keep_alive = request.headers.get("connection", "").lower() != "close"
+                response = await self._dispatch(request)
+                await self._write(writer, response, close=not keep_alive, gzip_ok="gzip" in request.headers.get("accept-encoding", ""))
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader, peer: str, timeout: float) -> Request | None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        except ValueError:  # the stream's limit: a line longer than MAX_REQUEST_LINE
+            raise HttpError(414, "request line too long") from None
+        if not line:
+            return None
+        parts = line.decode("latin-1").rstrip("\r\n").split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise HttpError(400, "malformed request line")
+        method, target, _ = parts
+        headers = await asyncio.wait_for(self._read_headers(reader), HEADER_TIMEOUT)
+        body = await self._read_body(reader, headers)
+        split = urlsplit(target)
+        return Request(method, unquote(split.path), parse_qs(split.query), headers, body, peer)
+
+    async def _read_headers(self, reader: asyncio.StreamReader) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADERS + 1):
+            try:
+                line = await reader.readline()
+            except ValueError:
+                raise HttpError(431, "header line too long") from None
+            if line in (b"\r\n", b"\n"):
+                return headers
+            if not line:
+                raise asyncio.IncompleteReadError(b"", None)
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep or not name or name != name.strip():
+                raise HttpError(400, "malformed header line")
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+        raise HttpError(431, "too many headers")
+
+    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise HttpError(411, "chunked request bodies are not supported; send Content-Length")
+        length_text = headers.get("content-length")
+        if length_text is None:
+            return b""
+        if not length_text.isdigit():
+            raise HttpError(400, "invalid Content-Length")
+        length = int(length_text)
+        if length > self._max_body:
+            raise HttpError(413, f"request body of {length} bytes exceeds the limit of {self._max_body} bytes")
+        return await asyncio.wait_for(reader.readexactly(length), HEADER_TIMEOUT)
+
+    async def _dispatch(self, request: Request) -> Response:
+        handler = self._routes.get(request.path)
+        if handler is None:
+            return Response.text(404, f"no such path {request.path}; see / for what is served\n")
+        try:
+            return await handler(request)
+        except HttpError as exc:
+            return Response.text(exc.status, exc.reason + "\n")
+        except Exception:  # noqa: BLE001 - one bad request must not take the server down
+            log.exception("handler for %s failed", request.path)
+            return Response.text(500, "internal error; see the server log\n")
+
+    async def _write(self, writer: asyncio.StreamWriter, response: Response, close: bool, gzip_ok: bool = False) -> None:
+        body = response.body
+        headers = {"Content-Type": response.content_type, **response.headers}
+        if gzip_ok and len(body) >= GZIP_MIN_BYTES:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        headers["Content-Length"] = str(len(body))
+        if close:
+            headers["Connection"] = "close"
+        try:
+            phrase = HTTPStatus(response.status).phrase
+        except ValueError:
+            phrase = "Status"
+        head = f"HTTP/1.1 {response.status} {phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        writer.write(head.encode("latin-1") + body)
+        await writer.drain()
+
+
+def require_method(request: Request, *methods: str) -> None:
+    if request.method not in methods:
+        raise HttpError(405, f"method {request.method} not allowed; use {' or '.join(methods)}")

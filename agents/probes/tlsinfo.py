@@ -1,0 +1,169 @@
+"""TLS settings, client contexts and certificate metrics shared by every prober that speaks TLS.
+
+Certificates are reported even when verification fails: the caller handshakes with verification,
+and on a verification error handshakes again without it just to read the chain (`fetch_chain`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import ssl
+from typing import Any, Literal
+
+import msgspec
+
+from agents.config.types import FilePath
+from agents.probes.base import Failure, Metric, Sample
+
+TlsVersionName = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+_MIN_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+_VERSION_ORDER = {"TLSv1": 10, "TLSv1.1": 11, "TLSv1.2": 12, "TLSv1.3": 13}
+
+TLS_VERSION_INFO = Metric("probe_tls_version_info", "Returns the TLS version used or NaN when unknown")
+TLS_CIPHER_INFO = Metric("probe_tls_cipher_info", "Returns the TLS cipher negotiated during handshake")
+EARLIEST_EXPIRY = Metric("probe_ssl_earliest_cert_expiry", "Returns last SSL chain expiry in unixtime")
+LAST_CHAIN_EXPIRY = Metric(
+    "probe_ssl_last_chain_expiry_timestamp_seconds", "Returns last SSL chain expiry in timestamp"
+)
+LEAF_EXPIRY = Metric(
+    "probe_ssl_leaf_cert_expiry_timestamp_seconds", "Expiry time of the server's own (leaf) certificate in unixtime"
+)
+CHAIN_INFO = Metric("probe_ssl_last_chain_info", "Contains SSL leaf certificate information")
+CERT_VERIFIED = Metric(
+    "probe_tls_certificate_verified", "1 if the certificate chain verified against the trusted CAs and name, else 0"
+)
+
+
+class TlsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+    min_version: TlsVersionName | None = None
+
+
+def client_context(settings: TlsSettings, verify: bool = True) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=settings.ca_file or None)
+    if settings.cert_file:
+        context.load_cert_chain(settings.cert_file, settings.key_file or None)
+    if settings.min_version:
+        context.minimum_version = _MIN_VERSIONS[settings.min_version]
+    else:
+        context.minimum_version = ssl.TLSVersion.TLSv1  # measure what servers offer; min_version enforces
+        try:
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        except ssl.SSLError:
+            pass
+    if not verify or settings.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def peer_chain_der(ssl_object: Any) -> list[bytes]:
+    """The chain as the server sent it (leaf first); leaf only where the private API is missing."""
+    inner = getattr(ssl_object, "_sslobj", None)
+    getter = getattr(inner, "get_unverified_chain", None) if inner is not None else None
+    if getter is not None:
+        try:
+            return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in getter() or []]  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - fall back to the leaf below
+            pass
+    leaf = ssl_object.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+def version_ok(ssl_object: Any, minimum: str | None) -> bool:
+    if not minimum:
+        return True
+    return _VERSION_ORDER.get(ssl_object.version() or "", 0) >= int(minimum[3:])
+
+
+def session_samples(ssl_object: Any, verified: bool) -> list[Sample]:
+    """Version, cipher and certificate metrics of one TLS session."""
+    samples = [CERT_VERIFIED(1 if verified else 0)]
+    version = ssl_object.version()
+    if version:
+        samples.append(TLS_VERSION_INFO(1, version=version.replace("TLSv", "TLS ")))
+    cipher = ssl_object.cipher()
+    if cipher:
+        samples.append(TLS_CIPHER_INFO(1, cipher=cipher[0]))
+    samples += certificate_samples(peer_chain_der(ssl_object))
+    return samples
+
+
+def certificate_samples(chain_der: list[bytes]) -> list[Sample]:
+    if not chain_der:
+        return []
+    from cryptography import x509  # imported only when a TLS probe runs (memory of ICMP-only agents)
+
+    certs = []
+    for der in chain_der:
+        try:
+            certs.append(x509.load_der_x509_certificate(der))
+        except ValueError:
+            continue
+    if not certs:
+        return []
+    expiries = [_not_after(cert) for cert in certs]
+    leaf = certs[0]
+    return [
+        EARLIEST_EXPIRY(min(expiries)),
+        LAST_CHAIN_EXPIRY(min(expiries)),
+        LEAF_EXPIRY(expiries[0]),
+        CHAIN_INFO(
+            1,
+            fingerprint_sha256=hashlib.sha256(chain_der[0]).hexdigest(),
+            subject=leaf.subject.rfc4514_string(),
+            issuer=leaf.issuer.rfc4514_string(),
+            subjectalternative=_sans(leaf),
+            serialnumber=format(leaf.serial_number, "x"),
+        ),
+    ]
+
+
+def _not_after(cert: Any) -> float:
+    value = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=dt.timezone.utc)
+    return value.timestamp()
+
+
+def _sans(cert: Any) -> str:
+    from cryptography import x509
+
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ""
+    names = [str(n) for n in ext.get_values_for_type(x509.DNSName)]
+    names += [str(ip) for ip in ext.get_values_for_type(x509.IPAddress)]
+    return ",".join(names)
+
+
+def classify_tls_error(exc: BaseException) -> Failure:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure.TLS_VERIFY
+    return Failure.TLS_HANDSHAKE
+
+
+async def fetch_chain(host: str, port: int, server_name: str | None, settings: TlsSettings, timeout: float) -> list[Sample]:
+    """Handshake again without verification only to read the certificates for the metrics."""
+    context = client_context(settings, verify=False)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context, server_hostname=server_name or None), timeout
+        )
+    except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        return []
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        return certificate_samples(peer_chain_der(ssl_object)) if ssl_object else []
+    finally:
+        writer.transport.abort()
