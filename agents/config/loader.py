@@ -77,10 +77,10 @@ class _Context:
         try:
             return msgspec.convert(data, type_, dec_hook=decode_hook)
         except msgspec.ValidationError as exc:
-            message, _, where = str(exc).rpartition(" - at `")
-            if not where:
-                message = str(exc)
-            sub_path = _parse_msgspec_path(where.rstrip("`")) if where else ()
+            message, separator, where = str(exc).rpartition(" - at `")
+            if not separator:
+                message, where = str(exc), ""
+            sub_path = _parse_msgspec_path(where.rstrip("`"))
             missing = re.match(r"Object missing required field `(\w+)`", message)
             if missing:
                 message = f"missing required key '{missing.group(1)}'"
@@ -88,8 +88,7 @@ class _Context:
             if unknown:
                 sub_path += (unknown.group(1),)
                 message = "unknown key (check spelling and indentation)"
-            return_path = path + sub_path
-            raise self.error(return_path, message) from None
+            raise self.error(path + sub_path, message) from None
 
 
 def _parse_msgspec_path(text: str) -> Path:
