@@ -48,12 +48,12 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return error.code, error.read().decode("utf-8")
 
 
-def metric_value(text: str, name: str, **labels: str) -> float | None:
+def metric_value(text: str, metric: str, /, **labels: str) -> float | None:
     for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
+        if line.startswith("#") or not line.startswith(metric):
             continue
         series, _, value = line.rpartition(" ")
-        if series.split("{")[0] != name:
+        if series.split("{")[0] != metric:
             continue
         if all(f'{k}="{v}"' in series for k, v in labels.items()):
             return float(value)
