@@ -1,0 +1,67 @@
+"""Results become Prometheus series: counters and histograms accumulate across runs; labels are merged."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from agents.config import parse_config
+from agents.exposition import FamiliesCollector, ResultCollector, result_families
+from agents.probes.base import Metric, ProbeResult
+from agents.store import ResultStore
+
+SENT = Metric("probe_test_packets_sent_total", "Packets sent", "counter")
+RTT = Metric("probe_test_rtt_seconds", "RTT", "histogram", buckets=(0.01, 0.1))
+LOSS = Metric("probe_test_loss_ratio", "Loss")
+
+CONFIG = parse_config(
+    """\
+agent: {id: a, agency: b, labels: {district: cai-be}}
+modules: {tcp: {prober: tcp}}
+targets:
+  - {name: t1, address: "127.0.0.1:1", module: tcp, labels: {site: "Ủy ban"}}
+""",
+    "x.yml",
+)
+
+
+def exposed(store: ResultStore) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ResultCollector(store))
+    return registry
+
+
+def run(sent: int, rtts: list[float], loss: float) -> ProbeResult:
+    return ProbeResult(True, samples=[SENT(sent), RTT.observe(rtts), LOSS(loss)])
+
+
+def test_counters_and_histograms_accumulate_while_gauges_take_the_latest():
+    store = ResultStore()
+    target = CONFIG.targets[0]
+    store.record(target, run(5, [0.005, 0.05], 0.2))
+    store.record(target, run(5, [0.5], 0.0))
+    registry = exposed(store)
+    labels = {"target": "t1", "module": "tcp", "district": "cai-be", "site": "Ủy ban"}
+    assert registry.get_sample_value("probe_test_packets_sent_total", labels) == 10
+    assert registry.get_sample_value("probe_test_loss_ratio", labels) == 0.0
+    assert registry.get_sample_value("probe_test_rtt_seconds_bucket", {**labels, "le": "0.01"}) == 1
+    assert registry.get_sample_value("probe_test_rtt_seconds_bucket", {**labels, "le": "0.1"}) == 2
+    assert registry.get_sample_value("probe_test_rtt_seconds_bucket", {**labels, "le": "+Inf"}) == 3
+    assert registry.get_sample_value("probe_test_rtt_seconds_count", labels) == 3
+    assert abs(registry.get_sample_value("probe_test_rtt_seconds_sum", labels) - 0.555) < 1e-9
+
+
+def test_text_exposition_is_utf8_with_one_type_line_per_family():
+    store = ResultStore()
+    store.record(CONFIG.targets[0], run(5, [0.005], 0.0))
+    text = generate_latest(exposed(store)).decode("utf-8")
+    assert 'site="Ủy ban"' in text
+    assert text.count("# TYPE probe_test_packets_sent counter") == 1
+    assert text.count("# TYPE probe_test_rtt_seconds histogram") == 1
+
+
+def test_single_result_has_no_target_labels():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FamiliesCollector(result_families(run(5, [0.005], 0.4))))
+    assert registry.get_sample_value("probe_test_loss_ratio", {}) == 0.4
+    assert registry.get_sample_value("probe_test_packets_sent_total", {}) == 5
+    assert registry.get_sample_value("probe_test_rtt_seconds_count", {}) == 1
