@@ -1,0 +1,94 @@
+"""The shared asyncio HTTP server: answers real clients, rejects malformed input with a 4xx and a reason."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agents.httpserver import HttpServer, Request, Response, require_method
+
+
+async def echo(request: Request) -> Response:
+    require_method(request, "GET", "POST")
+    return Response.text(200, f"{request.method} {request.path} {request.arg('q')} {len(request.body)}")
+
+
+@pytest.fixture
+async def server():
+    srv = HttpServer({"/echo": echo}, max_body_bytes=1000)
+    host, port = await srv.start("127.0.0.1", 0)
+    yield port
+    await srv.close()
+
+
+async def exchange(port: int, raw: bytes, read_all: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read() if read_all else reader.read(65536), 5)
+    writer.close()
+    return data
+
+
+async def test_get_with_query_and_keep_alive_serves_two_requests_on_one_connection(server):
+    request = b"GET /echo?q=xin%20ch%C3%A0o HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = await exchange(server, request + request.replace(b"Host: x", b"Host: x\r\nConnection: close"))
+    assert data.count(b"HTTP/1.1 200 OK") == 2
+    assert "GET /echo xin chào 0".encode() in data
+
+
+async def test_post_body_is_read_by_content_length(server):
+    data = await exchange(server, b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"POST /echo None 5")
+
+
+@pytest.mark.parametrize(
+    "raw, status, reason",
+    [
+        (b"NONSENSE\r\n\r\n", 400, b"malformed request line"),
+        (b"POST /echo HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 413, b"exceeds the limit of 1000 bytes"),
+        (b"POST /echo HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400, b"invalid Content-Length"),
+        (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411, b"send Content-Length"),
+        (b"GET /echo HTTP/1.1\r\nbad header line\r\n\r\n", 400, b"malformed header line"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, b"request line too long"),
+        (b"DELETE /echo HTTP/1.1\r\nConnection: close\r\n\r\n", 405, b"method DELETE not allowed"),
+        (b"GET /missing HTTP/1.1\r\nConnection: close\r\n\r\n", 404, b"no such path"),
+    ],
+)
+async def test_malformed_requests_get_a_4xx_with_the_reason(server, raw, status, reason):
+    data = await exchange(server, raw)
+    assert data.startswith(f"HTTP/1.1 {status}".encode()), data[:100]
+    assert reason in data
+
+
+async def test_too_many_headers_is_431(server):
+    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
+    data = await exchange(server, b"GET /echo HTTP/1.1\r\n" + headers + b"\r\n")
+    assert data.startswith(b"HTTP/1.1 431")
+
+
+async def test_large_responses_are_gzipped_when_the_client_accepts_it():
+    async def big(request: Request) -> Response:
+        return Response.text(200, "x" * 5000)
+
+    srv = HttpServer({"/big": big})
+    _, port = await srv.start("127.0.0.1", 0)
+    try:
+        data = await exchange(port, b"GET /big HTTP/1.1\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n")
+    finally:
+        await srv.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Content-Encoding: gzip" in head
+    import gzip
+
+    assert gzip.decompress(body) == b"x" * 5000
+
+
+async def test_a_client_that_sends_nothing_is_dropped_without_blocking_others(server):
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", server)
+    try:
+        data = await exchange(server, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 200")
+    finally:
+        idle_writer.close()
