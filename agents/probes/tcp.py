@@ -98,6 +98,12 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
         )
     except asyncio.TimeoutError:
         return ProbeResult.failed(Failure.TIMEOUT, "timed out during the conversation", samples)
+    except ConnectionError as exc:
+        return ProbeResult.failed(Failure.CONNECTION_RESET, f"during the conversation: {exc.strerror or exc}", samples)
+    except OSError as exc:
+        return ProbeResult.failed(Failure.CONNECT_FAILED, f"during the conversation: {exc.strerror or exc}", samples)
+    except ValueError:  # StreamReader.readline: no newline within its 64 KiB limit
+        return ProbeResult.failed(Failure.PROTOCOL_ERROR, "a line longer than 64 KiB", samples)
     finally:
         writer.transport.abort()
 
@@ -128,7 +134,8 @@ async def _converse(
     for index, step in enumerate(settings.query_response):
         if step.expect is not None:
             line = await reader.readline()
-            if not re.search(step.expect, line.decode("utf-8", "replace")):
+            # match the line without its terminator, as blackbox does, so `$` works on CRLF protocols
+            if not re.search(step.expect, line.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")):
                 samples.append(FAILED_DUE_TO_REGEX(1))
                 return ProbeResult.failed(
                     Failure.EXPECT_MISMATCH, f"step {index}: {line[:200]!r} does not match {step.expect!r}", samples
