@@ -221,7 +221,6 @@ async def test_endless_line_fails_with_protocol_error() -> None:
     assert result.failure is Failure.PROTOCOL_ERROR
 
 
-@pytest.mark.xfail(strict=True, reason="tcp.py matches `expect` against the next line only; blackbox reads lines until one matches")
 async def test_expect_skips_lines_until_one_matches_like_blackbox() -> None:
     server = LineServer(replies={"EHLO prober": ["250-mail.test.lan", "250-STARTTLS", "250 SMTPUTF8"]})
     async with serving(server) as address:

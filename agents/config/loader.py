@@ -117,7 +117,9 @@ def parse_config(text: str, file: str = "<config>") -> AgentConfig:
     ctx = _Context(file, positioned)
     if not isinstance(positioned.data, dict):
         raise ctx.error((), "the config must be a mapping with at least an 'agent' section")
-    raw: RawAgentConfig = ctx.convert(positioned.data, RawAgentConfig, ())
+    # `targets:` with every entry commented out is null in YAML; it means "none", not an error
+    sections = {key: value for key, value in positioned.data.items() if value is not None}
+    raw: RawAgentConfig = ctx.convert(sections, RawAgentConfig, ())
     _check_labels(ctx, raw.agent.labels, ("agent", "labels"))
     if raw.max_concurrent_probes < 1:
         raise ctx.error(("max_concurrent_probes",), "must be at least 1")

@@ -8,6 +8,7 @@ prometheus_client: it returns samples, and the result store, the exposition, the
 from __future__ import annotations
 
 import enum
+import errno
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable, Literal
@@ -46,6 +47,22 @@ class Failure(str, enum.Enum):
     PROTOCOL_ERROR = "protocol_error"
     AUTH_FAILED = "auth_failed"
     INTERNAL_ERROR = "internal_error"
+
+
+def socket_failure(exc: OSError) -> Failure:
+    """The bounded failure reason of a socket error (connect, send or receive)."""
+    code = exc.errno
+    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return Failure.CONNECT_REFUSED
+    if isinstance(exc, ConnectionResetError) or code == errno.ECONNRESET:
+        return Failure.CONNECTION_RESET
+    if code == errno.ENETUNREACH:
+        return Failure.NETWORK_UNREACHABLE
+    if code in (errno.EHOSTUNREACH, errno.EHOSTDOWN):
+        return Failure.HOST_UNREACHABLE
+    if code in (errno.EACCES, errno.EPERM):
+        return Failure.PERMISSION
+    return Failure.CONNECT_FAILED
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,6 @@ dnspython is imported inside the functions: agents without a dns module never lo
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import re
 import socket
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
+from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample, socket_failure
 from agents.probes.resolve import DNS_LOOKUP_TIME, ResolveError, resolve, resolve_all, split_host_port
 from agents.probes.resources import ProbeResources
 
@@ -245,7 +244,7 @@ async def _probe_resolver(
     except EOFError:
         return _no_reply(Failure.PROTOCOL_ERROR, f"{host}:{port} closed the connection without a reply", samples, phases)
     except OSError as exc:
-        return _no_reply(_socket_failure(exc), f"{host}:{port}: {exc.strerror or exc}", samples, phases)
+        return _no_reply(socket_failure(exc), f"{host}:{port}: {exc.strerror or exc}", samples, phases)
     except dns.exception.DNSException as exc:
         return _no_reply(Failure.PROTOCOL_ERROR, f"bad reply from {host}:{port}: {exc}", samples, phases)
     except Exception as exc:  # noqa: BLE001 - dnspython's wire parser may raise others on hostile bytes
@@ -257,21 +256,6 @@ async def _probe_resolver(
 
 def _no_reply(failure: Failure, detail: str, samples: list[Sample], phases: _Phases) -> ProbeResult:
     return ProbeResult.failed(failure, detail, samples + phases.samples() + [QUERY_SUCCEEDED(0)])
-
-
-def _socket_failure(exc: OSError) -> Failure:
-    code = exc.errno
-    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
-        return Failure.CONNECT_REFUSED
-    if isinstance(exc, ConnectionResetError) or code == errno.ECONNRESET:
-        return Failure.CONNECTION_RESET
-    if code == errno.ENETUNREACH:
-        return Failure.NETWORK_UNREACHABLE
-    if code in (errno.EHOSTUNREACH, errno.EHOSTDOWN):
-        return Failure.HOST_UNREACHABLE
-    if code in (errno.EACCES, errno.EPERM):
-        return Failure.PERMISSION
-    return Failure.CONNECT_FAILED
 
 
 def _make_query(name: str, settings: DnsSettings) -> dns.message.Message:

@@ -91,11 +91,13 @@ async def resolve_all(host: str, preferred: str = "ip4", fallback: bool = True, 
     first = socket.AF_INET if preferred == "ip4" else socket.AF_INET6
     families = [first] + ([socket.AF_INET6 if first == socket.AF_INET else socket.AF_INET] if fallback else [])
     started = time.perf_counter()
+    deadline = started + timeout  # one budget for both families, not one each
     last_error = "no address"
     for family in families:
         try:
             infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM), max(timeout, 0.001)
+                loop.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM),
+                max(deadline - time.perf_counter(), 0.001),
             )
         except asyncio.TimeoutError:
             raise ResolveError(Failure.TIMEOUT, f"resolving {host} timed out") from None

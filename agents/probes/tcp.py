@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import re
 import ssl
 import time
@@ -11,7 +10,7 @@ import time
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
+from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample, socket_failure
 from agents.probes.resolve import ResolveError, resolve, split_host_port
 from agents.probes.resources import ProbeResources
 from agents.probes.tlsinfo import (
@@ -30,7 +29,7 @@ TLS_HANDSHAKE_TIME = Metric("probe_tcp_tls_handshake_duration_seconds", "Time ta
 
 
 class QueryStep(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    expect: str | None = None  # regex the next line read must match
+    expect: str | None = None  # regex; lines are read until one matches (blackbox semantics)
     send: str | None = None  # written with a trailing CRLF unless it already ends in a newline
     starttls: bool = False  # upgrade the connection to TLS at this step
 
@@ -53,19 +52,6 @@ class TcpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
                     raise ValueError(f"query_response: step {index}: invalid regex {step.expect!r}: {exc}") from None
 
 
-def _connect_failure(exc: OSError) -> Failure:
-    code = exc.errno
-    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
-        return Failure.CONNECT_REFUSED
-    if code == errno.ENETUNREACH:
-        return Failure.NETWORK_UNREACHABLE
-    if code in (errno.EHOSTUNREACH, errno.EHOSTDOWN):
-        return Failure.HOST_UNREACHABLE
-    if code in (errno.EACCES, errno.EPERM):
-        return Failure.PERMISSION
-    return Failure.CONNECT_FAILED
-
-
 async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
     settings: TcpSettings = module.settings
     deadline = time.monotonic() + module.timeout
@@ -86,7 +72,7 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
     except asyncio.TimeoutError:
         return _closed_result(settings, samples, Failure.TIMEOUT, f"connect to {resolved.ip}:{port} timed out", "filtered")
     except OSError as exc:
-        return _closed_result(settings, samples, _connect_failure(exc), f"connect to {resolved.ip}:{port}: {exc.strerror}", "closed")
+        return _closed_result(settings, samples, socket_failure(exc), f"connect to {resolved.ip}:{port}: {exc.strerror}", "closed")
     samples.append(CONNECT_TIME(time.perf_counter() - started))
     samples.append(PORT_OPEN(1))
     try:
@@ -98,10 +84,8 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
         )
     except asyncio.TimeoutError:
         return ProbeResult.failed(Failure.TIMEOUT, "timed out during the conversation", samples)
-    except ConnectionError as exc:
-        return ProbeResult.failed(Failure.CONNECTION_RESET, f"during the conversation: {exc.strerror or exc}", samples)
     except OSError as exc:
-        return ProbeResult.failed(Failure.CONNECT_FAILED, f"during the conversation: {exc.strerror or exc}", samples)
+        return ProbeResult.failed(socket_failure(exc), f"during the conversation: {exc.strerror or exc}", samples)
     except ValueError:  # StreamReader.readline: no newline within its 64 KiB limit
         return ProbeResult.failed(Failure.PROTOCOL_ERROR, "a line longer than 64 KiB", samples)
     finally:
@@ -133,15 +117,14 @@ async def _converse(
         tls_session = writer.get_extra_info("ssl_object")
     for index, step in enumerate(settings.query_response):
         if step.expect is not None:
-            line = await reader.readline()
-            # match the line without its terminator, as blackbox does, so `$` works on CRLF protocols
-            if not re.search(step.expect, line.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")):
+            matched, line = await _read_until_match(reader, step.expect)
+            if not matched:
                 samples.append(FAILED_DUE_TO_REGEX(1))
                 return ProbeResult.failed(
                     Failure.EXPECT_MISMATCH, f"step {index}: {line[:200]!r} does not match {step.expect!r}", samples
                 )
         if step.send is not None:
-            text = step.send if step.send.endswith("\n") else step.send + "\r\n"
+            text = step.send if step.send.endswith("\n") else step.send.removesuffix("\r") + "\r\n"
             writer.write(text.encode())
             await writer.drain()
         if step.starttls:
@@ -154,6 +137,17 @@ async def _converse(
     if tls_session is not None and not version_ok(tls_session, settings.tls_config.min_version):
         return ProbeResult.failed(Failure.TLS_VERSION, f"TLS version {tls_session.version()} below minimum", samples)
     return ProbeResult(success=True, samples=samples)
+
+
+async def _read_until_match(reader: asyncio.StreamReader, pattern: str) -> tuple[bool, bytes]:
+    """Read lines until one matches (as blackbox does) or the peer closes; the caller bounds the time."""
+    line = b""
+    while next_line := await reader.readline():
+        line = next_line
+        # match the line without its terminator, so `$` works on CRLF protocols
+        if re.search(pattern, line.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")):
+            return True, line
+    return False, line
 
 
 async def _start_tls(

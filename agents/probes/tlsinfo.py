@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import ssl
+import warnings
 from typing import Any, Literal
 
 import msgspec
@@ -18,12 +19,6 @@ from agents.config.types import FilePath
 from agents.probes.base import Failure, Metric, Sample
 
 TlsVersionName = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
-_MIN_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
 _VERSION_ORDER = {"TLSv1": 10, "TLSv1.1": 11, "TLSv1.2": 12, "TLSv1.3": 13}
 
 TLS_VERSION_INFO = Metric("probe_tls_version_info", "Returns the TLS version used or NaN when unknown")
@@ -54,14 +49,15 @@ def client_context(settings: TlsSettings, verify: bool = True) -> ssl.SSLContext
     context = ssl.create_default_context(cafile=settings.ca_file or None)
     if settings.cert_file:
         context.load_cert_chain(settings.cert_file, settings.key_file or None)
-    if settings.min_version:
-        context.minimum_version = _MIN_VERSIONS[settings.min_version]
-    else:
-        context.minimum_version = ssl.TLSVersion.TLSv1  # measure what servers offer; min_version enforces
-        try:
-            context.set_ciphers("DEFAULT:@SECLEVEL=0")
-        except ssl.SSLError:
-            pass
+    # Accept every version the server offers, so an old server is measured and then failed with
+    # tls_version by version_ok() after the handshake, instead of an opaque handshake error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+    try:
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    except ssl.SSLError:
+        pass
     if not verify or settings.insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
