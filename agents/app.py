@@ -97,6 +97,7 @@ class Agent:
                 self.metrics.reload_ok.set(0)
                 return False
             self.config = new_config
+            self.resources.tls.clear()  # CA bundles and client certs may have been replaced on disk
             assert self._scheduler is not None
             await self._scheduler.apply(new_config.targets, new_config.max_concurrent_probes)
             self.metrics.apply_config(new_config)

@@ -75,7 +75,7 @@ class SecretRef(Secret):
         name = match.group(1)
         if name not in os.environ:
             raise ValueError(f"environment variable {name} is not set")
-        return Secret(os.environ[name], f"env:{name}")
+        return cls(os.environ[name], f"env:{name}")
 
 
 class SecretFile(Secret):
@@ -89,7 +89,7 @@ class SecretFile(Secret):
             value = Path(text).read_text(encoding="utf-8")
         except OSError as exc:
             raise ValueError(f"cannot read secret file {text}: {exc.strerror}") from None
-        return Secret(value.rstrip("\r\n"), f"file:{text}")
+        return cls(value.rstrip("\r\n"), f"file:{text}")
 
 
 class FilePath(str):

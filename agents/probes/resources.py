@@ -6,6 +6,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from agents.probes.tlsinfo import TlsContexts
+
 if TYPE_CHECKING:
     from agents.net.icmp_engine import IcmpEngine
 
@@ -15,6 +17,7 @@ class ProbeResources:
         self._icmp: IcmpEngine | None = None
         self._max_threads = max_threads
         self._executor: ThreadPoolExecutor | None = None
+        self.tls = TlsContexts()
 
     @property
     def icmp(self) -> "IcmpEngine":

@@ -16,7 +16,7 @@ from agents.probes.resources import ProbeResources
 from agents.probes.tlsinfo import (
     TlsSettings,
     classify_tls_error,
-    client_context,
+    TlsContexts,
     fetch_chain,
     session_samples,
     version_ok,
@@ -79,7 +79,7 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
         if settings.must_be_closed:
             return ProbeResult.failed(Failure.PORT_OPEN, f"port {port} is open but must be closed", samples)
         return await asyncio.wait_for(
-            _converse(reader, writer, settings, server_name, resolved.ip, port, samples, deadline),
+            _converse(reader, writer, settings, resources.tls, server_name, resolved.ip, port, samples, deadline),
             max(deadline - time.monotonic(), 0.001),
         )
     except asyncio.TimeoutError:
@@ -103,6 +103,7 @@ async def _converse(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     settings: TcpSettings,
+    contexts: TlsContexts,
     server_name: str,
     ip: str,
     port: int,
@@ -111,7 +112,7 @@ async def _converse(
 ) -> ProbeResult:
     tls_session = None
     if settings.tls:
-        failure = await _start_tls(writer, settings, server_name, ip, port, samples, deadline, implicit=True)
+        failure = await _start_tls(writer, settings, contexts, server_name, ip, port, samples, deadline, implicit=True)
         if failure is not None:
             return failure
         tls_session = writer.get_extra_info("ssl_object")
@@ -128,7 +129,7 @@ async def _converse(
             writer.write(text.encode())
             await writer.drain()
         if step.starttls:
-            failure = await _start_tls(writer, settings, server_name, ip, port, samples, deadline, implicit=False)
+            failure = await _start_tls(writer, settings, contexts, server_name, ip, port, samples, deadline, implicit=False)
             if failure is not None:
                 return failure
             tls_session = writer.get_extra_info("ssl_object")
@@ -153,6 +154,7 @@ async def _read_until_match(reader: asyncio.StreamReader, pattern: str) -> tuple
 async def _start_tls(
     writer: asyncio.StreamWriter,
     settings: TcpSettings,
+    contexts: TlsContexts,
     server_name: str,
     ip: str,
     port: int,
@@ -162,7 +164,7 @@ async def _start_tls(
 ) -> ProbeResult | None:
     started = time.perf_counter()
     try:
-        await writer.start_tls(client_context(settings.tls_config), server_hostname=server_name)
+        await writer.start_tls(contexts.get(settings.tls_config), server_hostname=server_name)
     except (ssl.SSLError, OSError) as exc:
         samples.append(TLS_HANDSHAKE_TIME(time.perf_counter() - started))
         if isinstance(exc, ssl.SSLCertVerificationError) and implicit:

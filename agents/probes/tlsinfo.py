@@ -64,6 +64,27 @@ def client_context(settings: TlsSettings, verify: bool = True) -> ssl.SSLContext
     return context
 
 
+class TlsContexts:
+    """Client contexts built once per distinct settings: loading the CA store costs milliseconds of CPU."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[tuple[TlsSettings, bool, tuple[str, ...]], ssl.SSLContext] = {}
+
+    def get(self, settings: TlsSettings, verify: bool = True, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+        key = (settings, verify, alpn)
+        context = self._contexts.get(key)
+        if context is None:
+            context = client_context(settings, verify)
+            if alpn:
+                context.set_alpn_protocols(list(alpn))
+            self._contexts[key] = context
+        return context
+
+    def clear(self) -> None:
+        """Forget every context (on reload: CA files may have been replaced)."""
+        self._contexts.clear()
+
+
 def peer_chain_der(ssl_object: Any) -> list[bytes]:
     """The chain as the server sent it (leaf first); leaf only where the private API is missing."""
     inner = getattr(ssl_object, "_sslobj", None)
