@@ -73,11 +73,11 @@ async def run_target(target: Target, resources: ProbeResources) -> ProbeResult:
 
 async def _run_all_addresses(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
     started_wall, started = time.time(), time.perf_counter()
-    host = PROBERS[module.prober].host_of(target.address)
     try:
+        host = PROBERS[module.prober].host_of(target.address)
         addresses = await resolve_all(host, module.preferred_ip_protocol, module.ip_protocol_fallback, module.timeout)
-    except ResolveError as exc:
-        result = ProbeResult.failed(exc.failure, exc.detail)
+    except (ResolveError, ValueError) as exc:
+        result = ProbeResult.failed(getattr(exc, "failure", Failure.RESOLVE), str(exc))
         result.duration_seconds = time.perf_counter() - started
         result.samples += _standard_samples(result)
         return result

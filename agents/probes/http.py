@@ -746,4 +746,4 @@ def _samples(run: _Run) -> list[Sample]:
     return samples + run.tls_samples
 
 
-SPEC = ProberSpec("http", HttpSettings, probe)
+SPEC = ProberSpec("http", HttpSettings, probe, host_of=lambda address: parse_url(address).host)
