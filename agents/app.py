@@ -12,10 +12,12 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agents import __version__
-from agents.config import AgentConfig, ConfigError, load_config
+from agents.config import AgentConfig, ConfigError, Target, load_config
+from agents.config.model import PushConfig
 from agents.exposition import FamiliesCollector, ResultCollector, result_families
+from agents.host.collector import HostCollector
 from agents.httpserver import HttpError, HttpServer, Request, Response, require_method
-from agents.probes.base import ProbeTarget
+from agents.probes.base import ProbeResult, ProbeTarget
 from agents.probes.resources import ProbeResources
 from agents.runner import run_probe
 from agents.scheduler import Scheduler
@@ -35,16 +37,19 @@ class Agent:
         self.metrics = AgentMetrics(self.registry)
         self.store = ResultStore()
         self.registry.register(ResultCollector(self.store))
+        self.registry.register(HostCollector(lambda: self.config.host))  # follows reloads
         self.resources = ProbeResources()
         self._scheduler: Scheduler | None = None
         self._server: HttpServer | None = None
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.address: tuple[str, int] | None = None
+        self.pusher = None  # an agents.push.Pusher while the config has a `push:` section
 
     async def start(self) -> None:
         self._scheduler = Scheduler(
-            self.config.agent.id, self.store, self.metrics, self.resources, self.config.max_concurrent_probes
+            self.config.agent.id, self.store, self.metrics, self.resources, self.config.max_concurrent_probes,
+            on_result=self._on_result,
         )
         self._server = HttpServer(
             {
@@ -59,6 +64,7 @@ class Agent:
         self.metrics.apply_config(self.config)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
+        await self._apply_push(self.config.push)
         await self._scheduler.apply(self.config.targets)
         log.info(
             "agent %s (%s) listening on %s:%d with %d targets",
@@ -83,6 +89,7 @@ class Agent:
         log.info("agent stopping")
         if self._scheduler is not None:
             await self._scheduler.stop()
+        await self._apply_push(None)
         if self._server is not None:
             await self._server.close()
         self.resources.close()
@@ -97,14 +104,39 @@ class Agent:
                 self.metrics.reload_ok.set(0)
                 return False
             self.config = new_config
+            push_ok = await self._reload_push(new_config)
             self.resources.tls.clear()  # CA bundles and client certs may have been replaced on disk
             assert self._scheduler is not None
             await self._scheduler.apply(new_config.targets, new_config.max_concurrent_probes)
             self.metrics.apply_config(new_config)
-            self.metrics.reload_ok.set(1)
+            self.metrics.reload_ok.set(1 if push_ok else 0)
             self.metrics.reload_time.set(time.time())
             log.info("config reloaded: %d targets", len(new_config.targets))
-            return True
+            return push_ok
+
+    async def _reload_push(self, new_config: AgentConfig) -> bool:
+        try:
+            await self._apply_push(new_config.push)
+        except OSError as exc:
+            log.error("config reload: pushing is off, its queue cannot be opened: %s", exc)
+            return False
+        return True
+
+    async def _apply_push(self, push: PushConfig | None) -> None:
+        """Start, restart or stop pushing to follow the config; OSError if the queue cannot be opened."""
+        if self.pusher is not None and self.pusher.config == push:
+            return
+        if self.pusher is not None:
+            await self.pusher.stop(self.registry)
+            self.pusher = None
+        if push is not None:
+            from agents.push import Pusher  # protobuf and the queue only for agents that push
+
+            self.pusher = await Pusher.start(push, self.store, self.registry)
+
+    def _on_result(self, target: Target, result: ProbeResult) -> None:
+        if self.pusher is not None:
+            self.pusher.on_result(target, result)
 
     async def _handle_metrics(self, request: Request) -> Response:
         require_method(request, "GET")

@@ -11,7 +11,7 @@ import logging
 import time
 
 from agents.config.model import ModuleConfig, Target
-from agents.probes import PROBERS
+from agents.probes.table import PROBERS
 from agents.probes.base import Failure, Metric, ProbeResult, ProbeTarget, Sample
 from agents.probes.resolve import ResolveError, resolve_all
 from agents.probes.resources import ProbeResources

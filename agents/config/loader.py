@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 from pathlib import Path as FsPath
@@ -19,7 +20,9 @@ from agents.config.model import (
 )
 from agents.config.types import Duration, decode_hook
 from agents.config.yamlpos import Path, PositionedData, YamlError, load_yaml
-from agents.probes import PROBERS
+from agents.host import validate_host
+from agents.ssh.targets import build_ssh_targets
+from agents.snmp.targets import build_snmp_targets
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = {"target", "module", "ip", "job", "instance", "le", "quantile", "reason", "phase"}
@@ -62,7 +65,13 @@ def _module_type(name: str, settings: type) -> type:
     )
 
 
-_MODULE_TYPES = {name: _module_type(name, spec.settings) for name, spec in PROBERS.items()}
+@functools.cache
+def _module_types() -> dict[str, type]:
+    """Prober name -> module struct. Built on first use: probers import the config model, so the
+    prober table cannot be imported while this package initializes."""
+    from agents.probes.table import PROBERS
+
+    return {name: _module_type(name, spec.settings) for name, spec in PROBERS.items()}
 
 
 class _Context:
@@ -126,6 +135,10 @@ def parse_config(text: str, file: str = "<config>") -> AgentConfig:
     host, port = _parse_listen(ctx, raw.listen)
     modules = {name: _build_module(ctx, name, body, raw.defaults.timeout) for name, body in raw.modules.items()}
     targets = _build_targets(ctx, raw, modules)
+    targets += build_ssh_targets(ctx, raw, _check_labels)
+    targets += build_snmp_targets(ctx, raw, _check_labels)
+    _check_host(ctx, raw)
+    _check_push(ctx, raw)
     return AgentConfig(
         source=file,
         agent=raw.agent,
@@ -135,7 +148,27 @@ def parse_config(text: str, file: str = "<config>") -> AgentConfig:
         max_concurrent_probes=raw.max_concurrent_probes,
         modules=types.MappingProxyType(modules),  # type: ignore[arg-type]
         targets=tuple(targets),
+        push=raw.push,
+        host=raw.host,
     )
+
+
+def _check_host(ctx: _Context, raw: RawAgentConfig) -> None:
+    try:
+        validate_host(raw.host)
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        raise ctx.error(("host", *key.split(".")), message) from None
+
+
+def _check_push(ctx: _Context, raw: RawAgentConfig) -> None:
+    if raw.push is None:
+        return
+    try:
+        raw.push.validate()
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        raise ctx.error(("push", *key.split(".")), message) from None
 
 
 def _parse_listen(ctx: _Context, listen: str) -> tuple[str, int]:
@@ -150,11 +183,12 @@ def _build_module(ctx: _Context, name: str, body: Any, default_timeout: float) -
     if not isinstance(body, dict):
         raise ctx.error(path, "a module must be a mapping with at least 'prober'")
     prober = body.get("prober")
+    module_types = _module_types()
     if prober is None:
-        raise ctx.error(path, f"missing required key 'prober' (one of: {', '.join(sorted(PROBERS))})")
-    if prober not in PROBERS:
-        raise ctx.error(path + ("prober",), f"unknown prober {prober!r}; known probers: {', '.join(sorted(PROBERS))}")
-    decoded = ctx.convert(body, _MODULE_TYPES[prober], path)
+        raise ctx.error(path, f"missing required key 'prober' (one of: {', '.join(sorted(module_types))})")
+    if prober not in module_types:
+        raise ctx.error(path + ("prober",), f"unknown prober {prober!r}; known probers: {', '.join(sorted(module_types))}")
+    decoded = ctx.convert(body, module_types[prober], path)
     timeout = float(decoded.timeout) if decoded.timeout is not None else default_timeout
     if timeout <= 0:
         raise ctx.error(path + ("timeout",), "must be greater than 0")

@@ -1,17 +1,5 @@
-"""The prober table: config's `prober:` name -> settings type and probe function.
+"""Probers: one file per protocol behind one interface (base.py); the name -> prober table is table.py.
 
-Adding a protocol is one file here, one test file and one line in this table.
+The table is a module of its own so that importing one prober's building blocks (base, tlsinfo, resolve)
+does not import every prober.
 """
-
-from agents.probes import dns, http, icmp, tcp
-from agents.probes.base import ProberSpec
-
-PROBERS: dict[str, ProberSpec] = {
-    spec.name: spec
-    for spec in (
-        icmp.SPEC,
-        tcp.SPEC,
-        dns.SPEC,
-        http.SPEC,
-    )
-}

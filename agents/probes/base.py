@@ -46,6 +46,20 @@ class Failure(str, enum.Enum):
     HTTP_CONTENT_TOO_OLD = "http_content_too_old"
     PROTOCOL_ERROR = "protocol_error"
     AUTH_FAILED = "auth_failed"
+    AUTH_UNSUPPORTED = "auth_unsupported"  # mail: required AUTH mechanism or login not offered
+    BAD_BANNER = "bad_banner"  # mail: greeting not 220 / OK / +OK, or not matching the expected regexp
+    NO_STARTTLS = "no_starttls"  # mail: STARTTLS / STLS required but not offered
+    MAIL_REJECTED = "mail_rejected"  # mail: the SMTP server refused the sender, recipient or message
+    NOT_DELIVERED = "not_delivered"  # mail_roundtrip: the message did not reach the mailbox in time
+    HOST_KEY_UNKNOWN = "host_key_unknown"  # ssh: the host's key is not in known_hosts (never auto-added)
+    HOST_KEY_CHANGED = "host_key_changed"  # ssh: the host's key differs from the known or pinned one
+    COMMAND_FAILED = "command_failed"  # ssh: the command exited non-zero (or the server refused to run it)
+    PARSE_ERROR = "parse_error"  # ssh: the command's output is not what its parser reads
+    SNMP_UNKNOWN_USER = "unknown_user"  # snmp v3: usmStatsUnknownUserNames
+    SNMP_NOT_IN_TIME_WINDOW = "not_in_time_window"  # snmp v3: usmStatsNotInTimeWindows persisted
+    SNMP_TOO_BIG = "too_big"  # snmp: tooBig even for a one-row request
+    SNMP_NO_SUCH_NAME = "no_such_name"  # snmp v1: noSuchName for a requested object
+    DECODE_ERROR = "decode_error"  # snmp: a response that is not valid BER/SNMP
     INTERNAL_ERROR = "internal_error"
 
 

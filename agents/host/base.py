@@ -1,0 +1,63 @@
+"""The one interface every host collector implements, and the readings it returns.
+
+A host collector is node_exporter's `Collector`: a small object whose `collect()` reads the machine
+now and returns readings of node_exporter-named metrics. Readings are plain data: only
+`agents.host.collector` turns them into prometheus_client families. Unlike probe samples, a
+counter reading is the kernel's running total, not an increment.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from agents.config.model import HostConfig
+
+IS_LINUX = sys.platform.startswith("linux")
+
+
+def exclusion(pattern: str | None, default: str | None) -> re.Pattern[str] | None:
+    """A configured exclusion regex: None means the collector's default, "" means exclude nothing."""
+    chosen = default if pattern is None else pattern
+    return re.compile(chosen) if chosen else None
+
+
+def excluded(exclude: re.Pattern[str] | None, name: str) -> bool:
+    return exclude is not None and exclude.search(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Desc:
+    """Name, help, type and label names of one metric family, declared once per collector."""
+
+    name: str
+    help: str
+    kind: Literal["gauge", "counter"] = "gauge"
+    labels: tuple[str, ...] = ()
+
+    def __call__(self, value: float, *label_values: str) -> "Reading":
+        return Reading(self, label_values, float(value))
+
+
+class Reading(NamedTuple):  # a tuple, not a frozen dataclass: ~200 are made per scrape, twice as fast
+    desc: Desc
+    label_values: tuple[str, ...]  # in the order of desc.labels
+    value: float
+
+
+class Collector(Protocol):
+    def collect(self) -> Iterable[Reading]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSpec:
+    """One row of the collector table, like node_exporter's registerCollector(name, default, factory)."""
+
+    name: str
+    build: Callable[["HostConfig"], Collector]
+    enabled_by_default: bool = True
+    # False where this platform (or psutil build) lacks the data; the collector is then never built
+    available: Callable[[], bool] = field(default=lambda: True)

@@ -1,0 +1,78 @@
+"""Process-wide SNMP resources (ProbeResources.snmp): the one pysnmp engine, device states, the poll cap."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, AsyncIterator, Callable
+
+from agents.probes.base import Failure
+from agents.snmp.device import DeviceState
+from agents.snmp.schema import SnmpAuth
+from agents.snmp.session import CommunitySession, Session, SnmpError, UsmSession, usm_user
+
+if TYPE_CHECKING:
+    from pysnmp.entity.engine import SnmpEngine
+
+# a device not polled for this long was removed from the config (or renamed): forget its caches
+IDLE_STATE_SECONDS = 6 * 3600
+
+
+class SnmpResources:
+    def __init__(self) -> None:
+        self._engine: SnmpEngine | None = None
+        self._devices: dict[str, tuple[object, DeviceState]] = {}
+        self._slots: tuple[int, asyncio.Semaphore] | None = None
+
+    @property
+    def engine(self) -> "SnmpEngine":
+        """The pysnmp engine for SNMPv3 (created on first use; v1/v2c never need it)."""
+        if self._engine is None:
+            from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
+
+            self._engine = SnmpEngine()
+        return self._engine
+
+    def device(self, name: str, settings: object, create: Callable[[], DeviceState]) -> DeviceState:
+        """The state of device `name`, new when its settings changed (a reload with other profiles)."""
+        now = time.monotonic()
+        known = self._devices.get(name)
+        if known is None or (known[0] is not settings and known[0] != settings):
+            self._forget_idle(now)
+            known = self._devices[name] = (settings, create())
+        known[1].used_at = now
+        return known[1]
+
+    def _forget_idle(self, now: float) -> None:
+        for name in [name for name, (_, state) in self._devices.items() if now - state.used_at > IDLE_STATE_SECONDS]:
+            del self._devices[name]
+
+    @asynccontextmanager
+    async def poll_slot(self, limit: int, deadline: float) -> AsyncIterator[None]:
+        """One of `limit` concurrent polls, waiting at most until deadline (a reload may change the limit)."""
+        if self._slots is None or self._slots[0] != limit:
+            self._slots = (limit, asyncio.Semaphore(limit))
+        slots = self._slots[1]  # polls started under an older limit release the semaphore they took
+        try:
+            await asyncio.wait_for(slots.acquire(), max(deadline - time.monotonic(), 0.001))
+        except asyncio.TimeoutError:
+            raise SnmpError(Failure.TIMEOUT, f"no free poll slot in time (snmp_max_concurrent_polls {limit})") from None
+        try:
+            yield
+        finally:
+            slots.release()
+
+    async def session(self, device: DeviceState, auth: SnmpAuth, request_timeout: float, ip: str, port: int) -> Session:
+        """A session for one poll: its own UDP socket for v1/v2c, the shared engine for v3."""
+        if auth.version != 3:
+            return await CommunitySession.open(auth, ip, port)
+        if device.usm is None or device.usm[2] != (ip, port):
+            device.usm = (usm_user(auth), await UsmSession.target(ip, port, request_timeout), (ip, port))
+        user, target, _ = device.usm
+        return UsmSession(self.engine, user, target, auth.context_name)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close_dispatcher()
+            self._engine = None

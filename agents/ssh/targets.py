@@ -1,0 +1,110 @@
+"""Expand `ssh_hosts` + `ssh_checks` into targets of the `ssh` prober, with file:line:key errors."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from agents.config.model import ModuleConfig, RawAgentConfig, Target
+from agents.config.yamlpos import Path
+from agents.ssh.commands import Command, exec_command, fixed_command
+from agents.ssh.config import SshCheck, SshCheckConfig, SshHost, SshHostConfig
+from agents.ssh.hostkeys import FINGERPRINT, HostKeyPolicy
+from agents.ssh.parsers import PARSERS
+
+HOST_LABEL = "ssh_host"  # every check's series carry the name of its host
+
+
+class ErrorAt(Protocol):
+    def error(self, path: Path, message: str) -> Exception: ...
+
+
+CheckLabels = Callable[[ErrorAt, dict[str, str], Path], None]
+
+
+def build_ssh_targets(ctx: ErrorAt, raw: RawAgentConfig, check_labels: CheckLabels) -> list[Target]:
+    hosts = {name: _host(ctx, name, config) for name, config in raw.ssh_hosts.items()}
+    seen = {target.name: f"targets[{index}]" for index, target in enumerate(raw.targets)}
+    targets = []
+    for index, check in enumerate(raw.ssh_checks):
+        path: Path = ("ssh_checks", index)
+        if not check.name.strip():
+            raise ctx.error(path + ("name",), "must not be empty")
+        if check.name in seen:
+            raise ctx.error(path + ("name",), f"duplicate target name {check.name!r} (first defined in {seen[check.name]})")
+        seen[check.name] = f"ssh_checks[{index}]"
+        target = _target(ctx, path, check, hosts, raw, check_labels)
+        if check.enabled:
+            targets.append(target)
+    return targets
+
+
+def _host(ctx: ErrorAt, name: str, config: SshHostConfig) -> SshHost:
+    path: Path = ("ssh_hosts", name)
+    for key in ("address", "user", "key_file", "known_hosts"):
+        if getattr(config, key) is not None and not getattr(config, key).strip():
+            raise ctx.error(path + (key,), "must not be empty")
+    if not 0 < config.port < 65536:
+        raise ctx.error(path + ("port",), "must be between 1 and 65535")
+    if config.max_sessions < 1:
+        raise ctx.error(path + ("max_sessions",), "must be at least 1")
+    if (config.known_hosts is None) == (config.host_key_fingerprint is None):
+        raise ctx.error(path, "set exactly one of known_hosts and host_key_fingerprint: host keys are always checked")
+    if config.host_key_fingerprint is not None and not FINGERPRINT.match(config.host_key_fingerprint):
+        raise ctx.error(
+            path + ("host_key_fingerprint",),
+            "expected 'SHA256:' and 43 base64 characters, as `ssh-keyscan HOST | ssh-keygen -lf -` prints",
+        )
+    if config.key_passphrase is not None and config.key_passphrase_file is not None:
+        raise ctx.error(path + ("key_passphrase_file",), "set key_passphrase or key_passphrase_file, not both")
+    return SshHost(
+        name=name,
+        address=config.address,
+        port=config.port,
+        user=config.user,
+        key_file=config.key_file,
+        key_passphrase=config.key_passphrase or config.key_passphrase_file,
+        host_keys=HostKeyPolicy(config.known_hosts, config.host_key_fingerprint),
+        max_sessions=config.max_sessions,
+    )
+
+
+def _command(ctx: ErrorAt, path: Path, check: SshCheckConfig) -> Command:
+    if (check.command is None) == (check.exec is None):
+        raise ctx.error(path, "set exactly one of command (a fixed command) and exec (a command of your own)")
+    key = "command" if check.command is not None else "exec"
+    try:
+        return fixed_command(check.command) if check.command is not None else exec_command(check.exec or [])
+    except ValueError as exc:
+        raise ctx.error(path + (key,), str(exc)) from None
+
+
+def _target(
+    ctx: ErrorAt, path: Path, check: SshCheckConfig, hosts: dict[str, SshHost], raw: RawAgentConfig, check_labels: CheckLabels
+) -> Target:
+    host = hosts.get(check.host)
+    if host is None:
+        known = ", ".join(sorted(hosts)) or "none defined"
+        raise ctx.error(path + ("host",), f"unknown ssh host {check.host!r}; ssh_hosts: {known}")
+    command = _command(ctx, path, check)
+    parser_name = check.parser or command.parser
+    spec = PARSERS.get(parser_name)
+    if spec is None:
+        raise ctx.error(path + ("parser",), f"unknown parser {parser_name!r}; parsers: {', '.join(sorted(PARSERS))}")
+    try:
+        parse = spec.build(check.regex)
+    except ValueError as exc:
+        raise ctx.error(path + ("regex",), str(exc)) from None
+    check_labels(ctx, check.labels, path + ("labels",))
+    for name in check.labels:
+        if name == HOST_LABEL or name in spec.labels:
+            raise ctx.error(path + ("labels", name), f"label name {name!r} is set by the {parser_name} check itself")
+    interval = float(check.interval if check.interval is not None else raw.defaults.interval)
+    timeout = float(check.timeout if check.timeout is not None else raw.defaults.timeout)
+    if interval <= 0 or timeout <= 0:
+        raise ctx.error(path + ("interval" if interval <= 0 else "timeout",), "must be greater than 0")
+    if timeout > interval:
+        raise ctx.error(path + ("timeout",), f"timeout {timeout:g}s is longer than the interval {interval:g}s")
+    settings = SshCheck(host, command.line, command.fallback, parser_name, parse)
+    module = ModuleConfig(f"ssh_{parser_name}", "ssh", timeout, "ip4", True, settings)
+    labels = {**raw.agent.labels, **check.labels, HOST_LABEL: host.name}
+    return Target(check.name, host.display, module, interval, tuple(sorted(labels.items())), False)

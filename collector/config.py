@@ -1,0 +1,301 @@
+"""The collector's configuration: inventory of agencies and agents, ingest limits, TLS, remote_write out.
+
+Parsed once into immutable objects with the agent's machinery (positions from agents.config.yamlpos,
+ConfigError with file:line: key: message, msgspec structs that refuse unknown keys, secrets only by
+reference). Cross-checks (unknown agency, duplicate ids, a token shared by two agents) name the key too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from agents.config.loader import ConfigError, _Context
+from agents.config.model import PushConfig
+from agents.config.types import Duration, FilePath, Secret, SecretFile, SecretRef
+from agents.config.yamlpos import Path, YamlError, load_yaml
+
+DEFAULT_LISTEN = "0.0.0.0:9856"
+IDENTITY_LABELS = ("agency", "agent", "district", "level")
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+Level = Literal["province", "department", "district", "commune"]
+ClientAuth = Literal[
+    "NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"
+]
+TlsVersion = Literal["TLS12", "TLS13"]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Unknown keys are errors; values never change after load."""
+
+
+class Agency(_Strict):
+    id: str  # short and stable, e.g. so-tttt, xa-my-tho: the `agency` label
+    name: str  # human name, UTF-8 Vietnamese; only in netmon_agency_info and the status page
+    district: str
+    level: Level
+
+
+class AgentEntry(_Strict):
+    id: str
+    agency: str
+    mode: Literal["push", "pull"]
+    address: str | None = None  # pull: HOST:PORT of the agent's /metrics
+    bearer_token: SecretRef | None = None  # push: the credential bound to this agent
+    bearer_token_file: SecretFile | None = None
+    interval: Duration | None = None  # push cadence expected / scrape interval
+    ttl: Duration | None = None  # silent this long = down (default 3 intervals)
+
+
+class Defaults(_Strict):
+    interval: Duration = Duration(15)
+    ttl: Duration | None = None
+    scrape_timeout: Duration = Duration(10)
+
+
+class Ingest(_Strict):
+    max_body_bytes: int = 16 << 20  # compressed request body (413 beyond)
+    max_decompressed_bytes: int = 64 << 20  # announced snappy length (413 beyond)
+    max_samples_per_second: int = 2_000_000  # all agents together; 429 with Retry-After beyond
+
+
+class TlsServerConfig(_Strict):
+    """exporter-toolkit's web.yml `tls_server_config` keys."""
+
+    cert_file: FilePath
+    key_file: FilePath
+    client_auth_type: ClientAuth = "NoClientCert"
+    client_ca_file: FilePath | None = None
+    min_version: TlsVersion = "TLS12"
+
+
+class RemoteWriteOut(PushConfig, kw_only=True):
+    """Like the agent's `push:` (same sender, same durable queue), towards a TSDB."""
+
+    name: str = ""  # label value for the self-metrics; defaults to the URL's host:port
+
+
+class RawCollectorConfig(_Strict):
+    listen: str = DEFAULT_LISTEN
+    defaults: Defaults = Defaults()
+    ingest: Ingest = Ingest()
+    tls_server_config: TlsServerConfig | None = None
+    external_labels: dict[str, str] = {}  # added to every series sent by remote_write out
+    agencies: list[Agency] = []
+    agents: list[AgentEntry] = []
+    remote_write: list[RemoteWriteOut] = []
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryAgent:
+    id: str
+    agency: Agency
+    mode: str
+    address: str | None
+    token: Secret | None
+    interval: float
+    ttl: float
+
+    @property
+    def identity(self) -> tuple[tuple[str, str], ...]:
+        """The identity labels, sorted by name; they overwrite whatever the agent sent."""
+        agency = self.agency
+        return (("agency", agency.id), ("agent", self.id), ("district", agency.district), ("level", agency.level))
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    source: str
+    listen_host: str
+    listen_port: int
+    scrape_timeout: float
+    ingest: Ingest
+    tls: TlsServerConfig | None
+    external_labels: tuple[tuple[str, str], ...]
+    agencies: tuple[Agency, ...]
+    agents: tuple[InventoryAgent, ...]
+    remote_write: tuple[RemoteWriteOut, ...]
+
+    def agent_by_token(self) -> dict[bytes, InventoryAgent]:
+        """sha256(token) -> agent: looking up a digest does not leak the token through timing."""
+        return {token_digest(a.token.reveal()): a for a in self.agents if a.token is not None}
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def load_collector_config(path: str | FsPath) -> CollectorConfig:
+    file = str(path)
+    try:
+        text = FsPath(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(file, 0, (), f"cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, 0, (), f"config file is not UTF-8: {exc.reason}") from None
+    return parse_collector_config(text, file)
+
+
+def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig:
+    try:
+        positioned = load_yaml(text)
+    except YamlError as exc:
+        raise ConfigError(file, exc.line, exc.path, exc.message) from None
+    ctx = _Context(file, positioned)
+    if not isinstance(positioned.data, dict):
+        raise ctx.error((), "the config must be a mapping with 'agencies' and 'agents'")
+    sections = {key: value for key, value in positioned.data.items() if value is not None}
+    raw: RawCollectorConfig = ctx.convert(sections, RawCollectorConfig, ())
+    host, port = _parse_listen(ctx, raw.listen)
+    _check_positive(ctx, raw)
+    _check_labels(ctx, raw.external_labels, ("external_labels",))
+    agencies = _check_agencies(ctx, raw.agencies)
+    agents = _build_agents(ctx, raw, agencies)
+    _check_tls(ctx, raw.tls_server_config)
+    _check_remote_write(ctx, raw.remote_write)
+    return CollectorConfig(
+        source=file,
+        listen_host=host,
+        listen_port=port,
+        scrape_timeout=float(raw.defaults.scrape_timeout),
+        ingest=raw.ingest,
+        tls=raw.tls_server_config,
+        external_labels=tuple(sorted(raw.external_labels.items())),
+        agencies=tuple(raw.agencies),
+        agents=tuple(agents),
+        remote_write=tuple(raw.remote_write),
+    )
+
+
+def _parse_listen(ctx: _Context, listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ctx.error(("listen",), f"expected HOST:PORT like '0.0.0.0:9856', got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _check_positive(ctx: _Context, raw: RawCollectorConfig) -> None:
+    values: dict[Path, float] = {
+        ("defaults", "interval"): raw.defaults.interval,
+        ("defaults", "scrape_timeout"): raw.defaults.scrape_timeout,
+        ("ingest", "max_body_bytes"): raw.ingest.max_body_bytes,
+        ("ingest", "max_decompressed_bytes"): raw.ingest.max_decompressed_bytes,
+        ("ingest", "max_samples_per_second"): raw.ingest.max_samples_per_second,
+    }
+    if raw.defaults.ttl is not None:
+        values[("defaults", "ttl")] = raw.defaults.ttl
+    for path, value in values.items():
+        if value <= 0:
+            raise ctx.error(path, "must be greater than 0")
+
+
+def _check_labels(ctx: _Context, labels: dict[str, str], path: Path) -> None:
+    for name in labels:
+        if not LABEL_NAME.match(name) or name.startswith("__"):
+            raise ctx.error(path + (name,), f"invalid label name {name!r}")
+        if name in IDENTITY_LABELS:
+            raise ctx.error(path + (name,), f"label {name!r} is an identity label set from the inventory")
+
+
+def _check_id(ctx: _Context, value: str, index: int, seen: dict[str, int], section: str) -> None:
+    path: Path = (section, index, "id")
+    if not ID_PATTERN.match(value):
+        raise ctx.error(path, f"invalid id {value!r}: lower-case letters, digits, '.', '_' and '-'")
+    if value in seen:
+        raise ctx.error(path, f"duplicate id {value!r} (first defined in {section}[{seen[value]}])")
+    seen[value] = index
+
+
+def _check_agencies(ctx: _Context, agencies: list[Agency]) -> dict[str, Agency]:
+    seen: dict[str, int] = {}
+    for index, agency in enumerate(agencies):
+        _check_id(ctx, agency.id, index, seen, "agencies")
+        for key in ("name", "district"):
+            if not getattr(agency, key).strip():
+                raise ctx.error(("agencies", index, key), "must not be empty")
+    return {agency.id: agency for agency in agencies}
+
+
+def _build_agents(ctx: _Context, raw: RawCollectorConfig, agencies: dict[str, Agency]) -> list[InventoryAgent]:
+    seen: dict[str, int] = {}
+    tokens: dict[bytes, str] = {}
+    agents = []
+    for index, entry in enumerate(raw.agents):
+        path: Path = ("agents", index)
+        _check_id(ctx, entry.id, index, seen, "agents")
+        if entry.agency not in agencies:
+            raise ctx.error(path + ("agency",), f"unknown agency {entry.agency!r}; define it under 'agencies'")
+        token = _agent_token(ctx, entry, path)
+        if token is not None:
+            digest = token_digest(token.reveal())
+            if digest in tokens:
+                raise ctx.error(path + ("bearer_token",), f"the same credential is already bound to agent {tokens[digest]!r}")
+            tokens[digest] = entry.id
+        interval = float(entry.interval if entry.interval is not None else raw.defaults.interval)
+        ttl = entry.ttl if entry.ttl is not None else raw.defaults.ttl
+        ttl_seconds = float(ttl) if ttl is not None else 3 * interval
+        if interval <= 0 or ttl_seconds <= 0:
+            raise ctx.error(path + ("interval" if interval <= 0 else "ttl",), "must be greater than 0")
+        agents.append(InventoryAgent(entry.id, agencies[entry.agency], entry.mode, entry.address, token, interval, ttl_seconds))
+    return agents
+
+
+def _agent_token(ctx: _Context, entry: AgentEntry, path: Path) -> Secret | None:
+    token = entry.bearer_token or entry.bearer_token_file
+    if entry.mode == "pull":
+        if not entry.address or not re.match(r"^[^\s:/]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$", entry.address):
+            raise ctx.error(path + ("address",), "a pull agent needs address: HOST:PORT of its /metrics")
+        if token is not None:
+            raise ctx.error(path + ("bearer_token",), "a pull agent has no push credential")
+        return None
+    if entry.address is not None:
+        raise ctx.error(path + ("address",), "a push agent has no address (it is not scraped)")
+    if entry.bearer_token is not None and entry.bearer_token_file is not None:
+        raise ctx.error(path + ("bearer_token",), "use only one of bearer_token and bearer_token_file")
+    if token is None:
+        raise ctx.error(path, "a push agent needs bearer_token (${ENV}) or bearer_token_file")
+    if not token.reveal():
+        raise ctx.error(path + ("bearer_token_file" if entry.bearer_token_file else "bearer_token",), "the credential is empty")
+    return token
+
+
+def _check_tls(ctx: _Context, tls: TlsServerConfig | None) -> None:
+    if tls is None:
+        return
+    # Python's ssl verifies every client certificate it asks for, so each mode but NoClientCert needs a CA
+    if tls.client_auth_type != "NoClientCert" and tls.client_ca_file is None:
+        raise ctx.error(("tls_server_config", "client_ca_file"), f"client_auth_type {tls.client_auth_type} needs client_ca_file")
+
+
+def _check_remote_write(ctx: _Context, outs: list[RemoteWriteOut]) -> None:
+    queues: dict[str, int] = {}
+    for index, out in enumerate(outs):
+        try:
+            out.validate()
+        except ValueError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise ctx.error(("remote_write", index, *key.split(".")), message) from None
+        if out.queue.directory in queues:
+            raise ctx.error(("remote_write", index, "queue", "directory"), f"already used by remote_write[{queues[out.queue.directory]}]")
+        queues[out.queue.directory] = index
+
+
+def remote_write_name(out: RemoteWriteOut) -> str:
+    return out.name or urlsplit(out.url).netloc
+
+
+def describe(config: CollectorConfig) -> dict[str, Any]:
+    """Counts for `check-config`'s one-line summary."""
+    modes = [agent.mode for agent in config.agents]
+    return {
+        "agencies": len(config.agencies), "push": modes.count("push"), "pull": modes.count("pull"),
+        "remote_write": len(config.remote_write),
+    }

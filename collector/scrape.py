@@ -1,0 +1,143 @@
+"""Pull: scrape each pull agent's /metrics on its interval, all concurrently, each within the scrape timeout.
+
+Like Prometheus, every scrape adds `up`, `scrape_duration_seconds` and `scrape_samples_scraped` to the
+agent's series. A scrape replaces the agent's series: those it no longer has end with a stale marker.
+A failed scrape sets `up` 0 at once; the agent's other series stay until its TTL passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from agents.remote_write import METRIC_NAME, Series
+from collector.store import AgentState, Rejected, SeriesStore
+
+log = logging.getLogger(__name__)
+
+MAX_SCRAPE_BYTES = 32 << 20
+USER_AGENT = "netmon-collector"
+
+
+class ScrapeError(Exception):
+    pass
+
+
+async def fetch_metrics(address: str, timeout: float) -> str:
+    """GET http://address/metrics as HTTP/1.0 (the body ends with the connection: no chunking)."""
+    host, _, port = address.rpartition(":")
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        try:
+            request = f"GET /metrics HTTP/1.0\r\nHost: {address}\r\nUser-Agent: {USER_AGENT}\r\nAccept: text/plain\r\n\r\n"
+            writer.write(request.encode("latin-1"))
+            await writer.drain()
+            reply = await reader.read(MAX_SCRAPE_BYTES + 1)
+            while True:
+                more = await reader.read(1 << 20)
+                if not more:
+                    break
+                reply += more
+                if len(reply) > MAX_SCRAPE_BYTES:
+                    raise ScrapeError(f"reply larger than {MAX_SCRAPE_BYTES} bytes")
+        finally:
+            writer.close()
+    head, separator, body = reply.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if not separator or len(parts) < 2 or parts[1] != "200":
+        raise ScrapeError(f"unexpected reply {status_line[:60]!r}")
+    if b"content-encoding: gzip" in head.lower():
+        raise ScrapeError("gzip reply to a request that did not accept it")
+    return body.decode("utf-8")
+
+
+def parse_exposition(text: str, timestamp_ms: int) -> list[Series]:
+    """Text exposition -> series stamped with the scrape time; non-finite or badly named samples are skipped."""
+    out = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            value = float(sample.value)
+            if not math.isfinite(value) or not METRIC_NAME.fullmatch(sample.name):
+                continue
+            labels = tuple(sorted({**sample.labels, "__name__": sample.name}.items()))
+            out.append(Series(labels, ((timestamp_ms, value),)))
+    return out
+
+
+def _scrape_series(name: str, value: float, timestamp_ms: int) -> Series:
+    return Series((("__name__", name),), ((timestamp_ms, value),))
+
+
+class Scraper:
+    """One task per pull agent, each on its own interval."""
+
+    def __init__(self, store: SeriesStore, timeout: float, forward: Callable[[list[Series], float], None], on_scrape: Callable[[int], None]) -> None:
+        self.store = store
+        self.timeout = timeout
+        self.forward = forward
+        self.on_scrape = on_scrape  # samples received, for the self-metrics
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for state in self.store.states.values():
+            if state.agent.mode == "pull":
+                self._tasks.append(asyncio.create_task(self._loop(state), name=f"scrape:{state.agent.id}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _loop(self, state: AgentState) -> None:
+        interval = state.agent.interval
+        while True:
+            started = time.monotonic()
+            try:
+                await self.scrape(state)
+            except Exception:  # noqa: BLE001 - one agent's bad reply must not end its scraping
+                log.exception("scrape of %s failed unexpectedly", state.agent.id)
+            await asyncio.sleep(max(interval - (time.monotonic() - started), 0.0))
+
+    async def scrape(self, state: AgentState) -> None:
+        address = state.agent.address
+        assert address is not None
+        started = time.time()
+        timestamp_ms = int(started * 1000)
+        timeout = min(self.timeout, state.agent.interval)
+        try:
+            text = await fetch_metrics(address, timeout)
+            series = parse_exposition(text, timestamp_ms)
+        except (OSError, TimeoutError, ScrapeError, ValueError) as exc:
+            if state.scrape_ok:
+                log.warning("scrape of agent %s at %s failed: %s", state.agent.id, address, exc or type(exc).__name__)
+            state.scrape_ok = False
+            self._record(state, [_scrape_series("up", 0.0, timestamp_ms)], time.time(), replace=False)
+            return
+        duration = time.time() - started
+        series += [
+            _scrape_series("up", 1.0, timestamp_ms),
+            _scrape_series("scrape_duration_seconds", duration, timestamp_ms),
+            _scrape_series("scrape_samples_scraped", float(len(series)), timestamp_ms),
+        ]
+        state.scrape_ok = True
+        self._record(state, series, time.time(), replace=True)
+
+    def _record(self, state: AgentState, series: list[Series], now: float, replace: bool) -> None:
+        last_seen = state.last_seen
+        try:
+            count, forward = (self.store.replace if replace else self.store.accept)(state, series, now)
+        except Rejected as exc:
+            log.warning("scrape of agent %s refused: %s", state.agent.id, exc)
+            state.scrape_ok = False
+            return
+        if not replace:
+            state.last_seen = last_seen  # a failed scrape is not a sign of life
+        self.on_scrape(count)
+        if forward:
+            self.forward(forward, now)

@@ -1,0 +1,72 @@
+"""The collector's own metrics and the inventory's liveness series, in the collector's registry."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric as Family
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from agents import __version__
+from collector.config import CollectorConfig
+from collector.store import SeriesStore
+
+INGEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+REJECT_REASONS = (
+    "unauthorized", "bad_encoding", "bad_snappy", "too_large", "bad_protobuf", "invalid_metric_name", "invalid_label_name",
+    "unsorted_labels", "duplicate_label", "missing_metric_name", "non_finite_value", "reserved_name", "overloaded", "invalid",
+)
+
+
+class CollectorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        ProcessCollector(registry=registry)
+        build = Gauge("netmon_collector_build_info", "Version of the netmon collector", ["version", "python_version"], registry=registry)
+        build.labels(__version__, platform.python_version()).set(1)
+        self.received = Counter(
+            "netmon_collector_samples_received", "Samples stored, by how they came (push or pull)", ["mode"], registry=registry
+        )
+        self.rejected = Counter(
+            "netmon_collector_samples_rejected", "Samples of refused pushes, by reason (0 when the body did not decode)",
+            ["reason"], registry=registry,
+        )
+        self.requests = Counter(
+            "netmon_collector_write_requests", "remote_write requests received, by reply code and reason", ["code", "reason"], registry=registry
+        )
+        self.ingest_seconds = Histogram(
+            "netmon_collector_ingest_duration_seconds", "Time to decode, check, store and queue one push",
+            buckets=INGEST_BUCKETS, registry=registry,
+        )
+        for mode in ("push", "pull"):
+            self.received.labels(mode)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+
+
+class InventoryCollector(Collector):
+    """netmon_agent_up, netmon_agent_last_seen_timestamp_seconds, netmon_agency_info, netmon_collector_series."""
+
+    def __init__(self, config: CollectorConfig, store: SeriesStore) -> None:
+        self._config = config
+        self._store = store
+
+    def collect(self) -> Iterator[Family]:
+        now = time.time()
+        identity = ["agency", "agent", "district", "level"]
+        up = GaugeMetricFamily("netmon_agent_up", "1 if the agent pushed or was scraped successfully within its TTL", labels=identity)
+        last_seen = GaugeMetricFamily(
+            "netmon_agent_last_seen_timestamp_seconds", "When the agent last pushed or was scraped (0: never)", labels=identity
+        )
+        for state in self._store.states.values():
+            values = [value for _, value in state.agent.identity]
+            up.add_metric(values, 1.0 if state.is_up(now) else 0.0)
+            last_seen.add_metric(values, state.last_seen)
+        info = GaugeMetricFamily("netmon_agency_info", "Inventory of agencies; `name` is the human name", labels=["agency", "name", "district", "level"])
+        for agency in self._config.agencies:
+            info.add_metric([agency.id, agency.name, agency.district, agency.level], 1.0)
+        series = GaugeMetricFamily("netmon_collector_series", "Agent series currently exposed", value=self._store.series_count(now))
+        yield from (up, last_seen, info, series)

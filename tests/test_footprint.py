@@ -1,0 +1,26 @@
+"""The agent's memory budget (45 MB with 1,000 ICMP targets) needs heavy libraries loaded only when used."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("paramiko", "pysnmp", "pyasn1", "dns", "cryptography", "google.protobuf", "cramjam")
+
+
+def test_loading_the_agent_and_its_config_imports_no_heavy_library():
+    script = (
+        "import json, resource, sys\n"
+        "import agents.app, agents.cli\n"
+        "from agents.config import load_config\n"
+        "load_config('config/agent.example.yml')\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {[h.split('.')[0] for h in HEAVY]!r})\n"
+        "print(json.dumps({'heavy': heavy, 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    report = json.loads(out.stdout)
+    assert report["heavy"] == [], report["heavy"]
+    assert report["rss_mb"] < 40, report  # the whole budget is 45 MB with 1,000 targets (tests/bench)

@@ -1,0 +1,303 @@
+"""remote_write 1.0 encoding: our bodies are accepted by real Prometheus and VictoriaMetrics, bodies of a real
+Prometheus sender decode, and every kind of bad input fails with its own error (never anything else)."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cramjam
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents import remote_write as rw
+from agents.remote_write import Series, make_series
+from tests.support.httpd import HttpServer, Reply
+from tests.support.ports import free_port
+from tests.support.procs import running
+from tests.support.require import require_binary
+
+BIG = 1 << 26
+
+
+@dataclass(frozen=True)
+class Peer:
+    url: str
+    port: int
+    log: Path
+
+
+def wait_http_ok(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+@contextmanager
+def running_prometheus(directory: Path, port: int | None = None, config: str = "global: {}\n", agent_mode: bool = False) -> Iterator[Peer]:
+    """Prometheus with its remote_write receiver on; storage in `directory` (reuse it to restart with the same data)."""
+    binary = require_binary("prometheus")
+    directory.mkdir(parents=True, exist_ok=True)
+    config_file = directory / "prometheus.yml"
+    config_file.write_text(config, encoding="utf-8")
+    port = port or free_port()
+    storage = ["--storage.agent.path" if agent_mode else "--storage.tsdb.path", str(directory / "data")]
+    argv = [binary, f"--config.file={config_file}", f"{storage[0]}={storage[1]}", f"--web.listen-address=127.0.0.1:{port}"]
+    argv += ["--enable-feature=agent"] if agent_mode else ["--web.enable-remote-write-receiver"]
+    log = directory / "prometheus.log"
+    with running(argv, log_path=str(log)) as proc:
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/-/ready")
+        except TimeoutError:
+            raise AssertionError(f"prometheus did not start (exit {proc.poll()}):\n{log.read_text()[-2000:]}") from None
+        yield Peer(f"http://127.0.0.1:{port}", port, log)
+
+
+@contextmanager
+def running_victoria_metrics(directory: Path) -> Iterator[Peer]:
+    binary = require_binary("victoria-metrics")
+    port = free_port()
+    argv = [
+        binary, f"-httpListenAddr=127.0.0.1:{port}", f"-storageDataPath={directory / 'vm-data'}",
+        "-retentionPeriod=1d", "-search.latencyOffset=0s",
+    ]
+    log = directory / "victoria-metrics.log"
+    with running(argv, log_path=str(log)):
+        wait_http_ok(f"http://127.0.0.1:{port}/health")
+        yield Peer(f"http://127.0.0.1:{port}", port, log)
+
+
+def post_body(url: str, body: bytes) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, method="POST", headers=dict(rw.HEADERS))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def query_prometheus(peer: Peer, query: str, at: float | None = None) -> list[dict]:
+    params = {"query": query, **({"time": f"{at:.3f}"} if at is not None else {})}
+    with urllib.request.urlopen(f"{peer.url}/api/v1/query?{urllib.parse.urlencode(params)}", timeout=10) as reply:
+        answer = json.load(reply)
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def stored_samples(peer: Peer, selector: str, window: str = "10m") -> dict[tuple, list[tuple[int, float]]]:
+    """Raw samples by label set: {(sorted labels): [(timestamp ms, value)]}."""
+    out = {}
+    for series in query_prometheus(peer, f"{selector}[{window}]"):
+        key = tuple(sorted(series["metric"].items()))
+        out[key] = [(round(float(t) * 1000), float(v)) for t, v in series["values"]]
+    return out
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def test_prometheus_stores_our_series_with_their_timestamps(tmp_path):
+    start = now_ms() - 60_000
+    series = [
+        make_series("netmon_test_rtt_seconds", {"target": "dc", "agency": "so-tttt", "name": "Sở Thông tin"},
+                    [(start + i * 15_000, 0.01 * i) for i in range(4)]),
+        make_series("netmon_test_up", {"target": "mail"}, [(start, 1.0)]),
+    ]
+    with running_prometheus(tmp_path) as prometheus:
+        assert post_body(f"{prometheus.url}/api/v1/write", rw.encode(series)) == (204, "")
+        stored = stored_samples(prometheus, '{__name__=~"netmon_test_.*"}')
+    assert stored == {
+        (("__name__", "netmon_test_rtt_seconds"), ("agency", "so-tttt"), ("name", "Sở Thông tin"), ("target", "dc")):
+            [(start + i * 15_000, 0.01 * i) for i in range(4)],
+        (("__name__", "netmon_test_up"), ("target", "mail")): [(start, 1.0)],
+    }
+
+
+def test_prometheus_takes_our_stale_marker_as_the_end_of_a_series(tmp_path):
+    start = now_ms() - 30_000
+    with running_prometheus(tmp_path) as prometheus:
+        body = rw.encode([make_series("netmon_test_gone", {}, [(start, 1.0), (start + 10_000, rw.STALE_NAN)])])
+        assert post_body(f"{prometheus.url}/api/v1/write", body)[0] == 204
+        before = query_prometheus(prometheus, "netmon_test_gone", at=(start + 5_000) / 1000)
+        after = query_prometheus(prometheus, "netmon_test_gone", at=(start + 11_000) / 1000)
+    assert [s["value"][1] for s in before] == ["1"]
+    assert after == []  # a plain NaN would be returned as "NaN" for up to 5 minutes
+
+
+def test_victoria_metrics_stores_our_series_with_their_timestamps(tmp_path):
+    start = now_ms() - 60_000
+    samples = [(start + i * 5_000, float(i)) for i in range(6)]
+    with running_victoria_metrics(tmp_path) as vm:
+        status, text = post_body(f"{vm.url}/api/v1/write", rw.encode([make_series("netmon_test_vm", {"agent": "a1"}, samples)]))
+        assert status == 204, text
+        urllib.request.urlopen(f"{vm.url}/internal/force_flush", timeout=10).read()
+        with urllib.request.urlopen(f"{vm.url}/api/v1/export?match[]=netmon_test_vm", timeout=10) as reply:
+            exported = [json.loads(line) for line in reply.read().decode().splitlines()]
+    assert len(exported) == 1
+    assert exported[0]["metric"] == {"__name__": "netmon_test_vm", "agent": "a1"}
+    assert list(zip(exported[0]["timestamps"], exported[0]["values"])) == samples
+
+
+def test_bodies_of_prometheus_agent_mode_decode_with_our_decoder(tmp_path):
+    """The reference sender (Prometheus agent mode scraping itself) -> our decoder, through real HTTP."""
+    with HttpServer(routes={"/api/v1/write": Reply(204, b"")}) as receiver:
+        port = free_port()
+        config = (
+            "global: {scrape_interval: 1s}\n"
+            f"scrape_configs: [{{job_name: self, static_configs: [{{targets: ['127.0.0.1:{port}']}}]}}]\n"
+            f"remote_write: [{{url: '{receiver.url('/api/v1/write')}', queue_config: {{batch_send_deadline: 1s}}}}]\n"
+        )
+        with running_prometheus(tmp_path, port=port, config=config, agent_mode=True):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(rw.decode(r.body, BIG) for r in list(receiver.requests)):
+                time.sleep(0.2)
+        requests = list(receiver.requests)
+    assert requests, "prometheus agent never remote-wrote"
+    assert requests[0].headers["content-encoding"] == "snappy"
+    series = [s for request in requests for s in rw.decode(request.body, BIG)]
+    up = [s for s in series if dict(s.labels)["__name__"] == "up"]
+    assert up and dict(up[0].labels)["job"] == "self"
+    assert all(value == 1.0 and abs(ts - now_ms()) < 120_000 for s in up for ts, value in s.samples)
+
+
+def test_decode_returns_exactly_what_was_encoded():
+    series = [
+        make_series("probe_icmp_duration_seconds", {"phase": "rtt", "target": "Trạm y tế"}, [(1, 0.5), (2, math.inf), (3, -0.0)]),
+        make_series("probe_success", {"target": "dc"}, [(-5, 1.0)]),
+        make_series("probe_empty", {}, []),
+    ]
+    assert rw.decode(rw.encode(series), BIG) == series
+
+
+def test_decoded_stale_marker_keeps_its_bit_pattern():
+    [decoded] = rw.decode(rw.encode([make_series("x", {}, [(1, rw.STALE_NAN), (2, math.nan)])]), BIG)
+    stale, plain_nan = (value for _, value in decoded.samples)
+    assert struct.pack("<d", stale) == struct.pack("<Q", 0x7FF0000000000002)
+    assert rw.is_stale_marker(stale) and not rw.is_stale_marker(plain_nan)
+
+
+def test_encoder_sorts_labels_by_name():
+    unsorted = Series((("zone", "a"), ("__name__", "m"), ("Agency", "x")), ((1, 1.0),))
+    [decoded] = rw.decode(rw.encode([unsorted]), BIG)
+    assert decoded.labels == (("Agency", "x"), ("__name__", "m"), ("zone", "a"))
+
+
+def test_joined_bodies_hold_the_series_of_all_of_them():
+    first, second = make_series("a", {}, [(1, 1.0)]), make_series("b", {"k": "v"}, [(2, 2.0)])
+    joined = rw.join_bodies([rw.encode([first]), rw.encode([second])], BIG)
+    assert rw.decode(joined, BIG) == [first, second]
+
+
+def test_decoder_remembers_label_sets_it_has_seen():
+    body = rw.encode([make_series("probe_success", {"target": "dc"}, [(1, 1.0)])])
+    decoder = rw.Decoder(BIG)
+    assert decoder.decode(body)[0].labels is decoder.decode(body)[0].labels
+
+
+def raw_write_request(labels: list[tuple[str, str]]) -> bytes:
+    """A snappy body built with the full prompb schema, labels exactly as given (no sorting, no checks)."""
+    request = rw.WriteRequest()
+    series = request.timeseries.add()
+    for name, value in labels:
+        series.labels.add(name=name, value=value)
+    series.samples.add(value=1.0, timestamp=1)
+    return rw.compress(request.SerializeToString())
+
+
+def bad_utf8_label() -> bytes:
+    label = rw.Label(name="a", value="Z").SerializeToString().replace(b"Z", b"\xff")
+    series = b"\x0a" + bytes([len(label)]) + label
+    return rw.compress(b"\x0a" + bytes([len(series)]) + series)
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (b"\xff\x06\x00\x00sNaPpY", rw.BadSnappy),  # the framed stream format, not the block format
+        (b"", rw.BadSnappy),
+        (rw.compress(b"x" * 100)[:-3], rw.BadSnappy),  # truncated
+        (b"\xff\xff\xff\xff\x07", rw.TooLarge),  # header announces 2 GiB, nothing follows
+        (rw.compress(b"\x0a\x05\x0a\x03\x0a\x01"), rw.BadProtobuf),  # a length running past the end
+        (bad_utf8_label(), rw.BadProtobuf),
+        (raw_write_request([("__name__", "9lives")]), rw.InvalidMetricName),
+        (raw_write_request([("__name__", "up"), ("bad-name", "x")]), rw.InvalidLabelName),
+        (raw_write_request([("__name__", "up"), ("b", "1"), ("a", "2")]), rw.UnsortedLabels),
+        (raw_write_request([("__name__", "up"), ("a", "1"), ("a", "2")]), rw.DuplicateLabel),
+        (raw_write_request([("job", "x")]), rw.MissingMetricName),
+    ],
+    ids=[
+        "framed-snappy", "empty", "truncated-snappy", "oversize", "bad-protobuf", "bad-utf8", "invalid-metric-name",
+        "invalid-label-name", "unsorted-labels", "duplicate-label", "missing-name",
+    ],
+)
+def test_each_kind_of_bad_body_raises_its_own_error(body, error):
+    with pytest.raises(error) as raised:
+        rw.decode(body, 1 << 20)
+    assert raised.value.reason == error.reason
+    assert type(raised.value) is error
+
+
+def test_size_limit_applies_to_the_decompressed_body():
+    body = rw.encode([make_series("x", {"pad": "y" * 5000}, [(1, 1.0)])])
+    assert len(body) < 1000
+    with pytest.raises(rw.TooLarge):
+        rw.decode(body, 4096)
+
+
+def test_encoder_refuses_series_the_decoder_would_refuse():
+    with pytest.raises(rw.InvalidLabelName):
+        rw.encode([Series((("__name__", "x"), ("bad-name", "v")), ((1, 1.0),))])
+    with pytest.raises(rw.MissingMetricName):
+        rw.encode([Series((("job", "x"),), ((1, 1.0),))])
+
+
+def test_headers_name_the_remote_write_1_0_protocol():
+    assert dict(rw.HEADERS) == {
+        "Content-Encoding": "snappy",
+        "Content-Type": "application/x-protobuf",
+        "X-Prometheus-Remote-Write-Version": "0.1.0",
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2048))
+def test_random_bytes_raise_only_our_errors(data):
+    for body in (data, bytes(cramjam.snappy.compress_raw(data))):  # raw garbage, and garbage protobuf
+        try:
+            decoded = rw.decode(body, 1 << 20)
+        except rw.RemoteWriteError:
+            continue
+        assert all(isinstance(series, Series) for series in decoded)
+
+
+label_names = st.text(alphabet="abcXYZ_09-:", min_size=0, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(label_names, st.text(max_size=8)), max_size=5), st.floats(allow_nan=False))
+def test_random_series_round_trip_or_fail_with_our_errors(labels, value):
+    series = Series(tuple(labels), ((1, value),))
+    try:
+        body = rw.encode([series])
+    except rw.RemoteWriteError:
+        return
+    [decoded] = rw.decode(body, 1 << 20)
+    assert decoded.labels == tuple(sorted(labels)) and decoded.samples == ((1, value),)
