@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import itertools
 import logging
 import signal
 import time
@@ -14,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from agents import __version__
 from agents.config import AgentConfig, ConfigError, Target, load_config
 from agents.config.model import PushConfig
-from agents.exposition import FamiliesCollector, ResultCollector, result_families
+from agents.exposition import FamiliesCollector, render_chunks, result_families
 from agents.host.collector import HostCollector
 from agents.httpserver import HttpError, HttpServer, Request, Response, require_method
 from agents.probes.base import ProbeResult, ProbeTarget
@@ -36,7 +37,6 @@ class Agent:
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = AgentMetrics(self.registry)
         self.store = ResultStore()
-        self.registry.register(ResultCollector(self.store))
         self.registry.register(HostCollector(lambda: self.config.host))  # follows reloads
         self.resources = ProbeResources()
         self._scheduler: Scheduler | None = None
@@ -140,7 +140,10 @@ class Agent:
 
     async def _handle_metrics(self, request: Request) -> Response:
         require_method(request, "GET")
-        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        # self-metrics and host metrics through prometheus_client; probe results rendered directly, streamed
+        head = generate_latest(self.registry)
+        chunks = (chunk.encode("utf-8") for chunk in render_chunks(self.store.states()))
+        return Response(200, itertools.chain((head,), chunks), CONTENT_TYPE_LATEST)
 
     async def _handle_probe(self, request: Request) -> Response:
         """blackbox_exporter's /probe: `target` is an address, `module` a configured module."""

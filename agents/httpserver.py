@@ -11,7 +11,8 @@ import asyncio
 import gzip
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -43,7 +44,7 @@ class Request:
 @dataclass(slots=True)
 class Response:
     status: int = 200
-    body: bytes = b""
+    body: bytes | Iterable[bytes] = b""  # an iterable is sent chunk by chunk (chunked encoding)
     content_type: str = "text/plain; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -176,6 +177,9 @@ class HttpServer:
             return Response.text(500, "internal error; see the server log\n")
 
     async def _write(self, writer: asyncio.StreamWriter, response: Response, close: bool, gzip_ok: bool = False) -> None:
+        if not isinstance(response.body, (bytes, bytearray)):
+            await self._write_chunked(writer, response, close, gzip_ok)
+            return
         body = response.body
         headers = {"Content-Type": response.content_type, **response.headers}
         if gzip_ok and len(body) >= GZIP_MIN_BYTES:
@@ -184,13 +188,35 @@ class HttpServer:
         headers["Content-Length"] = str(len(body))
         if close:
             headers["Connection"] = "close"
-        try:
-            phrase = HTTPStatus(response.status).phrase
-        except ValueError:
-            phrase = "Status"
-        head = f"HTTP/1.1 {response.status} {phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        writer.write(head.encode("latin-1") + body)
+        writer.write(_head(response.status, headers) + body)
         await writer.drain()
+
+    async def _write_chunked(self, writer: asyncio.StreamWriter, response: Response, close: bool, gzip_ok: bool) -> None:
+        """A large body piece by piece, so it is never whole in memory (a /metrics of 1,000 targets)."""
+        headers = {"Content-Type": response.content_type, **response.headers, "Transfer-Encoding": "chunked"}
+        compressor = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip_ok else None  # wbits 31: gzip framing
+        if compressor is not None:
+            headers["Content-Encoding"] = "gzip"
+        if close:
+            headers["Connection"] = "close"
+        writer.write(_head(response.status, headers))
+        for piece in response.body:
+            data = compressor.compress(piece) if compressor is not None else piece
+            if data:
+                writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+                await writer.drain()
+        tail = compressor.flush() if compressor is not None else b""
+        writer.write((b"%x\r\n%b\r\n" % (len(tail), tail) if tail else b"") + b"0\r\n\r\n")
+        await writer.drain()
+
+
+def _head(status: int, headers: dict[str, str]) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Status"
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"HTTP/1.1 {status} {phrase}\r\n{lines}\r\n".encode("latin-1")
 
 
 def require_method(request: Request, *methods: str) -> None:

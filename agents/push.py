@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from agents import __version__
 from agents.config.types import Secret
-from agents.exposition import ResultCollector
+from agents.exposition import target_rows
 from agents.queue import (
     REASON_AGE,
     REASON_BYTES,
@@ -356,25 +356,14 @@ class RemoteWriteSender:
         return delay
 
 
-class _OneTarget:
-    """The part of ResultStore that ResultCollector reads, for one target's state."""
-
-    def __init__(self, state: TargetState) -> None:
-        self._state = state
-
-    def states(self) -> list[TargetState]:
-        return [self._state]
-
-
 def result_series(state: TargetState) -> list[Series]:
-    """The series /metrics shows for this target now (same collector, so push and pull agree),
+    """The series /metrics shows for this target now (the same rows, so push and pull agree),
     stamped with the start time of its latest result."""
     assert state.latest is not None
     timestamp_ms = int(state.latest.started_at * 1000)
     return [
-        Series(tuple(sorted({**sample.labels, "__name__": sample.name}.items())), ((timestamp_ms, float(sample.value)),))
-        for family in ResultCollector(_OneTarget(state)).collect()  # type: ignore[arg-type]
-        for sample in family.samples
+        Series(tuple(sorted({**labels, "__name__": name}.items())), ((timestamp_ms, float(value)),))
+        for _, name, labels, value in target_rows(state)
     ]
 
 

@@ -36,10 +36,11 @@ async def run_probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeR
     started_wall = time.time()
     started = time.perf_counter()
     try:
-        result = await asyncio.wait_for(
-            PROBERS[module.prober].probe(target, module, resources), module.timeout + HARD_CAP_GRACE_SECONDS
-        )
-    except asyncio.TimeoutError:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that arrives as the
+        # probe finishes, which left scheduler tasks running after SIGTERM.
+        async with asyncio.timeout(module.timeout + HARD_CAP_GRACE_SECONDS):
+            result = await PROBERS[module.prober].probe(target, module, resources)
+    except TimeoutError:
         result = ProbeResult.failed(Failure.TIMEOUT, f"probe did not finish within its {module.timeout:g}s timeout")
     except asyncio.CancelledError:
         raise

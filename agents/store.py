@@ -64,6 +64,8 @@ class ResultStore:
                 state = self._states[target.name] = TargetState(target)
             for sample in result.samples:
                 kind = sample.metric.kind
+                if sample.metric.latest_only:
+                    continue
                 if kind == "counter":
                     key = (sample.metric, sample.labels)
                     state.counters[key] = state.counters.get(key, 0.0) + sample.value

@@ -41,7 +41,9 @@ class Collector:
         self.forwarders: list[Forwarder] = []
         self.registry.register(ForwardCollector(self.forwarders))
         self._encoder = Encoder(cache_size=LABEL_CACHE_PER_AGENT * max(len(config.agents), 1))
-        self.receiver = Receiver(config, self.store, self._forward, TokenBucket(config.ingest.max_samples_per_second))
+        self.receiver = Receiver(
+            config, self.store, self._forward, TokenBucket(config.ingest.max_samples_per_second), bool(config.remote_write)
+        )
         self.scraper = Scraper(self.store, config.scrape_timeout, self._forward, self.metrics.received.labels("pull").inc)
         self._server: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -92,7 +94,7 @@ class Collector:
         if not self.forwarders:
             return
         payload = self._encoder.encode(series)
-        items = sum(len(s.samples) for s in series)
+        items = sum(len(samples) for _, samples in series)
         for forwarder in self.forwarders:
             forwarder.append(payload, items, int(now * 1000))
 
@@ -120,7 +122,7 @@ class Collector:
         headers = {"Retry-After": str(outcome.retry_after)} if outcome.status == 429 else {}
         if outcome.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="netmon-collector"'
-        return Response.text(outcome.status, f"{outcome.reason}: {outcome.message}\n", **headers)
+        return Response(outcome.status, f"{outcome.reason}: {outcome.message}\n".encode(), headers=headers)
 
     async def _handle_metrics(self, request: Request) -> Response:
         require_method(request, "GET")

@@ -56,6 +56,7 @@ class Receiver:
     store: SeriesStore
     forward: Callable[[list[Series], float], None]  # series to send on, and when they were accepted
     budget: TokenBucket
+    forwarding: bool = True  # whether any remote_write out wants the accepted series
     tokens: dict[bytes, InventoryAgent] = field(init=False)
     decoders: dict[str, Decoder] = field(init=False)
 
@@ -91,7 +92,7 @@ class Receiver:
         now = time.time()
         state: AgentState = self.store.states[agent.id]
         try:
-            stored, forward = self.store.accept(state, series, now)
+            stored, forward = self.store.accept(state, series, now, self.forwarding)
         except Rejected as exc:
             return Outcome(400, exc.reason, str(exc), agent, samples)
         if forward:

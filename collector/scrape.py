@@ -34,7 +34,7 @@ async def fetch_metrics(address: str, timeout: float) -> str:
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
         try:
-            request = f"GET /metrics HTTP/1.0\r\nHost: {address}\r\nUser-Agent: {USER_AGENT}\r\nAccept: text/plain\r\n\r\n"
+            request = f"GET /metrics HTTP/1.0\r\nHost: {address}\r\nUser-Agent: {USER_AGENT}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
             writer.write(request.encode("latin-1"))
             await writer.drain()
             reply = await reader.read(MAX_SCRAPE_BYTES + 1)
@@ -117,9 +117,12 @@ class Scraper:
             if state.scrape_ok:
                 log.warning("scrape of agent %s at %s failed: %s", state.agent.id, address, exc or type(exc).__name__)
             state.scrape_ok = False
-            self._record(state, [_scrape_series("up", 0.0, timestamp_ms)], time.time(), replace=False)
+            if state.series:  # `up` turns 0 at once; the other series stay until the TTL passes
+                self._record(state, [_scrape_series("up", 0.0, timestamp_ms)], time.time(), replace=False)
             return
         duration = time.time() - started
+        if not state.scrape_ok:
+            log.info("scrape of agent %s at %s succeeds again", state.agent.id, address)
         series += [
             _scrape_series("up", 1.0, timestamp_ms),
             _scrape_series("scrape_duration_seconds", duration, timestamp_ms),

@@ -20,6 +20,7 @@ from collector.config import InventoryAgent
 
 RESERVED_NAMES = frozenset({"netmon_agent_up", "netmon_agent_last_seen_timestamp_seconds", "netmon_agency_info"})
 RESERVED_PREFIX = "netmon_collector_"
+AGENT_SERIES_HELP = "Series of netmon agents, with identity labels from the collector's inventory"
 
 
 class Rejected(ValueError):
@@ -50,6 +51,8 @@ class AgentState:
     last_seen: float = 0.0  # unix seconds of the last accepted push or successful scrape; 0: never
     scrape_ok: bool = True  # pull agents: whether the latest scrape succeeded
     series: dict[Labels, Entry] = field(default_factory=dict)  # by the labels the agent sent
+    outputs: dict[str, Entry] = field(default_factory=dict)  # by exposition prefix: one entry per output series
+    aliased: bool = False  # two label sets the agent sent became one series (they differed only in identity labels)
 
     def is_up(self, now: float) -> bool:
         return self.last_seen > 0 and self.scrape_ok and now - self.last_seen <= self.agent.ttl
@@ -66,7 +69,30 @@ class AgentState:
         present = {name for name, _ in merged}
         forward = tuple(sorted(merged + [label for label in self.external_labels if label[0] not in present]))
         shown = ",".join(f'{name}="{escape(value)}"' for name, value in merged if name != "__name__")
-        return Entry(metric_name, f"{metric_name}{{{shown}}} ", forward)
+        prefix = f"{metric_name}{{{shown}}} "
+        entry = self.outputs.get(prefix)
+        if entry is not None:
+            self.aliased = True
+            return entry
+        entry = self.outputs[prefix] = Entry(metric_name, prefix, forward)
+        return entry
+
+    def entries(self) -> Iterable[Entry]:
+        """Each output series once."""
+        return dict.fromkeys(self.series.values()) if self.aliased else self.series.values()
+
+    def forget(self) -> None:
+        self.series.clear()
+        self.outputs.clear()
+        self.aliased = False
+
+
+def _check_values(series: list[Series], entries: list[Entry]) -> None:
+    for (_, samples), entry in zip(series, entries):
+        for _, value in samples:
+            if not math.isfinite(value) and not is_stale_marker(value):
+                shown = entry.prefix.strip()
+                raise Rejected("non_finite_value", f"series {shown} has the value {format_value(value)}; send finite values or a stale marker")
 
 
 def escape(value: str) -> str:
@@ -85,46 +111,48 @@ class SeriesStore:
     def __init__(self, agents: Iterable[InventoryAgent], external_labels: Labels = ()) -> None:
         self.states: dict[str, AgentState] = {agent.id: AgentState(agent, external_labels) for agent in agents}
 
-    def accept(self, state: AgentState, series: list[Series], now: float) -> tuple[int, list[Series]]:
-        """Store a push's series as a whole or not at all (Rejected); the sample count and the series to forward.
+    def accept(self, state: AgentState, series: list[Series], now: float, forwarding: bool = True) -> tuple[int, list[Series]]:
+        """Store a push's series as a whole or not at all (Rejected); the sample count and, when forwarding,
+        the series to send on ((labels, samples) pairs with the forwarded labels).
 
         Samples must be finite (stale markers excepted): a series ends with a stale marker, not a NaN.
+        This is the collector's hot path: one dict lookup per known series, one sum over the values.
         """
+        if any(not samples for _, samples in series):
+            series = [one for one in series if one[1]]
         known = state.series
-        resolved: list[tuple[Labels, Entry, tuple]] = []
-        samples_total = 0
-        isfinite = math.isfinite
-        for labels, samples in series:
-            if not samples:
-                continue
-            entry = known.get(labels)
+        get = known.get
+        entries: list[Entry] = []
+        fresh: list[tuple[Labels, Entry]] = []
+        for labels, _ in series:
+            entry = get(labels)
             if entry is None:
                 entry = state.entry_for(labels)
-            for _, value in samples:
-                if not isfinite(value) and not is_stale_marker(value):
-                    raise Rejected("non_finite_value", f"series {entry.prefix.strip()} has the value {format_value(value)}; send finite values (or a stale marker)")
-            samples_total += len(samples)
-            resolved.append((labels, entry, samples))
-        forward = []
-        for labels, entry, samples in resolved:
+                fresh.append((labels, entry))
+            entries.append(entry)
+        values = [value for _, samples in series for _, value in samples]
+        total = sum(values)
+        if total - total != 0.0:  # a NaN or an infinity somewhere (or an overflowing sum): look closer
+            _check_values(series, entries)
+        known.update(fresh)
+        for (labels, samples), entry in zip(series, entries):
             timestamp_ms, value = samples[-1]
             if value != value:  # a stale marker (checked above): the series has ended
                 known.pop(labels, None)
             elif timestamp_ms >= entry.timestamp_ms:
                 entry.value = value
                 entry.timestamp_ms = timestamp_ms
-                known[labels] = entry
-            forward.append(Series(entry.forward_labels, samples))
         state.last_seen = now
-        return samples_total, forward
+        forward = list(zip([entry.forward_labels for entry in entries], [samples for _, samples in series])) if forwarding else []
+        return len(values), forward  # type: ignore[return-value]
 
-    def replace(self, state: AgentState, series: list[Series], now: float) -> tuple[int, list[Series]]:
+    def replace(self, state: AgentState, series: list[Series], now: float, forwarding: bool = True) -> tuple[int, list[Series]]:
         """A scrape's full set: series missing from it end (stale markers to forward)."""
-        count, forward = self.accept(state, series, now)
+        count, forward = self.accept(state, series, now, forwarding)
         fresh = {labels for labels, _ in series}
         gone = [labels for labels in state.series if labels not in fresh]
-        forward += self._end(state, gone, now)
-        return count, forward
+        ended = self._end(state, gone, now)
+        return count, forward + ended if forwarding else forward
 
     def expire(self, now: float) -> list[Series]:
         """Silent agents past their TTL lose their series; stale markers for each, to forward."""
@@ -132,28 +160,29 @@ class SeriesStore:
         for state in self.states.values():
             if state.series and now - state.last_seen > state.agent.ttl:
                 forward += self._end(state, list(state.series), now)
+                state.forget()
         return forward
 
     @staticmethod
     def _end(state: AgentState, labels_list: list[Labels], now: float) -> list[Series]:
         stamp = ((int(now * 1000), STALE_NAN),)
-        return [Series(state.series.pop(labels).forward_labels, stamp) for labels in labels_list]
+        ended = {state.series.pop(labels).forward_labels: None for labels in labels_list}
+        return [Series(labels, stamp) for labels in ended]
 
     def live_states(self, now: float) -> Iterator[AgentState]:
         return (state for state in self.states.values() if state.series and now - state.last_seen <= state.agent.ttl)
 
     def series_count(self, now: float) -> int:
-        return sum(len(state.series) for state in self.live_states(now))
+        return sum(len(dict.fromkeys(state.series.values())) if state.aliased else len(state.series) for state in self.live_states(now))
 
     def render(self, now: float) -> str:
         """Exposition text of live agents' series, grouped by metric name, without timestamps."""
         groups: dict[str, list[str]] = {}
         for state in self.live_states(now):
-            for entry in state.series.values():
+            for entry in state.entries():
                 lines = groups.get(entry.name)
                 if lines is None:
                     lines = groups[entry.name] = []
                 lines.append(entry.prefix + format_value(entry.value))
-        if not groups:
-            return ""
-        return "\n".join("\n".join(lines) for lines in groups.values()) + "\n"
+        # remote_write 1.0 carries no HELP/TYPE: untyped, with a HELP line so that linters accept the page
+        return "".join(f"# HELP {name} {AGENT_SERIES_HELP}\n" + "\n".join(lines) + "\n" for name, lines in groups.items())

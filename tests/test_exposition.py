@@ -65,3 +65,55 @@ def test_single_result_has_no_target_labels():
     assert registry.get_sample_value("probe_test_loss_ratio", {}) == 0.4
     assert registry.get_sample_value("probe_test_packets_sent_total", {}) == 5
     assert registry.get_sample_value("probe_test_rtt_seconds_count", {}) == 1
+
+
+def test_text_rendering_equals_the_collector_families_push_uses():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from agents.exposition import render_text
+
+    store = ResultStore()
+    target = CONFIG.targets[0]
+    store.record(target, run(5, [0.005, 0.05], 0.2))
+    store.record(target, ProbeResult(True, samples=[SENT(5), RTT.observe([0.5]), LOSS(float("nan"))]))
+    text = render_text(store.states())
+    parsed = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    expected = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in ResultCollector(store).collect()
+        for s in family.samples
+    }
+    assert parsed.keys() == expected.keys()
+    for key, value in expected.items():
+        assert parsed[key] == value or (value != value and parsed[key] != parsed[key]), key
+    assert 'site="Ủy ban"' in text
+
+
+def test_text_rendering_escapes_label_values():
+    from agents.exposition import render_text
+
+    config = parse_config(
+        'agent: {id: a, agency: b}\nmodules: {tcp: {prober: tcp}}\n'
+        'targets:\n  - {name: t, address: "127.0.0.1:1", module: tcp, labels: {note: "a \\"quoted\\" \\\\ back\\nline"}}\n',
+        "x.yml",
+    )
+    store = ResultStore()
+    store.record(config.targets[0], run(1, [], 0.0))
+    text = render_text(store.states())
+    assert 'note="a \\"quoted\\" \\\\ back\\nline"' in text
+
+
+def test_cumulative_counters_are_exposed_as_read_with_counter_type():
+    from agents.exposition import render_text
+
+    octets = Metric("ifHCInOctets", "octets in", "counter", cumulative=True)
+    store = ResultStore()
+    store.record(CONFIG.targets[0], ProbeResult(True, samples=[octets(1000, ifIndex="1")]))
+    store.record(CONFIG.targets[0], ProbeResult(True, samples=[octets(1500, ifIndex="1")]))
+    text = render_text(store.states())
+    assert "# TYPE ifHCInOctets counter" in text
+    assert [l for l in text.splitlines() if l.startswith("ifHCInOctets{")][0].endswith(" 1500.0")

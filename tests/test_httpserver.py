@@ -92,3 +92,26 @@ async def test_a_client_that_sends_nothing_is_dropped_without_blocking_others(se
         assert data.startswith(b"HTTP/1.1 200")
     finally:
         idle_writer.close()
+
+
+async def test_iterable_bodies_are_streamed_chunked_and_gzipped():
+    import gzip
+    import urllib.request
+
+    async def stream(request: Request) -> Response:
+        return Response(200, (f"line {i}\n".encode() for i in range(5000)))
+
+    srv = HttpServer({"/stream": stream})
+    _, port = await srv.start("127.0.0.1", 0)
+    try:
+        data = await exchange(port, b"GET /stream HTTP/1.1\r\nConnection: close\r\n\r\n")
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"Transfer-Encoding: chunked" in head
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/stream", headers={"Accept-Encoding": "gzip"})
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(None, lambda: urllib.request.urlopen(request, timeout=5))
+        assert response.headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(await loop.run_in_executor(None, response.read)).decode()
+    finally:
+        await srv.close()
+    assert text.splitlines() == [f"line {i}" for i in range(5000)]

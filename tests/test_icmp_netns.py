@@ -15,6 +15,7 @@ from typing import Iterator
 
 import pytest
 
+from agents.probes.base import Failure
 from tests.support.netns import REPO_ROOT, NetnsPair, egress_delay, netns_pair, ns_exec, packet_loss
 from tests.support.require import require_root
 from tests.test_icmp import cli_value, icmp_config, run_cli_probe
@@ -64,7 +65,7 @@ def test_loss_above_max_loss_ratio_fails_with_packet_loss(pair: NetnsPair, tmp_p
     config = ping_config(pair.server_ip, timeout="2s", count=100, packet_interval="5ms", max_loss_ratio=0.05)
     with packet_loss(pair.client, pair.client_if, 20):
         entry = run_cli_probe(pair.client, config, tmp_path)["server"]
-    assert (entry["success"], entry["failure"]) == (False, "packet_loss")
+    assert (entry["success"], entry["failure"]) == (False, Failure.PACKET_LOSS.value)
     assert 0.05 < cli_value(entry, "probe_icmp_packet_loss_ratio") < 1
 
 
@@ -82,7 +83,7 @@ def test_absent_host_fails_with_host_unreachable_within_timeout(pair: NetnsPair,
     absent = pair.server_ip.rsplit(".", 1)[0] + ".99"  # on the link's subnet; nobody answers ARP for it
     config = ping_config(absent, timeout="5s", count=3, packet_interval="500ms")
     entry = run_cli_probe(pair.client, config, tmp_path)["server"]
-    assert (entry["success"], entry["failure"]) == (False, "host_unreachable")
+    assert (entry["success"], entry["failure"]) == (False, Failure.HOST_UNREACHABLE.value)
     assert entry["duration_seconds"] <= 5.0
     assert f"reported by {pair.client_ip}" in entry["detail"]
 
@@ -91,7 +92,7 @@ def test_silent_host_fails_with_timeout_within_timeout(pair: NetnsPair, tmp_path
     config = ping_config(pair.server_ip, timeout="2s", count=2, packet_interval="500ms")
     with packet_loss(pair.server, pair.server_if, 100):
         entry = run_cli_probe(pair.client, config, tmp_path)["server"]
-    assert (entry["success"], entry["failure"]) == (False, "timeout")
+    assert (entry["success"], entry["failure"]) == (False, Failure.TIMEOUT.value)
     assert 1.9 <= entry["duration_seconds"] <= 2.0
     assert cli_value(entry, "probe_icmp_packets_sent_total") == 2
     assert cli_value(entry, "probe_icmp_packet_loss_ratio") == 1
@@ -131,5 +132,5 @@ def test_unprivileged_user_probes_over_a_datagram_socket(pair: NetnsPair, shared
 def test_unprivileged_user_without_ping_group_range_is_denied(pair: NetnsPair, shared_dir: Path) -> None:
     results = _run_as_nobody(pair, shared_dir)  # a new namespace starts with ping_group_range "1 0": nobody may not
     for name in ("server", "server6"):
-        assert (results[name]["success"], results[name]["failure"]) == (False, "permission_denied")
+        assert (results[name]["success"], results[name]["failure"]) == (False, Failure.PERMISSION.value)
         assert "ping_group_range" in results[name]["detail"]

@@ -23,8 +23,8 @@ from tests.support.httpd import HttpServer, Reply
 from tests.support.ports import free_port
 from tests.support.procs import running, stop, wait_for_port
 from tests.support.require import require_binary
+from tests.support.tsdb import running_prometheus, stored_samples
 from tests.test_agent_run import http_get, metric_value
-from tests.test_remote_write import running_prometheus, stored_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITE_PATH = "/api/v1/write"

@@ -19,10 +19,19 @@ from agents.probes.base import Failure, ProbeResult
 from agents.probes.resources import ProbeResources
 from agents.runner import run_target
 from agents.snmp import ber
+from agents.snmp.device import Uptime
 from agents.store import ResultStore
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port
-from tests.support.snmpd import AGENT_ENV, V3_PROTOCOL_USERS, Snmpd, agent_config, running_snmpd
+from tests.support.snmpd import (
+    AGENT_ENV,
+    V3_AUTH_ONLY_USER,
+    V3_NO_AUTH_USER,
+    V3_PROTOCOL_USERS,
+    Snmpd,
+    agent_config,
+    running_snmpd,
+)
 from tests.test_agent_run import http_get, metric_value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +39,6 @@ IF_HC_IN_OCTETS = "1.3.6.1.2.1.31.1.1.1.6"
 IF_HIGH_SPEED = "1.3.6.1.2.1.31.1.1.1.15"
 IF_NAME = "1.3.6.1.2.1.31.1.1.1.1"
 IF_DESCR = "1.3.6.1.2.1.2.2.1.2"
-IF_TYPE = "1.3.6.1.2.1.2.2.1.3"
 FAST = "timeout: 3s, request_timeout: 300ms, retries: 1"
 
 
@@ -78,13 +86,17 @@ def gauge(result: ProbeResult, name: str) -> float:
     return value
 
 
-def walk(server: Snmpd, oid: str, version: str = "2c") -> dict[str, str]:
+def walk(server: Snmpd, oid: str) -> dict[str, str]:
     """snmpbulkwalk -On: index -> value text, for one column."""
     out = {}
-    for line in server.run_tool("snmpbulkwalk" if version != "1" else "snmpwalk", oid, version=version).splitlines():
+    for line in server.run_tool("snmpbulkwalk", oid).splitlines():
         name, _, value = line.partition(" = ")
         out[name.removeprefix(f".{oid}.")] = value.split(": ", 1)[1].strip('"') if ": " in value else ""
     return out
+
+
+def server_value(server: Snmpd, oid: str) -> float:
+    return float(server.run_tool("snmpget", "-Oqv", oid).split()[0])
 
 
 # --- polling ---------------------------------------------------------------------------------------------------
@@ -133,6 +145,16 @@ async def test_v3_protocols_match_net_snmp(snmpd, user):
     config = agent_config(device(snmpd, auth="v3", profiles="[system]")).replace(
         "username: testuser, auth_protocol: SHA", f"username: {user}, auth_protocol: {auth}"
     ).replace("priv_protocol: AES,", f"priv_protocol: {priv},")
+    (result,) = await poll(parse_config(config).target("sw"))
+    assert result.success, result.detail
+    assert by_label(result, "sysName", "sysName") == {socket.gethostname(): 1.0}
+
+
+@pytest.mark.parametrize("user, level", [(V3_AUTH_ONLY_USER, "authNoPriv"), (V3_NO_AUTH_USER, "noAuthNoPriv")])
+async def test_v3_lower_security_levels(snmpd, user, level):
+    config = agent_config(device(snmpd, auth="v3", profiles="[system]")).replace(
+        "username: testuser,", f"username: {user}, security_level: {level},"
+    )
     (result,) = await poll(parse_config(config).target("sw"))
     assert result.success, result.detail
     assert by_label(result, "sysName", "sysName") == {socket.gethostname(): 1.0}
@@ -273,6 +295,20 @@ async def test_restart_counts_one_reboot(tmp_path):
     assert uptime_before >= 2.0 > gauge(result, "probe_snmp_device_uptime_seconds")
 
 
+async def test_v3_resynchronizes_with_a_restarted_agent(tmp_path):
+    with running_snmpd(tmp_path) as server:
+        target = targets(device(server, auth="v3", profiles="[system]"))["sw"]
+        resources = ProbeResources()
+        try:
+            (before,) = await poll(target, resources=resources)
+            await asyncio.to_thread(server.restart)  # new engine boots (and engine ID: a fresh persistent dir)
+            (after,) = await poll(target, resources=resources)
+        finally:
+            resources.close()
+    assert before.success and after.success, after.detail
+    assert gauge(after, "probe_snmp_pdu_retries") == 0  # the report that resynchronizes is part of one request
+
+
 async def test_failed_poll_serves_the_last_good_data(tmp_path):
     with running_snmpd(tmp_path) as server:
         target = targets(device(server, options=FAST))["sw"]
@@ -313,8 +349,13 @@ snmp_profiles:
     assert {label["laIndex"] for label in config_labels} == set(names) and all("laConfig" in l for l in config_labels)
 
 
-def server_value(server: Snmpd, oid: str) -> float:
-    return float(server.run_tool("snmpget", "-Oqv", oid).split()[0])
+def test_sysuptime_wrapping_after_497_days_is_not_a_reboot():
+    uptime = Uptime()
+    assert not uptime.update(2**32 - 500, now=0.0)
+    assert not uptime.update(300, now=8.0)  # 800 ticks later: the 32-bit TimeTicks wrapped
+    assert uptime.seconds == (2**32 + 300) / 100 and uptime.reboots == 0
+    assert uptime.update(100, now=20.0)  # lower than the 1,500 ticks expected by now: a reboot
+    assert uptime.seconds == 1.0 and uptime.reboots == 1
 
 
 def test_counter64_keeps_every_bit_and_stays_exact_below_2_53():

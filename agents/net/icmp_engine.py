@@ -327,7 +327,7 @@ class _Channel:
             except BlockingIOError:
                 return
             except OSError:
-                # a datagram socket reports an ICMP error as a pending socket error; the details wait in its error queue
+                # a datagram socket reports an ICMP error as a pending socket error; its details wait in the error queue
                 if not self._drain_error_queue():
                     return
                 continue
@@ -350,10 +350,11 @@ class _Channel:
                 return
             if self.raw and (buf[offset + 4] << 8 | buf[offset + 5]) != self._ident:
                 return
-            entry = self._pending.get(buf[offset + 6] << 8 | buf[offset + 7])
+            sequence = buf[offset + 6] << 8 | buf[offset + 7]
+            entry = self._pending.get(sequence)
             if entry is None or entry[0].ip != source:
                 return
-            del self._pending[buf[offset + 6] << 8 | buf[offset + 7]]
+            del self._pending[sequence]
             received_ns = 0
             for level, cmsg_type, data in ancillary:
                 if cmsg_type == SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(data) >= TIMESPEC.size:

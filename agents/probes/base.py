@@ -87,6 +87,14 @@ class Metric:
     help: str
     kind: MetricKind = "gauge"
     buckets: tuple[float, ...] = ()  # histograms only; upper bounds, +Inf implied
+    # counters only: the value is already a running total read from elsewhere (an SNMP device's
+    # ifHCInOctets), so it is exposed as read, under its own name, instead of summed per run
+    cumulative: bool = False
+
+    @property
+    def latest_only(self) -> bool:
+        """Exposed as the latest run's value (gauges and cumulative counters), not accumulated."""
+        return self.kind == "gauge" or self.cumulative
 
     def __call__(self, value: float, **labels: str) -> "Sample":
         return Sample(self, float(value), tuple(sorted(labels.items())))

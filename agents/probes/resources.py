@@ -53,7 +53,7 @@ class ProbeResources:
 
     @property
     def snmp(self) -> "SnmpResources":
-        """The one pysnmp engine (v3), per-device SNMP caches and the SNMP poll cap."""
+        """Per-device SNMP state (caches, bulk size, v3 engine and keys) and the SNMP poll cap."""
         if self._snmp is None:
             from agents.snmp.engine import SnmpResources
 
@@ -71,9 +71,6 @@ class ProbeResources:
         if self._icmp is not None:
             self._icmp.close()
             self._icmp = None
-        if self._snmp is not None:
-            self._snmp.close()
-            self._snmp = None
         if self._ssh is not None:  # before the executor: closing wakes threads blocked on a connection
             self._ssh.close()
             self._ssh = None

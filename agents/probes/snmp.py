@@ -86,7 +86,7 @@ async def _poll(resources: ProbeResources, device: DeviceState, settings: SnmpSe
                 stats: PollStats, deadline: float) -> PollData:
     assert settings.auth is not None  # the loader always sets it
     async with resources.snmp.poll_slot(settings.max_concurrent_polls, deadline):
-        session = await resources.snmp.session(device, settings.auth, settings.request_timeout, ip, port)
+        session = await resources.snmp.session(device, settings.auth, ip, port)
         try:
             walker = Walker(session, stats, device.bulk, settings.request_timeout, settings.retries, deadline)
             return await poll(walker, device, Cadence(settings.label_refresh, settings.slow_refresh), time.monotonic())

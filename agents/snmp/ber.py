@@ -1,7 +1,7 @@
-"""The SNMP v1/v2c message codec: BER of exactly what a poller sends and receives.
+"""The SNMP codec: BER of PDUs and of v1/v2c messages (v3 framing in agents.snmp.usm builds on it).
 
 pysnmp decodes through pyasn1 at ~100 µs per varbind (measured here, docs/snmp.md); a poll of a 200-port
-switch returns ~1,800 varbinds, so v1/v2c messages are coded here instead, where a varbind costs a few µs.
+switch returns ~1,800 varbinds, so messages are coded here instead, where a varbind costs a few µs.
 OIDs stay in their encoded form (the BER content octets): an instance OID of a column starts with the column's
 encoding, so "is this varbind still in my column" is a bytes prefix test and the index is the remaining bytes.
 """

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from agents.probes.base import Sample
 from agents.snmp.labels import TableCache
 from agents.snmp.plan import Plan
+from agents.snmp.usm import UsmPeer
 from agents.snmp.walker import BulkSize
 
 TICKS_PER_SECOND = 100
@@ -57,7 +57,7 @@ class DeviceState:
     tables: dict[str, TableCache]
     uptime: Uptime = field(default_factory=Uptime)
     last_good: LastGood | None = None
-    usm: tuple[Any, Any, tuple[str, int]] | None = None  # pysnmp (user, transport target, address) for v3
+    usm: UsmPeer | None = None  # v3: the user's keys and the device's engine ID, boots and time
     used_at: float = field(default_factory=time.monotonic)
 
     @classmethod

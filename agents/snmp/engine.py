@@ -1,19 +1,17 @@
-"""Process-wide SNMP resources (ProbeResources.snmp): the one pysnmp engine, device states, the poll cap."""
+"""Process-wide SNMP resources (ProbeResources.snmp): device states and the cap on concurrent polls."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 from agents.probes.base import Failure
 from agents.snmp.device import DeviceState
 from agents.snmp.schema import SnmpAuth
-from agents.snmp.session import CommunitySession, Session, SnmpError, UsmSession, usm_user
-
-if TYPE_CHECKING:
-    from pysnmp.entity.engine import SnmpEngine
+from agents.snmp.session import CommunitySession, Session, SnmpError, UsmSession
+from agents.snmp.usm import UsmPeer, UsmUser
 
 # a device not polled for this long was removed from the config (or renamed): forget its caches
 IDLE_STATE_SECONDS = 6 * 3600
@@ -21,18 +19,8 @@ IDLE_STATE_SECONDS = 6 * 3600
 
 class SnmpResources:
     def __init__(self) -> None:
-        self._engine: SnmpEngine | None = None
         self._devices: dict[str, tuple[object, DeviceState]] = {}
         self._slots: tuple[int, asyncio.Semaphore] | None = None
-
-    @property
-    def engine(self) -> "SnmpEngine":
-        """The pysnmp engine for SNMPv3 (created on first use; v1/v2c never need it)."""
-        if self._engine is None:
-            from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
-
-            self._engine = SnmpEngine()
-        return self._engine
 
     def device(self, name: str, settings: object, create: Callable[[], DeviceState]) -> DeviceState:
         """The state of device `name`, new when its settings changed (a reload with other profiles)."""
@@ -63,16 +51,11 @@ class SnmpResources:
         finally:
             slots.release()
 
-    async def session(self, device: DeviceState, auth: SnmpAuth, request_timeout: float, ip: str, port: int) -> Session:
-        """A session for one poll: its own UDP socket for v1/v2c, the shared engine for v3."""
+    @staticmethod
+    async def session(device: DeviceState, auth: SnmpAuth, ip: str, port: int) -> Session:
+        """A session for one poll, on its own UDP socket; v3 engine state and keys live in the device's state."""
         if auth.version != 3:
             return await CommunitySession.open(auth, ip, port)
-        if device.usm is None or device.usm[2] != (ip, port):
-            device.usm = (usm_user(auth), await UsmSession.target(ip, port, request_timeout), (ip, port))
-        user, target, _ = device.usm
-        return UsmSession(self.engine, user, target, auth.context_name)
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close_dispatcher()
-            self._engine = None
+        if device.usm is None:  # hashing the passphrases takes ~20 ms: once per device, off the event loop
+            device.usm = UsmPeer(await asyncio.to_thread(UsmUser, auth))
+        return await UsmSession.open(device.usm, ip, port)

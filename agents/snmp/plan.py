@@ -52,7 +52,9 @@ class Plan:
 
 def _metric(spec: MetricSpec) -> Metric:
     name = f"{spec.name}_info" if spec.type == "enum_info" else spec.name
-    # Raw SNMP counters keep the device's value (snmp_exporter semantics), so they are exposed as they are read.
+    # Raw SNMP counters keep the device's value (snmp_exporter semantics): exposed as read, typed counter.
+    if spec.type == "counter":
+        return Metric(name, spec.help or f"{spec.name} - {spec.oid}", "counter", cumulative=True)
     return Metric(name, spec.help or f"{spec.name} - {spec.oid}", "gauge")
 
 

@@ -83,15 +83,6 @@ class SnmpAuth(_Spec, kw_only=True):
         if self.security_level == "authPriv":
             _passphrase(self.priv_password, self.priv_password_file, "priv_password")
 
-    def conflicts_with(self, other: "SnmpAuth") -> bool:
-        """Both name one v3 user with different keys: the one SNMP engine holds one key set per user name."""
-        if self.version != 3 or other.version != 3 or self.username != other.username:
-            return False
-        return self._keys() != other._keys()
-
-    def _keys(self) -> tuple:
-        return (self.auth_protocol.replace("-", ""), self.auth_secret, self.priv_protocol.replace("-", ""), self.priv_secret)
-
 
 def _one_of(inline: object, file: object, key: str, who: str) -> None:
     if (inline is None) == (file is None):

@@ -113,7 +113,8 @@ class _UdpSession(Generic[Payload]):
                 raise SnmpError(*self._responses.dropped) from None
             raise RequestTimeout() from None
         except OSError as exc:
-            raise SnmpError(socket_failure(exc), f"UDP: {exc.strerror or exc}") from None
+            hint = " (ICMP port unreachable: no SNMP agent listens on that port)" if isinstance(exc, ConnectionRefusedError) else ""
+            raise SnmpError(socket_failure(exc), f"UDP: {exc.strerror or exc}{hint}") from None
         finally:
             del self._responses.waiting[key]
 
@@ -174,7 +175,8 @@ class UsmSession(_UdpSession[Incoming]):
             await self._discover(deadline - loop.time())
         repetitions = max_repetitions if pdu == ber.GETBULK else 0
         body = ber.encode_pdu(pdu, self._next_id(), oids, max_repetitions=repetitions)
-        for attempt in range(2):  # one report may resynchronize: the agent rebooted or its clock moved
+        resynchronized = False
+        while True:
             message_id = self._next_id()
             incoming = await self._exchange(message_id, request_message(self._peer.user, engine, message_id, body),
                                             deadline - loop.time())
@@ -182,12 +184,13 @@ class UsmSession(_UdpSession[Incoming]):
                 engine.sync(incoming.boots, incoming.time)
                 return incoming.response
             report = incoming.response.varbinds[0].oid if incoming.response.varbinds else b""
-            if attempt == 0 and report in (NOT_IN_TIME_WINDOW, UNKNOWN_ENGINE_ID):
+            # the agent rebooted or its clock moved (an authenticated report), or another engine answers here now
+            if not resynchronized and (report == UNKNOWN_ENGINE_ID or report == NOT_IN_TIME_WINDOW and incoming.level):
+                resynchronized = True
                 engine.id = incoming.engine_id
                 engine.sync(incoming.boots, incoming.time)
                 continue
             raise self._reported(report)
-        raise self._reported(report)
 
     async def _discover(self, timeout: float) -> None:
         message_id = self._next_id()

@@ -46,13 +46,6 @@ def _auths(ctx: Context, raw: dict[str, dict[str, Any]]) -> dict[str, SnmpAuth]:
     for name, body in raw.items():
         auth = auths[name] = ctx.convert(body, SnmpAuth, ("snmp_auths", name))
         _check(ctx, ("snmp_auths", name), auth.check)
-        for other_name, other in auths.items():
-            if other_name < name and auth.conflicts_with(other):
-                raise ctx.error(
-                    ("snmp_auths", name, "username"),
-                    f"v3 user {auth.username!r} has other keys in snmp_auths.{other_name}: "
-                    "one agent process holds one key set per SNMPv3 user name",
-                )
     return auths
 
 

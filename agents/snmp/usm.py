@@ -3,8 +3,8 @@
 pysnmp 7 provides the parts that must be exactly right and are easy to get subtly wrong: passphrase hashing,
 key localization (with the Blumenthal and Reeder key extensions of AES-192/256) and the privacy ciphers.
 The framing is ours, as for v1/v2c: pysnmp's whole-message path decodes every varbind through pyasn1
-(~150 µs each, measured in docs/snmp.md), which made a v3 poll of a 200-port switch cost 20 times a v2c one.
-Authentication is HMAC from the standard library over the message, at the position we put the digest.
+(~180 µs each here), so a v3 poll of a 200-port switch cost 250-500 ms of CPU; framed here it costs about what
+a v2c poll does (docs/benchmarks.md). Authentication is the standard library's HMAC, at the digest's known place.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from agents.snmp.schema import SnmpAuth
 MAX_MESSAGE_SIZE = 65507  # the largest UDP payload: let the agent answer as much as it likes
 USM_SECURITY_MODEL = 3
 FLAG_AUTH, FLAG_PRIV, FLAG_REPORTABLE = 0x01, 0x02, 0x04
+SECURITY_FLAGS = FLAG_AUTH | FLAG_PRIV
 
 _USM_STATS = "1.3.6.1.6.3.15.1.1"
 UNKNOWN_ENGINE_ID = ber.encode_oid(f"{_USM_STATS}.4.0")
@@ -75,11 +76,14 @@ class Incoming:
     engine_id: bytes
     boots: int
     time: int
+    level: int  # FLAG_AUTH | FLAG_PRIV as the message was protected
     pdu_tag: int
     response: ber.Response
 
 
-def _services(auth: SnmpAuth) -> tuple[Any, Any]:
+def _services(auth: SnmpAuth) -> tuple[Any, tuple[int, ...], Any]:
+    """pysnmp's (authentication service, its protocol OID, privacy service) for the auth's protocols."""
+    import pysnmp.proto.secmod.rfc3414  # noqa: F401 - first: it imports the service modules in an order that works
     from pysnmp.proto.secmod.eso.priv import aes192, aes256
     from pysnmp.proto.secmod.rfc3414.auth import hmacmd5, hmacsha
     from pysnmp.proto.secmod.rfc3414.priv import des
@@ -87,15 +91,18 @@ def _services(auth: SnmpAuth) -> tuple[Any, Any]:
     from pysnmp.proto.secmod.rfc7860.auth import hmacsha2
 
     sha2 = hmacsha2.HmacSha2
-    auth_services = {
-        "MD5": hmacmd5.HmacMd5(), "SHA": hmacsha.HmacSha(), "SHA224": sha2(sha2.SHA224_SERVICE_ID),
-        "SHA256": sha2(sha2.SHA256_SERVICE_ID), "SHA384": sha2(sha2.SAH384_SERVICE_ID), "SHA512": sha2(sha2.SHA512_SERVICE_ID),
+    auth_oids = {
+        "MD5": hmacmd5.HmacMd5.SERVICE_ID, "SHA": hmacsha.HmacSha.SERVICE_ID, "SHA224": sha2.SHA224_SERVICE_ID,
+        "SHA256": sha2.SHA256_SERVICE_ID, "SHA384": sha2.SAH384_SERVICE_ID, "SHA512": sha2.SHA512_SERVICE_ID,
     }
     priv_services = {
-        "DES": des.Des(), "AES": aes.Aes(), "AES192": aes192.AesBlumenthal192(), "AES256": aes256.AesBlumenthal256(),
-        "AES192C": aes192.Aes192(), "AES256C": aes256.Aes256(),
+        "DES": des.Des, "AES": aes.Aes, "AES192": aes192.AesBlumenthal192, "AES256": aes256.AesBlumenthal256,
+        "AES192C": aes192.Aes192, "AES256C": aes256.Aes256,
     }
-    return auth_services[auth.auth_protocol.replace("-", "")], priv_services[auth.priv_protocol.replace("-", "")]
+    name = auth.auth_protocol.replace("-", "")
+    oid = auth_oids[name]
+    service = {"MD5": hmacmd5.HmacMd5, "SHA": hmacsha.HmacSha}[name]() if name in ("MD5", "SHA") else sha2(oid)
+    return service, oid, priv_services[auth.priv_protocol.replace("-", "")]()
 
 
 class UsmUser:
@@ -107,7 +114,7 @@ class UsmUser:
         self.name = (auth.username or "").encode()
         self.context_name = auth.context_name.encode()
         self.flags = FLAG_REPORTABLE
-        self._auth_service, self._priv_service = _services(auth)
+        self._auth_service, self._auth_oid, self._priv_service = _services(auth)
         self._digest, self.digest_length = _DIGESTS[auth.auth_protocol.replace("-", "")]
         self._master_auth = self._master_priv = None
         if auth.security_level != "noAuthNoPriv":
@@ -116,19 +123,23 @@ class UsmUser:
         if auth.security_level == "authPriv":
             self.flags |= FLAG_PRIV
             self._master_priv = self._priv_service.hash_passphrase(
-                self._auth_service.SERVICE_ID, OctetString(auth.priv_secret.reveal())
+                self._auth_oid, OctetString(auth.priv_secret.reveal())
             )
         self._localized: dict[bytes, tuple[bytes, Any]] = {}
 
     def keys(self, engine_id: bytes) -> tuple[bytes, Any]:
         """(auth key bytes, priv key as pysnmp takes it) localized to one engine."""
+        from pyasn1.type.univ import OctetString
+
         keys = self._localized.get(engine_id)
         if keys is None:
             auth_key = priv_key = None
             if self._master_auth is not None:
-                auth_key = bytes(self._auth_service.localize_key(self._master_auth, engine_id))
+                auth_key = bytes(self._auth_service.localize_key(self._master_auth, OctetString(engine_id)))
             if self._master_priv is not None:
-                priv_key = self._priv_service.localize_key(self._auth_service.SERVICE_ID, self._master_priv, engine_id)
+                priv_key = self._priv_service.localize_key(
+                    self._auth_oid, self._master_priv, OctetString(engine_id)
+                )
             keys = self._localized[engine_id] = (auth_key, priv_key)  # type: ignore[assignment]
         return keys  # type: ignore[return-value]
 
@@ -143,7 +154,8 @@ class UsmUser:
         from pyasn1.type.univ import OctetString
 
         try:
-            return bytes(self._priv_service.decrypt_data(key, (boots, engine_time, salt), OctetString(encrypted)))
+            params = (boots, engine_time, OctetString(salt))
+            return bytes(self._priv_service.decrypt_data(key, params, OctetString(encrypted)))
         except Exception as exc:  # noqa: BLE001 - pysnmp signals a bad salt or length with its own error types
             raise ber.DecodeError(f"cannot decrypt the response: {exc.__class__.__name__}") from None
 
@@ -183,13 +195,6 @@ def request_message(user: UsmUser, engine: Engine, message_id: int, pdu: bytes) 
     return message[:offset] + user.digest(auth_key, message) + message[offset + len(placeholder):]
 
 
-def message_id_of(data: bytes) -> int:
-    start, _ = ber.expect(data, 0, ber.SEQUENCE, "message")
-    _, pos = ber.read_integer(data, start, "msgVersion")
-    start, _ = ber.expect(data, pos, ber.SEQUENCE, "msgGlobalData")
-    return ber.read_integer(data, start, "msgID")[0]
-
-
 def read_message(data: bytes, user: UsmUser) -> Incoming:
     """Parse, authenticate (if the message says it is) and decrypt a v3 response or report."""
     start, _ = ber.expect(data, 0, ber.SEQUENCE, "message")
@@ -208,21 +213,25 @@ def read_message(data: bytes, user: UsmUser) -> Incoming:
     _, cursor = ber.read_octets(data, cursor, "msgUserName")
     digest_start, digest_end = ber.expect(data, cursor, ber.OCTET_STRING, "msgAuthenticationParameters")
     salt, _ = ber.read_octets(data, digest_end, "msgPrivacyParameters")
-    flag = flags[0] if flags else 0
-    auth_key, priv_key = user.keys(engine_id) if flag & FLAG_AUTH else (None, None)
-    if flag & FLAG_AUTH:
+    level = (flags[0] if flags else 0) & SECURITY_FLAGS
+    if level & ~user.flags or level == FLAG_PRIV:  # more than the user can check, or privacy without auth
+        raise AuthenticationError()
+    auth_key, priv_key = user.keys(engine_id) if level else (b"", None)
+    if level & FLAG_AUTH:
         digest = data[digest_start:digest_end]
         expected = user.digest(auth_key, data[:digest_start] + b"\0" * len(digest) + data[digest_end:])
         if not hmac.compare_digest(digest, expected):
             raise AuthenticationError()
-    if flag & FLAG_PRIV:
+    if level & FLAG_PRIV:
         encrypted, _ = ber.read_octets(data, pos, "encryptedPDU")
         data, pos = user.decrypt(priv_key, boots, engine_time, salt, encrypted), 0
     start, _ = ber.expect(data, pos, ber.SEQUENCE, "ScopedPDU")
     _, cursor = ber.read_octets(data, start, "contextEngineID")
     _, cursor = ber.read_octets(data, cursor, "contextName")
     tag, response = ber.decode_pdu(data, cursor)
-    return Incoming(message_id, engine_id, boots, engine_time, tag, response)
+    if tag == ber.RESPONSE and level != user.flags & SECURITY_FLAGS:
+        raise AuthenticationError()  # a response comes at the request's security level; only reports may not
+    return Incoming(message_id, engine_id, boots, engine_time, level, tag, response)
 
 
 @dataclass(slots=True)

@@ -259,6 +259,7 @@ def bench_fping(targets: list[str], duration: float, workdir: Path) -> Figure:
     with open(workdir / "fping.log", "wb") as summary:
         started = time.monotonic()
         fping = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=summary)
+        peak_rss = _watch_peak_rss(fping)
         _, status, usage = os.wait4(fping.pid, 0)
         wall = time.monotonic() - started
     sent = received = 0
@@ -269,7 +270,26 @@ def bench_fping(targets: list[str], duration: float, workdir: Path) -> Figure:
             received += int(counts.group(2))
     notes = [f"{' '.join(argv[:8])} ... ({len(targets)} targets), exit status {os.waitstatus_to_exitcode(status)}, "
              f"wall {wall:.1f} s, echo replies {_share(received, sent)}"]  # fmt: skip
-    return Figure("fping", sent, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, notes)
+    return Figure("fping", sent, usage.ru_utime + usage.ru_stime, peak_rss, notes)
+
+
+def _watch_peak_rss(process: subprocess.Popen) -> int:
+    """VmHWM read until the process exits: its rusage ru_maxrss would include this (forking) Python's RSS,
+    which Linux carries over exec."""
+    peak = 0
+    while True:
+        try:
+            peak = max(peak, memory_bytes(process.pid))
+        except OSError:
+            return peak
+        if _exited(process.pid):
+            return peak
+        time.sleep(0.5)
+
+
+def _exited(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/stat").read_text()
+    return status.rsplit(")", 1)[1].split()[0] == "Z"  # a zombie: exited, not yet reaped
 
 
 # --- report -----------------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ V3_AUTH_PASSWORD = "authpass123"
 V3_PRIV_PASSWORD = "privpass123"
 READY_TIMEOUT = 10.0
 SYS_UPTIME = "1.3.6.1.2.1.1.3.0"
+V3_AUTH_ONLY_USER = "authonly"  # authNoPriv, SHA
+V3_NO_AUTH_USER = "noauth"  # noAuthNoPriv
 # more v3 users, one per protocol pair worth proving (net-snmp spellings; same passphrases as V3_USER)
 V3_PROTOCOL_USERS = {
     "md5des": ("MD5", "DES"),
@@ -135,9 +137,14 @@ AGENT_ENV = {"SNMPD_COMMUNITY": COMMUNITY, "SNMPD_AUTH": V3_AUTH_PASSWORD, "SNMP
 
 def _config(host: str, port: int) -> str:
     users = {V3_USER: ("SHA", "AES"), **V3_PROTOCOL_USERS}
-    return f"agentAddress udp:{host}:{port}\nrocommunity {COMMUNITY} 127.0.0.1\n" + "".join(
-        f'createUser {user} {auth} "{V3_AUTH_PASSWORD}" {priv} "{V3_PRIV_PASSWORD}"\nrouser {user} priv\n'
-        for user, (auth, priv) in users.items()
+    return (
+        f"agentAddress udp:{host}:{port}\nrocommunity {COMMUNITY} 127.0.0.1\n"
+        + "".join(
+            f'createUser {user} {auth} "{V3_AUTH_PASSWORD}" {priv} "{V3_PRIV_PASSWORD}"\nrouser {user} priv\n'
+            for user, (auth, priv) in users.items()
+        )
+        + f'createUser {V3_AUTH_ONLY_USER} SHA "{V3_AUTH_PASSWORD}"\nrouser {V3_AUTH_ONLY_USER} auth\n'
+        + f"createUser {V3_NO_AUTH_USER}\nrouser {V3_NO_AUTH_USER} noauth\n"
     )
 
 

@@ -1,0 +1,72 @@
+"""netmon-collector: run the collector, or check its config file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Sequence
+
+from agents import __version__
+from agents.config import ConfigError
+from agents.logs import setup_logging
+from collector.config import CollectorConfig, describe, load_collector_config
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netmon-collector", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"netmon-collector {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="receive pushes, scrape pull agents, serve /metrics and / until SIGTERM")
+    run.add_argument("--config", required=True, help="collector YAML config file")
+    run.add_argument("--listen", type=_listen, help="HOST:PORT, overrides the config's listen (default port 9856)")
+    check = commands.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
+    check.add_argument("config")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        config = load_collector_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        counts = describe(config)
+        print(
+            f"{args.config}: OK ({counts['agencies']} agencies, {counts['push']} push and {counts['pull']} pull agents, "
+            f"{counts['remote_write']} remote_write out)"
+        )
+        return EXIT_OK
+    return _run(config, args.listen)
+
+
+def _run(config: CollectorConfig, listen: tuple[str, int] | None) -> int:
+    from collector.app import Collector  # the server stack only for `run`
+
+    async def main_loop() -> None:
+        await Collector(config, listen).run_until_stopped()
+
+    try:
+        asyncio.run(main_loop())
+    except OSError as exc:
+        print(f"netmon-collector: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

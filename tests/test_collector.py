@@ -1,0 +1,391 @@
+"""The collector as an operator runs it (`python -m collector.cli run`), driven over real HTTP: per-agent
+credentials, identity labels from the inventory, liveness, and every kind of bad push answered with its 4xx."""
+
+from __future__ import annotations
+
+import math
+import re
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cramjam
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents import remote_write as rw
+from agents.remote_write import make_series
+from tests.support.ports import free_port
+from tests.support.procs import running, wait_for_port
+from tests.test_agent_run import http_get, metric_value
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENS = {"so-tttt-1": "tok-so-tttt-1-9f3a", "xa-my-tho-1": "tok-xa-my-tho-1-77c2", "cai-be-1": "tok-cai-be-1-1b0e"}
+TOKEN_ENV = {f"NETMON_TEST_TOKEN_{agent.upper().replace('-', '_')}": token for agent, token in TOKENS.items()}
+
+INVENTORY = """\
+agencies:
+  - {id: so-tttt, name: "Sở Thông tin và Truyền thông", district: tp-my-tho, level: department}
+  - {id: xa-my-tho, name: "Ủy ban nhân dân xã Mỹ Thọ", district: cao-lanh, level: commune}
+  - {id: ubnd-cai-be, name: "Ủy ban nhân dân huyện Cái Bè", district: cai-be, level: district}
+  - {id: so-y-te, name: "Sở Y tế", district: tp-my-tho, level: department}
+agents:
+  - {id: so-tttt-1, agency: so-tttt, mode: push, bearer_token: "${NETMON_TEST_TOKEN_SO_TTTT_1}"}
+  - {id: xa-my-tho-1, agency: xa-my-tho, mode: push, bearer_token: "${NETMON_TEST_TOKEN_XA_MY_THO_1}"}
+  - {id: cai-be-1, agency: ubnd-cai-be, mode: push, bearer_token_file: "TOKEN_FILE"}
+"""
+
+
+@dataclass
+class RunningCollector:
+    url: str
+    port: int
+    log: Path
+    proc: subprocess.Popen
+
+    def metrics(self) -> str:
+        status, text = http_get(f"{self.url}/metrics")
+        assert status == 200, text
+        return text
+
+
+def collector_config(directory: Path, port: int, extra: str = "", inventory: str = INVENTORY) -> Path:
+    token_file = directory / "cai-be-1.token"
+    token_file.write_text(TOKENS["cai-be-1"] + "\n", encoding="utf-8")
+    config = directory / "collector.yml"
+    config.write_text(f"listen: 127.0.0.1:{port}\n{inventory.replace('TOKEN_FILE', str(token_file))}{extra}", encoding="utf-8")
+    return config
+
+
+def collector_argv(config: Path) -> list[str]:
+    return [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
+
+
+@contextmanager
+def running_collector(directory: Path, extra: str = "", port: int | None = None, inventory: str = INVENTORY) -> Iterator[RunningCollector]:
+    directory.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    config = collector_config(directory, port, extra, inventory)
+    log = directory / "collector.log"
+    with running(collector_argv(config), log_path=str(log), env=TOKEN_ENV, cwd=str(ROOT)) as proc:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        yield RunningCollector(f"http://127.0.0.1:{port}", port, log, proc)
+
+
+def push(url: str, body: bytes, token: str | None, headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+    sent = {**dict(rw.HEADERS), **(headers or {})}
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"{url}/api/v1/write", data=body, method="POST", headers=sent)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read().decode(), dict(reply.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(), dict(error.headers)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def probe_series(value: float = 1.0, target: str = "dc", **labels: str) -> rw.Series:
+    return make_series("probe_success", {"target": target, "module": "icmp", **labels}, [(now_ms(), value)])
+
+
+def wait_until(condition, timeout: float, what: str, step: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def series_lines(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.split("{")[0].split(" ")[0] == name]
+
+
+@pytest.fixture(scope="module")
+def collector(tmp_path_factory) -> Iterator[RunningCollector]:
+    extra = "defaults: {interval: 1s, ttl: 3s}\ningest: {max_body_bytes: 200000, max_decompressed_bytes: 1000000}\n"
+    with running_collector(tmp_path_factory.mktemp("collector"), extra) as running_one:
+        yield running_one
+
+
+# --- identity and credentials
+
+
+def test_pushed_series_carry_the_identity_labels_of_the_agent_the_token_belongs_to(collector):
+    status, text, _ = push(collector.url, rw.encode([probe_series(target="identity-check")]), TOKENS["so-tttt-1"])
+    assert status == 204, text
+    lines = series_lines(collector.metrics(), "probe_success")
+    assert 'probe_success{agency="so-tttt",agent="so-tttt-1",district="tp-my-tho",level="department",module="icmp",target="identity-check"} 1.0' in lines
+
+
+def test_an_agent_cannot_write_another_agencys_series(collector):
+    spoofed = probe_series(target="spoof-check", agency="so-tttt", agent="so-tttt-1", district="tp-my-tho", level="department")
+    status, text, _ = push(collector.url, rw.encode([spoofed]), TOKENS["xa-my-tho-1"])
+    assert status == 204, text
+    lines = [line for line in series_lines(collector.metrics(), "probe_success") if 'target="spoof-check"' in line]
+    assert lines == [
+        'probe_success{agency="xa-my-tho",agent="xa-my-tho-1",district="cao-lanh",level="commune",module="icmp",target="spoof-check"} 1.0'
+    ]
+
+
+def test_a_token_from_a_file_authenticates_its_agent(collector):
+    status, text, _ = push(collector.url, rw.encode([probe_series(target="file-token")]), TOKENS["cai-be-1"])
+    assert status == 204, text
+    assert any('agent="cai-be-1"' in line and 'target="file-token"' in line for line in series_lines(collector.metrics(), "probe_success"))
+
+
+@pytest.mark.parametrize("token", [None, "not-a-known-token", TOKENS["so-tttt-1"] + "x"], ids=["missing", "unknown", "near-miss"])
+def test_push_without_a_known_token_is_refused_with_401(collector, token):
+    status, text, headers = push(collector.url, rw.encode([probe_series(target="intruder")]), token)
+    assert (status, text.split(":")[0]) == (401, "unauthorized")
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert 'target="intruder"' not in collector.metrics()
+
+
+def test_agency_info_names_every_inventory_agency_in_utf8(collector):
+    lines = series_lines(collector.metrics(), "netmon_agency_info")
+    assert 'netmon_agency_info{agency="xa-my-tho",district="cao-lanh",level="commune",name="Ủy ban nhân dân xã Mỹ Thọ"} 1.0' in lines
+    assert len(lines) == 4
+
+
+# --- liveness
+
+
+def test_an_inventory_agent_never_seen_is_down_from_the_start(collector):
+    text = collector.metrics()
+    assert metric_value(text, "netmon_agent_up", agent="cai-be-1") in (0.0, 1.0)  # pushed to by another test
+    # so-y-te has no agent; every agent of the inventory has an up series, never-seen ones 0 with last_seen 0
+    with running_collector(collector.log.parent / "fresh") as fresh:
+        text = fresh.metrics()
+    for agent in TOKENS:
+        assert metric_value(text, "netmon_agent_up", agent=agent) == 0.0
+        assert metric_value(text, "netmon_agent_last_seen_timestamp_seconds", agent=agent) == 0.0
+
+
+def test_a_silent_agent_goes_down_within_its_ttl_and_its_series_leave_metrics(collector):
+    status, _, _ = push(collector.url, rw.encode([probe_series(target="liveness")]), TOKENS["xa-my-tho-1"])
+    assert status == 204
+    pushed_at = time.time()
+    text = collector.metrics()
+    assert metric_value(text, "netmon_agent_up", agent="xa-my-tho-1") == 1.0
+    assert abs(metric_value(text, "netmon_agent_last_seen_timestamp_seconds", agent="xa-my-tho-1") - pushed_at) < 2
+    wait_until(lambda: metric_value(collector.metrics(), "netmon_agent_up", agent="xa-my-tho-1") == 0.0, 6, "up 0")
+    down_after = time.time() - pushed_at
+    assert 3.0 <= down_after < 5.5  # ttl 3s; /metrics computes liveness when scraped
+    assert not any('agent="xa-my-tho-1"' in line for line in series_lines(collector.metrics(), "probe_success"))
+
+
+def test_a_stale_marker_ends_a_series_at_once(collector):
+    assert push(collector.url, rw.encode([probe_series(target="ending")]), TOKENS["so-tttt-1"])[0] == 204
+    assert 'target="ending"' in collector.metrics()
+    stale = make_series("probe_success", {"target": "ending", "module": "icmp"}, [(now_ms(), rw.STALE_NAN)])
+    status, text, _ = push(collector.url, rw.encode([stale]), TOKENS["so-tttt-1"])
+    assert status == 204, text
+    assert 'target="ending"' not in collector.metrics()
+
+
+# --- bad input
+
+
+def raw_body(labels: list[tuple[str, str]], value: float = 1.0) -> bytes:
+    """A WriteRequest exactly as given: unsorted or duplicate labels included."""
+    request = rw.WriteRequest()
+    series = request.timeseries.add()
+    for name, label_value in labels:
+        series.labels.add(name=name, value=label_value)
+    series.samples.add(value=value, timestamp=now_ms())
+    return rw.compress(request.SerializeToString())
+
+
+BAD_BODIES = {
+    "garbage": (b"\x00\xffnot snappy at all", 400, "bad_snappy"),
+    "framed-snappy": (bytes(cramjam.snappy.compress(rw.encode([probe_series()]))), 400, "bad_snappy"),
+    "not-protobuf": (rw.compress(b"\xff\xff\xff\xff\xff"), 400, "bad_protobuf"),
+    "unsorted-labels": (raw_body([("__name__", "probe_success"), ("zone", "a"), ("agent", "x")]), 400, "unsorted_labels"),
+    "duplicate-label": (raw_body([("__name__", "probe_success"), ("target", "a"), ("target", "b")]), 400, "duplicate_label"),
+    "invalid-metric-name": (raw_body([("__name__", "probe success")]), 400, "invalid_metric_name"),
+    "invalid-label-name": (raw_body([("__name__", "probe_success"), ("bad-label", "x")]), 400, "invalid_label_name"),
+    "no-metric-name": (raw_body([("target", "x")]), 400, "missing_metric_name"),
+    "nan-value": (raw_body([("__name__", "probe_success")], math.nan), 400, "non_finite_value"),
+    "inf-value": (raw_body([("__name__", "probe_success")], math.inf), 400, "non_finite_value"),
+    "minus-inf-value": (raw_body([("__name__", "probe_success")], -math.inf), 400, "non_finite_value"),
+    "reserved-name": (raw_body([("__name__", "netmon_agent_up")], 1.0), 400, "reserved_name"),
+    "decompresses-too-large": (rw.compress(b"\x00" * 1_000_001), 413, "too_large"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BODIES, ids=list(BAD_BODIES))
+def test_bad_push_gets_its_4xx_with_the_reason_and_the_collector_keeps_serving(collector, case):
+    body, expected_status, reason = BAD_BODIES[case]
+    status, text, _ = push(collector.url, body, TOKENS["so-tttt-1"])
+    assert (status, text.split(":")[0]) == (expected_status, reason), text
+    assert push(collector.url, rw.encode([probe_series(target="after-bad")]), TOKENS["so-tttt-1"])[0] == 204
+    assert metric_value(collector.metrics(), "netmon_collector_write_requests_total", code=str(expected_status), reason=reason) >= 1
+
+
+def test_a_push_with_one_bad_series_stores_none_of_it(collector):
+    good = rw.WriteRequest.FromString(rw.decompress(rw.encode([probe_series(target="all-or-nothing")]), 1 << 20))
+    bad = rw.WriteRequest.FromString(rw.decompress(raw_body([("__name__", "probe_success")], math.nan), 1 << 20))
+    good.MergeFrom(bad)
+    status, _, _ = push(collector.url, rw.compress(good.SerializeToString()), TOKENS["so-tttt-1"])
+    assert status == 400
+    assert 'target="all-or-nothing"' not in collector.metrics()
+
+
+def test_a_body_larger_than_the_limit_is_refused_with_413(collector):
+    status, text, _ = push(collector.url, os.urandom(200_001), TOKENS["so-tttt-1"])
+    assert status == 413, text
+    assert push(collector.url, rw.encode([probe_series()]), TOKENS["so-tttt-1"])[0] == 204
+
+
+def test_a_non_snappy_content_encoding_is_refused(collector):
+    status, text, _ = push(collector.url, rw.encode([probe_series()]), TOKENS["so-tttt-1"], {"Content-Encoding": "gzip"})
+    assert (status, text.split(":")[0]) == (400, "bad_encoding")
+
+
+def test_pushes_beyond_the_sample_budget_get_429_with_retry_after(tmp_path):
+    with running_collector(tmp_path, "ingest: {max_samples_per_second: 100}\n") as small:
+        body = rw.encode([probe_series(target=f"t{i}") for i in range(60)])
+        statuses = [push(small.url, body, TOKENS["so-tttt-1"]) for _ in range(3)]
+    assert [status for status, _, _ in statuses[:1]] == [204]
+    throttled = [(text, headers) for status, text, headers in statuses if status == 429]
+    assert throttled, [s for s, _, _ in statuses]
+    text, headers = throttled[0]
+    assert text.startswith("overloaded:") and int(headers["Retry-After"]) >= 1
+
+
+def test_metrics_has_no_timestamps_and_passes_promtool(collector):
+    from tests.support.require import require_binary
+
+    push(collector.url, rw.encode([probe_series(target="lint")]), TOKENS["so-tttt-1"])
+    text = collector.metrics()
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    after_labels = [line.rsplit("}", 1)[-1] if "}" in line else line.split(" ", 1)[1] for line in samples]
+    assert all(len(rest.split()) == 1 for rest in after_labels)  # value only, no timestamp
+    check = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+
+
+def test_no_token_appears_in_the_log_or_metrics(collector):
+    push(collector.url, rw.encode([probe_series()]), "wrong-" + TOKENS["so-tttt-1"])
+    exposed = collector.metrics() + collector.log.read_text(encoding="utf-8") + http_get(f"{collector.url}/")[1]
+    for token in TOKENS.values():
+        assert token not in exposed
+
+
+# --- property: nothing a client sends crashes the receiver
+
+
+def in_process_receiver(tmp_dir: Path):
+    from collector.config import parse_collector_config
+    from collector.ingest import Receiver, TokenBucket
+    from collector.store import SeriesStore
+
+    os.environ.update(TOKEN_ENV)
+    config = parse_collector_config(collector_config(tmp_dir, 9856).read_text(encoding="utf-8"))
+    store = SeriesStore(config.agents)
+    return Receiver(config, store, lambda series, now: None, TokenBucket(1e9), False), store
+
+
+LABEL_NAMES = ("__name__", "agency", "agent", "district", "level", "job")
+LABEL_TEXT = st.text(alphabet=st.sampled_from("ab_Z9:-. é\x00\\\"\n"), max_size=6)
+
+
+@given(body=st.binary(max_size=4096))
+@settings(max_examples=300, deadline=None)
+def test_random_bytes_get_a_4xx_never_an_exception(tmp_path_factory, body):
+    receiver, _ = in_process_receiver(tmp_path_factory.mktemp("hyp"))
+    outcome = receiver.write(f"Bearer {TOKENS['so-tttt-1']}", "snappy", body)
+    assert outcome.status in (204, 400, 413)
+
+
+@given(
+    series=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.one_of(LABEL_TEXT, st.sampled_from(LABEL_NAMES)), LABEL_TEXT), max_size=5),
+            st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True, allow_infinity=True)), max_size=3),
+        ),
+        max_size=5,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_random_write_requests_are_stored_whole_or_refused_whole(tmp_path_factory, series):
+    receiver, store = in_process_receiver(tmp_path_factory.mktemp("hyp"))
+    request = rw.WriteRequest()
+    for labels, samples in series:
+        added = request.timeseries.add()
+        for name, value in labels:
+            added.labels.add(name=name, value=value)
+        for timestamp, value in samples:
+            added.samples.add(timestamp=timestamp, value=value)
+    outcome = receiver.write(f"Bearer {TOKENS['so-tttt-1']}", None, rw.compress(request.SerializeToString()))
+    assert outcome.status in (204, 400)
+    stored = store.states["so-tttt-1"].series
+    if outcome.status == 400:
+        assert not stored
+    rendered = [line for line in store.render(time.time()).splitlines() if not line.startswith("#")]
+    assert len(rendered) == len({entry.prefix for entry in stored.values()})  # identity-only differences merge
+    assert all('agency="so-tttt",agent="so-tttt-1",district="tp-my-tho",level="department"' in line for line in rendered)
+
+
+# --- configuration
+
+
+def check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "collector.cli", "check-config", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_check_config_accepts_the_example_inventory():
+    example = ROOT / "config" / "collector.example.yml"
+    names = sorted(set(re.findall(r"\$\{(NETMON_TOKEN_[A-Z0-9_]+)\}", example.read_text(encoding="utf-8"))))
+    done = check_config(example, {name: f"example-token-{index}" for index, name in enumerate(names)})
+    assert done.returncode == 0, done.stderr
+    assert "10 agencies, 7 push and 3 pull agents, 1 remote_write out" in done.stdout
+    assert "example-token" not in done.stdout + done.stderr
+
+
+AGENCY = '  - {id: so-tttt, name: "Sở Thông tin và Truyền thông", district: tp-my-tho, level: department}\n'
+PUSH_AGENT = '  - {id: a1, agency: so-tttt, mode: push, bearer_token: "${NETMON_TEST_TOKEN_SO_TTTT_1}"}\n'
+BAD_CONFIGS = {
+    "unknown-agency": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-x, mode: pull, address: '10.0.0.1:9855'}\n",
+                       ":4: agents[0].agency: unknown agency 'so-x'"),
+    "duplicate-agency": ("agencies:\n" + AGENCY + AGENCY, ":3: agencies[1].id: duplicate id 'so-tttt' (first defined in agencies[0])"),
+    "bad-level": ("agencies:\n  - {id: x, name: X, district: d, level: hamlet}\n", ":2: agencies[0].level: Invalid enum value 'hamlet'"),
+    "pull-without-address": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-tttt, mode: pull}\n",
+                             ":4: agents[0].address: a pull agent needs address"),
+    "push-without-token": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-tttt, mode: push}\n",
+                           ":4: agents[0]: a push agent needs bearer_token"),
+    "literal-token": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-tttt, mode: push, bearer_token: hunter2-literal}\n",
+                      ":4: agents[0].bearer_token: secrets are accepted only by reference"),
+    "shared-token": ("agencies:\n" + AGENCY + "agents:\n" + PUSH_AGENT + PUSH_AGENT.replace("a1", "a2"),
+                     ":5: agents[1].bearer_token: the same credential is already bound to agent 'a1'"),
+    "unknown-key": ("agencies:\n" + AGENCY + "listn: 1.2.3.4:5\n", ":3: listn: unknown key"),
+    "mtls-without-ca": ("tls_server_config:\n  cert_file: CERT\n  key_file: CERT\n  client_auth_type: RequireAndVerifyClientCert\n",
+                        ":1: tls_server_config.client_ca_file: client_auth_type RequireAndVerifyClientCert needs client_ca_file"),
+    "remote-write-url": ("remote_write:\n  - url: ftp://tsdb/\n    queue: {directory: /tmp/q}\n",
+                         ":2: remote_write[0].url: expected http(s)://HOST[:PORT]/PATH"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=list(BAD_CONFIGS))
+def test_check_config_names_file_line_and_key_of_a_mistake_and_exits_2(tmp_path, case):
+    text, expected = BAD_CONFIGS[case]
+    path = tmp_path / "collector.yml"
+    path.write_text(text.replace("CERT", str(path)), encoding="utf-8")
+    done = check_config(path, TOKEN_ENV)
+    assert done.returncode == 2, done.stdout
+    assert f"{path}{expected}" in done.stderr
+    assert "hunter2" not in done.stderr and TOKENS["so-tttt-1"] not in done.stderr
