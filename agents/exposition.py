@@ -66,7 +66,7 @@ def _format_value(value: float) -> str:
 
 
 def _family_header(metric: Metric) -> str:
-    name = metric.name[: -len("_total")] if metric.kind == "counter" and not metric.cumulative and metric.name.endswith("_total") else metric.name
+    name = counter_name(metric) if metric.kind == "counter" and not metric.cumulative else metric.name
     help_text = metric.help.replace("\\", r"\\").replace("\n", r"\n")
     return f"# HELP {name} {help_text}\n# TYPE {name} {metric.kind}\n"
 

@@ -29,12 +29,12 @@ class ScrapeError(Exception):
 
 
 async def fetch_metrics(address: str, timeout: float) -> str:
-    """GET http://address/metrics as HTTP/1.0 (the body ends with the connection: no chunking)."""
+    """GET http://address/metrics with `Connection: close`: the reply ends with the connection."""
     host, _, port = address.rpartition(":")
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
         try:
-            request = f"GET /metrics HTTP/1.0\r\nHost: {address}\r\nUser-Agent: {USER_AGENT}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+            request = f"GET /metrics HTTP/1.1\r\nHost: {address}\r\nUser-Agent: {USER_AGENT}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
             writer.write(request.encode("latin-1"))
             await writer.drain()
             reply = await reader.read(MAX_SCRAPE_BYTES + 1)
@@ -54,7 +54,29 @@ async def fetch_metrics(address: str, timeout: float) -> str:
         raise ScrapeError(f"unexpected reply {status_line[:60]!r}")
     if b"content-encoding: gzip" in head.lower():
         raise ScrapeError("gzip reply to a request that did not accept it")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = dechunk(body)
     return body.decode("utf-8")
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of a complete chunked body (trailers ignored)."""
+    parts, position = [], 0
+    while True:
+        line_end = body.find(b"\r\n", position)
+        if line_end < 0:
+            raise ScrapeError("truncated chunked reply")
+        try:
+            size = int(body[position:line_end].split(b";")[0], 16)
+        except ValueError:
+            raise ScrapeError(f"bad chunk size {body[position:line_end][:20]!r}") from None
+        if size == 0:
+            return b"".join(parts)
+        start = line_end + 2
+        if start + size + 2 > len(body):
+            raise ScrapeError("truncated chunked reply")
+        parts.append(body[start:start + size])
+        position = start + size + 2
 
 
 def parse_exposition(text: str, timestamp_ms: int) -> list[Series]:
