@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from typing import Sequence
 
@@ -56,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(config: CollectorConfig, listen: tuple[str, int] | None) -> int:
     from collector.app import Collector  # the server stack only for `run`
+
+    # Ingest allocates a tuple per series and keeps ~10^5..10^6 long-lived objects: collecting the young
+    # generation every 50k allocations instead of 700 cut first-sight ingest CPU by ~20% (tests/bench).
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
 
     async def main_loop() -> None:
         await Collector(config, listen).run_until_stopped()

@@ -1,10 +1,10 @@
 """POST /api/v1/write: the remote_write 1.0 receiver, authenticated per agent.
 
-Order of checks, each with its status and a reason in the body: 401 unknown or missing bearer token; 400 a body
-that is not snappy + WriteRequest, or series with bad names, unsorted or duplicate labels, non-finite values;
-413 too large (compressed, or as announced by the snappy header before inflating); 429 with Retry-After when
-the collector's sample budget per second is spent. 204 when every series was stored.
-"""
+Order of checks, each with its status and a reason in the body: 401 unknown or missing bearer token; 413 too
+large (compressed, or as announced by the snappy header before inflating); 400 a body that is not snappy +
+WriteRequest, or series with bad names, unsorted or duplicate labels, reserved names, non-finite values; then
+429 with Retry-After when the collector's sample budget per second is spent (only valid pushes use it up).
+204 when every series was stored."""
 
 from __future__ import annotations
 
@@ -73,6 +73,11 @@ class Receiver:
             return None
         return self.tokens.get(token_digest(token.strip()))
 
+    def _admit(self, samples: int) -> None:
+        wait = self.budget.take(samples)
+        if wait:
+            raise Rejected("overloaded", "the collector is over its sample budget; retry later", math.ceil(wait))
+
     def write(self, authorization: str | None, content_encoding: str | None, body: bytes) -> Outcome:
         agent = self.authenticate(authorization)
         if agent is None:
@@ -85,16 +90,12 @@ class Receiver:
             return Outcome(413, exc.reason, str(exc), agent)
         except RemoteWriteError as exc:
             return Outcome(400, exc.reason, str(exc), agent)
-        samples = sum(len(s.samples) for s in series)
-        wait = self.budget.take(samples)
-        if wait:
-            return Outcome(429, "overloaded", "the collector is over its sample budget; retry later", agent, samples, math.ceil(wait))
-        now = time.time()
         state: AgentState = self.store.states[agent.id]
         try:
-            stored, forward = self.store.accept(state, series, now, self.forwarding)
+            stored, forward = self.store.accept(state, series, time.time(), self.forwarding, self._admit)
         except Rejected as exc:
-            return Outcome(400, exc.reason, str(exc), agent, samples)
+            status = 429 if exc.reason == "overloaded" else 400
+            return Outcome(status, exc.reason, str(exc), agent, sum(len(one.samples) for one in series), exc.retry_after)
         if forward:
-            self.forward(forward, now)
+            self.forward(forward, state.last_seen)
         return Outcome(204, "ok", "", agent, stored)

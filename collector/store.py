@@ -12,7 +12,7 @@ address) is bound to, and overwrite whatever the agent sent.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from agents.remote_write import STALE_NAN, Labels, Series, is_stale_marker
@@ -26,9 +26,10 @@ AGENT_SERIES_HELP = "Series of netmon agents, with identity labels from the coll
 class Rejected(ValueError):
     """A push the collector refuses as a whole; `reason` is a bounded label value."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, retry_after: int = 0) -> None:
         super().__init__(message)
         self.reason = reason
+        self.retry_after = retry_after  # seconds, for a refusal the sender should retry (429)
 
 
 class Entry:
@@ -111,14 +112,19 @@ class SeriesStore:
     def __init__(self, agents: Iterable[InventoryAgent], external_labels: Labels = ()) -> None:
         self.states: dict[str, AgentState] = {agent.id: AgentState(agent, external_labels) for agent in agents}
 
-    def accept(self, state: AgentState, series: list[Series], now: float, forwarding: bool = True) -> tuple[int, list[Series]]:
+    def accept(
+        self, state: AgentState, series: list[Series], now: float, forwarding: bool = True,
+        admit: Callable[[int], None] | None = None,
+    ) -> tuple[int, list[Series]]:
         """Store a push's series as a whole or not at all (Rejected); the sample count and, when forwarding,
         the series to send on ((labels, samples) pairs with the forwarded labels).
 
         Samples must be finite (stale markers excepted): a series ends with a stale marker, not a NaN.
+        `admit(count)` runs once the push is known valid, before anything is stored; it may raise Rejected.
         This is the collector's hot path: one dict lookup per known series, one sum over the values.
         """
-        if any(not samples for _, samples in series):
+        values = [value for _, samples in series for _, value in samples]
+        if len(values) != len(series) and not all(samples for _, samples in series):
             series = [one for one in series if one[1]]
         known = state.series
         get = known.get
@@ -130,10 +136,11 @@ class SeriesStore:
                 entry = state.entry_for(labels)
                 fresh.append((labels, entry))
             entries.append(entry)
-        values = [value for _, samples in series for _, value in samples]
         total = sum(values)
         if total - total != 0.0:  # a NaN or an infinity somewhere (or an overflowing sum): look closer
             _check_values(series, entries)
+        if admit is not None:
+            admit(len(values))
         known.update(fresh)
         for (labels, samples), entry in zip(series, entries):
             timestamp_ms, value = samples[-1]

@@ -7,6 +7,7 @@ import datetime as dt
 import ssl
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from agents import remote_write as rw
 from tests.support.certs import CertFiles, make_ca, make_leaf
 from tests.support.ports import free_port
 from tests.support.procs import running, stop, wait_for_port
-from tests.test_agent_run import http_get, metric_value
-from tests.test_collector import INVENTORY, TOKEN_ENV, TOKENS, ROOT, probe_series, running_collector, series_lines, wait_until
+from tests.test_agent_run import metric_value
+from tests.test_collector import INVENTORY, ROOT, TOKENS, probe_series, running_collector, series_lines, wait_until
 
 
 def agent_yaml(port: int, agent_id: str, agency: str, push: str = "") -> str:
