@@ -34,6 +34,7 @@ class Request:
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes
     peer: str
+    version: str = "HTTP/1.1"
     tls_peer_cert: dict | None = None
 
     def arg(self, name: str, default: str | None = None) -> str | None:
@@ -103,8 +104,11 @@ class HttpServer:
                     return
                 request.tls_peer_cert = writer.get_extra_info("peercert")
                 first = False
-                keep_alive = request.headers.get("connection", "").lower() != "close"
+                connection = request.headers.get("connection", "").lower()
+                keep_alive = connection == "keep-alive" if request.version == "HTTP/1.0" else connection != "close"
                 response = await self._dispatch(request)
+                if request.version == "HTTP/1.0" and not isinstance(response.body, (bytes, bytearray)):
+                    response.body = b"".join(response.body)  # HTTP/1.0 has no chunked encoding
                 await self._write(writer, response, close=not keep_alive, gzip_ok="gzip" in request.headers.get("accept-encoding", ""))
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, ssl.SSLError):
             pass
@@ -127,11 +131,11 @@ class HttpServer:
         parts = line.decode("latin-1").rstrip("\r\n").split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise HttpError(400, "malformed request line")
-        method, target, _ = parts
+        method, target, version = parts
         headers = await asyncio.wait_for(self._read_headers(reader), HEADER_TIMEOUT)
         body = await self._read_body(reader, headers)
         split = urlsplit(target)
-        return Request(method, unquote(split.path), parse_qs(split.query), headers, body, peer)
+        return Request(method, unquote(split.path), parse_qs(split.query), headers, body, peer, version)
 
     async def _read_headers(self, reader: asyncio.StreamReader) -> dict[str, str]:
         headers: dict[str, str] = {}

@@ -377,7 +377,7 @@ class Pusher:
         self._io = io
         self._encoder = Encoder()
         self.dropped_items: dict[str, int] = {}  # before the queue: invalid series, queue I/O errors
-        self.sender = RemoteWriteSender(queue, HttpClient(_endpoint(config)), _policy(config), io)
+        self.sender = RemoteWriteSender(queue, HttpClient(endpoint_for(config)), send_policy(config), io)
         self.collector = PushCollector(self)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -386,7 +386,7 @@ class Pusher:
         """Open (and recover) the queue, start sending. Raises OSError if the queue cannot be opened."""
         io = ThreadPoolExecutor(1, thread_name_prefix="netmon-push-queue")
         try:
-            queue = await asyncio.get_running_loop().run_in_executor(io, _open_queue, config)
+            queue = await asyncio.get_running_loop().run_in_executor(io, open_queue, config)
         except BaseException:
             io.shutdown(wait=False)
             raise
@@ -444,7 +444,7 @@ def timestamp_ms_of(result: ProbeResult) -> int:
     return int(result.started_at * 1000)
 
 
-def _open_queue(config: PushConfig) -> DurableQueue:
+def open_queue(config: PushConfig) -> DurableQueue:
     limits = QueueLimits(
         max_bytes=config.queue.max_bytes,
         max_age=float(config.queue.max_age),
@@ -453,7 +453,7 @@ def _open_queue(config: PushConfig) -> DurableQueue:
     return DurableQueue(config.queue.directory, limits)
 
 
-def _endpoint(config: PushConfig) -> Endpoint:
+def endpoint_for(config: PushConfig) -> Endpoint:
     token = config.bearer_token or config.bearer_token_file
     authorization = Secret(f"Bearer {token.reveal()}", token.source) if token is not None else None
     https = config.url.startswith("https:")
@@ -462,7 +462,7 @@ def _endpoint(config: PushConfig) -> Endpoint:
     )
 
 
-def _policy(config: PushConfig) -> SendPolicy:
+def send_policy(config: PushConfig) -> SendPolicy:
     return SendPolicy(float(config.interval), config.batch_max_samples, float(config.min_backoff), float(config.max_backoff))
 
 

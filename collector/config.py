@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from agents.config.loader import ConfigError, _Context
+from agents.config.loader import ConfigContext, parse_listen, read_config_file, yaml_sections
 from agents.config.model import PushConfig
 from agents.config.types import Duration, FilePath, Secret, SecretFile, SecretRef
-from agents.config.yamlpos import Path, YamlError, load_yaml
+from agents.config.yamlpos import Path
 
 DEFAULT_LISTEN = "0.0.0.0:9856"
 IDENTITY_LABELS = ("agency", "agent", "district", "level")
@@ -134,27 +134,13 @@ def token_digest(token: str) -> bytes:
 
 
 def load_collector_config(path: str | FsPath) -> CollectorConfig:
-    file = str(path)
-    try:
-        text = FsPath(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(file, 0, (), f"cannot read config file: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(file, 0, (), f"config file is not UTF-8: {exc.reason}") from None
-    return parse_collector_config(text, file)
+    return parse_collector_config(read_config_file(path), str(path))
 
 
 def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig:
-    try:
-        positioned = load_yaml(text)
-    except YamlError as exc:
-        raise ConfigError(file, exc.line, exc.path, exc.message) from None
-    ctx = _Context(file, positioned)
-    if not isinstance(positioned.data, dict):
-        raise ctx.error((), "the config must be a mapping with 'agencies' and 'agents'")
-    sections = {key: value for key, value in positioned.data.items() if value is not None}
+    ctx, sections = yaml_sections(text, file, "'agencies' and 'agents'")
     raw: RawCollectorConfig = ctx.convert(sections, RawCollectorConfig, ())
-    host, port = _parse_listen(ctx, raw.listen)
+    host, port = parse_listen(ctx, raw.listen, 9856)
     _check_positive(ctx, raw)
     _check_labels(ctx, raw.external_labels, ("external_labels",))
     agencies = _check_agencies(ctx, raw.agencies)
@@ -175,14 +161,7 @@ def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig
     )
 
 
-def _parse_listen(ctx: _Context, listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ctx.error(("listen",), f"expected HOST:PORT like '0.0.0.0:9856', got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _check_positive(ctx: _Context, raw: RawCollectorConfig) -> None:
+def _check_positive(ctx: ConfigContext, raw: RawCollectorConfig) -> None:
     values: dict[Path, float] = {
         ("defaults", "interval"): raw.defaults.interval,
         ("defaults", "scrape_timeout"): raw.defaults.scrape_timeout,
@@ -197,7 +176,7 @@ def _check_positive(ctx: _Context, raw: RawCollectorConfig) -> None:
             raise ctx.error(path, "must be greater than 0")
 
 
-def _check_labels(ctx: _Context, labels: dict[str, str], path: Path) -> None:
+def _check_labels(ctx: ConfigContext, labels: dict[str, str], path: Path) -> None:
     for name in labels:
         if not LABEL_NAME.match(name) or name.startswith("__"):
             raise ctx.error(path + (name,), f"invalid label name {name!r}")
@@ -205,7 +184,7 @@ def _check_labels(ctx: _Context, labels: dict[str, str], path: Path) -> None:
             raise ctx.error(path + (name,), f"label {name!r} is an identity label set from the inventory")
 
 
-def _check_id(ctx: _Context, value: str, index: int, seen: dict[str, int], section: str) -> None:
+def _check_id(ctx: ConfigContext, value: str, index: int, seen: dict[str, int], section: str) -> None:
     path: Path = (section, index, "id")
     if not ID_PATTERN.match(value):
         raise ctx.error(path, f"invalid id {value!r}: lower-case letters, digits, '.', '_' and '-'")
@@ -214,7 +193,7 @@ def _check_id(ctx: _Context, value: str, index: int, seen: dict[str, int], secti
     seen[value] = index
 
 
-def _check_agencies(ctx: _Context, agencies: list[Agency]) -> dict[str, Agency]:
+def _check_agencies(ctx: ConfigContext, agencies: list[Agency]) -> dict[str, Agency]:
     seen: dict[str, int] = {}
     for index, agency in enumerate(agencies):
         _check_id(ctx, agency.id, index, seen, "agencies")
@@ -224,7 +203,7 @@ def _check_agencies(ctx: _Context, agencies: list[Agency]) -> dict[str, Agency]:
     return {agency.id: agency for agency in agencies}
 
 
-def _build_agents(ctx: _Context, raw: RawCollectorConfig, agencies: dict[str, Agency]) -> list[InventoryAgent]:
+def _build_agents(ctx: ConfigContext, raw: RawCollectorConfig, agencies: dict[str, Agency]) -> list[InventoryAgent]:
     seen: dict[str, int] = {}
     tokens: dict[bytes, str] = {}
     agents = []
@@ -248,7 +227,7 @@ def _build_agents(ctx: _Context, raw: RawCollectorConfig, agencies: dict[str, Ag
     return agents
 
 
-def _agent_token(ctx: _Context, entry: AgentEntry, path: Path) -> Secret | None:
+def _agent_token(ctx: ConfigContext, entry: AgentEntry, path: Path) -> Secret | None:
     token = entry.bearer_token or entry.bearer_token_file
     if entry.mode == "pull":
         if not entry.address or not re.match(r"^[^\s:/]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$", entry.address):
@@ -267,7 +246,7 @@ def _agent_token(ctx: _Context, entry: AgentEntry, path: Path) -> Secret | None:
     return token
 
 
-def _check_tls(ctx: _Context, tls: TlsServerConfig | None) -> None:
+def _check_tls(ctx: ConfigContext, tls: TlsServerConfig | None) -> None:
     if tls is None:
         return
     # Python's ssl verifies every client certificate it asks for, so each mode but NoClientCert needs a CA
@@ -275,7 +254,7 @@ def _check_tls(ctx: _Context, tls: TlsServerConfig | None) -> None:
         raise ctx.error(("tls_server_config", "client_ca_file"), f"client_auth_type {tls.client_auth_type} needs client_ca_file")
 
 
-def _check_remote_write(ctx: _Context, outs: list[RemoteWriteOut]) -> None:
+def _check_remote_write(ctx: ConfigContext, outs: list[RemoteWriteOut]) -> None:
     queues: dict[str, int] = {}
     for index, out in enumerate(outs):
         try:

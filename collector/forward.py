@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from agents.push import DROP_REASONS, REASON_IO_ERROR, REQUEST_RESULTS, HttpClient, RemoteWriteSender
-from agents.push import _endpoint, _open_queue, _policy  # the agent's own construction from the same config shape
+from agents.push import endpoint_for, open_queue, send_policy  # the agent's own construction, same config shape
 from agents.queue import DurableQueue
 from collector.config import RemoteWriteOut, remote_write_name
 
@@ -30,7 +30,7 @@ class Forwarder:
         self.name = remote_write_name(config)
         self.queue = queue
         self.io = io
-        self.sender = RemoteWriteSender(queue, HttpClient(_endpoint(config)), _policy(config), io)
+        self.sender = RemoteWriteSender(queue, HttpClient(endpoint_for(config)), send_policy(config), io)
         self.dropped_items: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -38,7 +38,7 @@ class Forwarder:
     async def start(cls, config: RemoteWriteOut) -> Forwarder:
         io = ThreadPoolExecutor(1, thread_name_prefix="netmon-forward-queue")
         try:
-            queue = await asyncio.get_running_loop().run_in_executor(io, _open_queue, config)
+            queue = await asyncio.get_running_loop().run_in_executor(io, open_queue, config)
         except BaseException:
             io.shutdown(wait=False)
             raise

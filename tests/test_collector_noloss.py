@@ -16,6 +16,7 @@ from tests.test_collector import TOKENS, running_collector, wait_until
 from tests.test_collector_agents import start_agent
 
 INTERVAL_MS = 5_000
+SCHEDULING_MARGIN_MS = 2_500  # a probe run's start may lag its slot on a loaded machine; a lost run shifts by 5 s
 OUTAGE_SECONDS = 60
 
 
@@ -77,9 +78,9 @@ def test_every_sample_reaches_victoria_metrics_across_a_collector_outage_and_an_
                     and metric_value(collector.metrics(), "netmon_collector_remote_write_queue_pending_samples") == 0,
                     40, "both queues to drain", step=0.5,
                 )
+                drained_at_ms = time.time() * 1000  # every probe run before this moment has been delivered
                 collector_text = collector.metrics()
             stop(second)
-            stopped_at_ms = time.time() * 1000
         exported = victoria_metrics_export(vm, selector)
     assert len(exported) == 2
     for labels, samples in exported.items():
@@ -88,10 +89,10 @@ def test_every_sample_reaches_victoria_metrics_across_a_collector_outage_and_an_
         timestamps = sorted({ts for ts, _ in samples})
         before_kill = [ts for ts in timestamps if ts < killed_at_ms]
         after_restart = [ts for ts in timestamps if ts > killed_at_ms]
-        assert missing_slots(before_kill) == 0, f"{target}: samples lost before the kill"
-        assert before_kill[-1] > killed_at_ms - INTERVAL_MS - 1500, f"{target}: the queued samples up to the kill are missing"
-        assert missing_slots(after_restart) == 0, f"{target}: samples lost after the restart"
-        assert after_restart[-1] > stopped_at_ms - INTERVAL_MS - 1500
+        assert missing_slots(before_kill) == 0, f"{target}: samples lost before the kill: {before_kill}"
+        assert before_kill[-1] > killed_at_ms - INTERVAL_MS - SCHEDULING_MARGIN_MS, f"{target}: last queued run before the kill missing"
+        assert missing_slots(after_restart) == 0, f"{target}: samples lost after the restart: {after_restart}"
+        assert after_restart[-1] > drained_at_ms - INTERVAL_MS - SCHEDULING_MARGIN_MS, f"{target}: last run before the drain missing"
         outage_samples = [ts for ts in timestamps if killed_at_ms - 15_000 < ts < killed_at_ms + OUTAGE_SECONDS * 1000 - 15_000]
         assert len(outage_samples) >= 10, f"{target}: only {len(outage_samples)} samples from the outage"
     assert metric_value(collector_text, "netmon_collector_remote_write_samples_dropped_total", reason="rejected") == 0

@@ -115,3 +115,19 @@ async def test_iterable_bodies_are_streamed_chunked_and_gzipped():
     finally:
         await srv.close()
     assert text.splitlines() == [f"line {i}" for i in range(5000)]
+
+
+async def test_http10_clients_get_a_streamed_body_whole_with_content_length():
+    async def stream(request: Request) -> Response:
+        return Response(200, (f"line {i}\n".encode() for i in range(100)))
+
+    srv = HttpServer({"/stream": stream})
+    _, port = await srv.start("127.0.0.1", 0)
+    try:
+        data = await exchange(port, b"GET /stream HTTP/1.0\r\nConnection: close\r\n\r\n")
+    finally:
+        await srv.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding" not in head
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert body.decode().splitlines()[-1] == "line 99"

@@ -74,7 +74,7 @@ def _module_types() -> dict[str, type]:
     return {name: _module_type(name, spec.settings) for name, spec in PROBERS.items()}
 
 
-class _Context:
+class ConfigContext:
     def __init__(self, file: str, positioned: PositionedData) -> None:
         self.file = file
         self.positioned = positioned
@@ -107,32 +107,40 @@ def _parse_msgspec_path(text: str) -> Path:
     return tuple(parts)
 
 
-def load_config(path: str | FsPath) -> AgentConfig:
-    file = str(path)
+def read_config_file(path: str | FsPath) -> str:
+    """A config file's text; ConfigError when it cannot be read or is not UTF-8."""
     try:
-        text = FsPath(path).read_text(encoding="utf-8")
+        return FsPath(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(file, 0, (), f"cannot read config file: {exc.strerror}") from None
+        raise ConfigError(str(path), 0, (), f"cannot read config file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(file, 0, (), f"config file is not UTF-8: {exc.reason}") from None
-    return parse_config(text, file)
+        raise ConfigError(str(path), 0, (), f"config file is not UTF-8: {exc.reason}") from None
 
 
-def parse_config(text: str, file: str = "<config>") -> AgentConfig:
+def yaml_sections(text: str, file: str, expected: str) -> tuple[ConfigContext, dict[str, Any]]:
+    """The top-level mapping of a config text and the context that maps key paths to lines."""
     try:
         positioned = load_yaml(text)
     except YamlError as exc:
         raise ConfigError(file, exc.line, exc.path, exc.message) from None
-    ctx = _Context(file, positioned)
+    ctx = ConfigContext(file, positioned)
     if not isinstance(positioned.data, dict):
-        raise ctx.error((), "the config must be a mapping with at least an 'agent' section")
-    # `targets:` with every entry commented out is null in YAML; it means "none", not an error
-    sections = {key: value for key, value in positioned.data.items() if value is not None}
+        raise ctx.error((), f"the config must be a mapping with {expected}")
+    # a section with every entry commented out is null in YAML; it means "none", not an error
+    return ctx, {key: value for key, value in positioned.data.items() if value is not None}
+
+
+def load_config(path: str | FsPath) -> AgentConfig:
+    return parse_config(read_config_file(path), str(path))
+
+
+def parse_config(text: str, file: str = "<config>") -> AgentConfig:
+    ctx, sections = yaml_sections(text, file, "at least an 'agent' section")
     raw: RawAgentConfig = ctx.convert(sections, RawAgentConfig, ())
     _check_labels(ctx, raw.agent.labels, ("agent", "labels"))
     if raw.max_concurrent_probes < 1:
         raise ctx.error(("max_concurrent_probes",), "must be at least 1")
-    host, port = _parse_listen(ctx, raw.listen)
+    host, port = parse_listen(ctx, raw.listen)
     modules = {name: _build_module(ctx, name, body, raw.defaults.timeout) for name, body in raw.modules.items()}
     targets = _build_targets(ctx, raw, modules)
     targets += build_ssh_targets(ctx, raw, _check_labels)
@@ -153,7 +161,7 @@ def parse_config(text: str, file: str = "<config>") -> AgentConfig:
     )
 
 
-def _check_host(ctx: _Context, raw: RawAgentConfig) -> None:
+def _check_host(ctx: ConfigContext, raw: RawAgentConfig) -> None:
     try:
         validate_host(raw.host)
     except ValueError as exc:
@@ -161,7 +169,7 @@ def _check_host(ctx: _Context, raw: RawAgentConfig) -> None:
         raise ctx.error(("host", *key.split(".")), message) from None
 
 
-def _check_push(ctx: _Context, raw: RawAgentConfig) -> None:
+def _check_push(ctx: ConfigContext, raw: RawAgentConfig) -> None:
     if raw.push is None:
         return
     try:
@@ -171,14 +179,14 @@ def _check_push(ctx: _Context, raw: RawAgentConfig) -> None:
         raise ctx.error(("push", *key.split(".")), message) from None
 
 
-def _parse_listen(ctx: _Context, listen: str) -> tuple[str, int]:
+def parse_listen(ctx: ConfigContext, listen: str, default_port: int = 9855) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ctx.error(("listen",), f"expected HOST:PORT like '0.0.0.0:9855', got {listen!r}")
+        raise ctx.error(("listen",), f"expected HOST:PORT like '0.0.0.0:{default_port}', got {listen!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _build_module(ctx: _Context, name: str, body: Any, default_timeout: float) -> ModuleConfig:
+def _build_module(ctx: ConfigContext, name: str, body: Any, default_timeout: float) -> ModuleConfig:
     path: Path = ("modules", name)
     if not isinstance(body, dict):
         raise ctx.error(path, "a module must be a mapping with at least 'prober'")
@@ -203,7 +211,7 @@ def _build_module(ctx: _Context, name: str, body: Any, default_timeout: float) -
     return ModuleConfig(name, prober, timeout, decoded.preferred_ip_protocol, decoded.ip_protocol_fallback, settings)
 
 
-def _build_targets(ctx: _Context, raw: RawAgentConfig, modules: dict[str, ModuleConfig]) -> list[Target]:
+def _build_targets(ctx: ConfigContext, raw: RawAgentConfig, modules: dict[str, ModuleConfig]) -> list[Target]:
     seen: dict[str, int] = {}
     targets = []
     for index, target in enumerate(raw.targets):
@@ -237,7 +245,7 @@ def _make_target(target: TargetConfig, module: ModuleConfig, interval: float, ag
     return Target(target.name, target.address, module, interval, tuple(sorted(labels.items())), target.all_addresses)
 
 
-def _check_labels(ctx: _Context, labels: dict[str, str], path: Path) -> None:
+def _check_labels(ctx: ConfigContext, labels: dict[str, str], path: Path) -> None:
     for name in labels:
         if not LABEL_NAME.match(name) or name.startswith("__"):
             raise ctx.error(path + (name,), f"invalid label name {name!r}: use letters, digits and '_', not starting with a digit or '__'")
