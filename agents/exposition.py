@@ -68,7 +68,10 @@ def _format_value(value: float) -> str:
 def _family_header(metric: Metric) -> str:
     name = counter_name(metric) if metric.kind == "counter" and not metric.cumulative else metric.name
     help_text = metric.help.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {name} {help_text}\n# TYPE {name} {metric.kind}\n"
+    # A counter whose name lacks _total (SNMP's ifHCInOctets) is typed gauge: prometheus_client's parser, which
+    # the collector uses, renames such counters to *_total, and dashboards expect snmp_exporter's names.
+    kind = "gauge" if metric.cumulative else metric.kind
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
 
 
 def render_text(states: Iterable[TargetState]) -> str:

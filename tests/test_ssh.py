@@ -447,3 +447,10 @@ def wait_for_metrics(port: int, *lines_with: tuple[str, ...], timeout: float = 1
             return text
         time.sleep(0.2)
     raise AssertionError(f"{lines_with} not in /metrics:\n{text}")
+
+
+def test_postfix_queue_parser_reads_an_empty_json_queue_as_zero_messages():
+    from agents.ssh.parsers import parse_postfix_queue
+
+    samples = parse_postfix_queue("")
+    assert samples and all(sample.value == 0 for sample in samples)

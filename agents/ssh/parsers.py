@@ -53,7 +53,9 @@ def _queue_samples(messages: dict[str, int], size: dict[str, int]) -> list[Sampl
 def parse_postfix_queue(output: str) -> list[Sample]:
     """Message count and bytes per queue, from `postqueue -j` (JSON lines) or `postqueue -p` / `mailq`."""
     lines = [line for line in output.splitlines() if line.strip()]
-    if lines and lines[0].lstrip().startswith("{"):
+    if not lines:  # `postqueue -j` prints nothing at all for an empty queue, the normal state
+        return _queue_samples({}, {})
+    if lines[0].lstrip().startswith("{"):
         return _parse_postqueue_json(lines)
     return _parse_mailq(lines)
 

@@ -1,0 +1,211 @@
+"""Every dashboard query against live data. Agency so-y-te runs two agents: a pull agent probing real peers (ICMP,
+an HTTPS portal, Postfix and Dovecot, sshd listing a second Postfix's queue, its own host) and a push agent polling
+snmpd. Both report to the real collector (whose remote_write target is down); real Prometheus scrapes it with the
+project's rules. Every panel query and every variable query, with the template variables set to real values, must
+return at least one series.
+
+The SNMP device is polled by the push agent because, scraped by the collector, the agent's raw SNMP counters
+arrive renamed `ifHCInOctets_total` (the agent types them `counter`; prometheus_client's parser adds `_total`)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import smtplib
+import time
+import urllib.parse
+from contextlib import ExitStack
+from pathlib import Path
+
+import yaml
+
+from tests.support.certs import make_ca, make_leaf
+from tests.support.httpd import HttpServer, Reply
+from tests.support.mailserver import PROBE, USER, running_mail_system
+from tests.support.ports import free_port
+from tests.support.procs import wait_for_port
+from tests.support.snmpd import AGENT_ENV, running_snmpd
+from tests.support.sshd import make_key, running_sshd
+from tests.support.tsdb import running_prometheus
+from tests.test_agent_run import http_get
+from tests.test_collector import running_collector
+from tests.test_collector_agents import start_agent
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD_FILES = sorted((ROOT / "dashboards").glob("*.json"))
+RULE_FILES = sorted((ROOT / "config" / "prometheus" / "rules").glob("*.yml"))
+PUSH_TOKEN = "live-dashboards-push-token-5c1e"
+VALUES = {"district": "tp-my-tho", "agency": "so-y-te", "device": "sw-core"}
+TARGET_BY_DASHBOARD = {"netmon-agency": ".*", "netmon-portals": "cong-tinh"}  # agency detail: "All"
+GRAFANA_INTERVALS = {"$__rate_interval": "10s", "$__interval": "2s", "$__range": "1m"}
+
+
+def inventory(pull_port: int, token_file: Path) -> str:
+    return (
+        "agencies:\n"
+        '  - {id: so-y-te, name: "Sở Y tế", district: tp-my-tho, level: department}\n'
+        '  - {id: so-tttt, name: "Sở Thông tin và Truyền thông", district: tp-my-tho, level: department}\n'
+        "agents:\n"
+        f'  - {{id: so-y-te-1, agency: so-y-te, mode: pull, address: "127.0.0.1:{pull_port}"}}\n'
+        f'  - {{id: so-y-te-2, agency: so-y-te, mode: push, bearer_token_file: "{token_file}"}}\n'
+    )
+
+
+def collector_extra(directory: Path) -> str:
+    unused = free_port()  # the TSDB is down: remote_write metrics still exist, with network errors
+    return (
+        "defaults: {interval: 1s, ttl: 5s, scrape_timeout: 900ms}\n"
+        f"remote_write:\n  - {{url: 'http://127.0.0.1:{unused}/api/v1/write', name: tsdb, "
+        f"queue: {{directory: '{directory / 'queue'}'}}, min_backoff: 1s, max_backoff: 2s}}\n"
+    )
+
+
+def pull_agent_config(port: int, portal_url: str, portal_ca: Path, mail, held_mail, sshd, ssh_key: Path, wrong_password: Path) -> str:
+    mail_tls = f"tls: starttls, tls_config: {{ca_file: '{mail.ca.cert}'}}"
+    probe_auth = f"auth: {{username: '{PROBE.address}', password_file: '{mail.password_file(PROBE)}'}}"
+    return f"""\
+agent: {{id: so-y-te-1, agency: so-y-te}}
+listen: 127.0.0.1:{port}
+defaults: {{interval: 3s, timeout: 2s}}
+host: {{enabled: true}}
+modules:
+  icmp: {{prober: icmp, icmp: {{count: 5, packet_interval: 100ms}}}}
+  https_portal: {{prober: http, http: {{tls_config: {{ca_file: '{portal_ca}'}}}}}}
+  smtp_starttls: {{prober: smtp, smtp: {{{mail_tls}}}}}
+  imap_login: {{prober: imap, imap: {{{mail_tls}, auth: {{username: '{USER.address}', password_file: '{wrong_password}'}}}}}}
+  pop3_login: {{prober: pop3, pop3: {{{mail_tls}, stat: true, {probe_auth}}}}}
+  roundtrip:
+    prober: mail_roundtrip
+    mail_roundtrip:
+      mail_from: '{PROBE.address}'
+      rcpt_to: '{PROBE.address}'
+      smtp: {{{mail_tls}}}
+      mailbox: {{protocol: imap, server: '{mail.address("imap")}', {mail_tls}, {probe_auth}}}
+targets:
+  - {{name: dc-core, address: 127.0.0.1, module: icmp}}
+  - {{name: cong-tinh, address: '{portal_url}', module: https_portal}}
+  - {{name: smtp-tinh, address: '{mail.address("smtp")}', module: smtp_starttls}}
+  - {{name: imap-tinh, address: '{mail.address("imap")}', module: imap_login}}
+  - {{name: pop3-tinh, address: '{mail.address("pop3")}', module: pop3_login}}
+  - {{name: mail-roundtrip, address: '{mail.address("smtp")}', module: roundtrip}}
+ssh_hosts:
+  mail: {{address: 127.0.0.1, port: {sshd.port}, user: root, key_file: '{ssh_key}', host_key_fingerprint: '{sshd.host_key_fingerprint}'}}
+ssh_checks:
+  - {{name: mail-queue, host: mail, command: 'postqueue_json {held_mail.postfix_config}'}}
+  - {{name: mail-disk, host: mail, command: 'df /'}}
+"""
+
+
+def push_agent_config(port: int, collector_port: int, token_file: Path, queue: Path, snmp_port: int) -> str:
+    return f"""\
+agent: {{id: so-y-te-2, agency: so-y-te}}
+listen: 127.0.0.1:{port}
+defaults: {{interval: 1s, timeout: 500ms}}
+modules:
+  tcp_connect: {{prober: tcp}}
+targets:
+  - {{name: self-port, address: "127.0.0.1:{port}", module: tcp_connect}}
+push:
+  url: http://127.0.0.1:{collector_port}/api/v1/write
+  bearer_token_file: {token_file}
+  interval: 1s
+  queue: {{directory: '{queue}'}}
+snmp_auths:
+  lan: {{version: 2c, community: "${{SNMPD_COMMUNITY}}"}}
+snmp_devices:
+  - {{name: sw-core, address: 127.0.0.1, port: {snmp_port}, auth: lan, interval: 2s, timeout: 1s}}
+"""
+
+
+def prometheus_config(collector_port: int) -> str:
+    return yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in RULE_FILES],
+        "scrape_configs": [{
+            "job_name": "netmon-collector", "honor_labels": True, "scrape_timeout": "1s",
+            "static_configs": [{"targets": [f"127.0.0.1:{collector_port}"]}],
+        }],
+    })
+
+
+def query(prometheus_url: str, expr: str) -> list[dict]:
+    status, text = http_get(f"{prometheus_url}/api/v1/query?query={urllib.parse.quote(expr)}")
+    assert status == 200, f"{expr}: {text}"
+    return json.loads(text)["data"]["result"]
+
+
+def substituted(expr: str, values: dict[str, str]) -> str:
+    for name, value in GRAFANA_INTERVALS.items():
+        expr = expr.replace(name, value)
+    return re.sub(r"\$(\w+)", lambda match: values[match.group(1)], expr)
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(dashboard uid, what, PromQL) for every panel target and every variable, variables set to real values."""
+    found = []
+    for path in DASHBOARD_FILES:
+        board = json.loads(path.read_text(encoding="utf-8"))
+        values = {**VALUES, "target": TARGET_BY_DASHBOARD.get(board["uid"], "")}
+        for panel in board["panels"]:
+            found += [(board["uid"], panel["title"], substituted(target["expr"], values)) for target in panel["targets"]]
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                selector = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"]).group(1)
+                found.append((board["uid"], f"variable {variable['name']}", substituted(selector, values)))
+    return found
+
+
+def empty_queries(prometheus_url: str) -> list[tuple[str, str, str]]:
+    return [entry for entry in dashboard_queries() if not query(prometheus_url, entry[2])]
+
+
+def queue_one_message(mail) -> None:
+    """The mail-queue check needs a queue to list: one message accepted and held back (defer_transports)."""
+    with smtplib.SMTP("127.0.0.1", mail.ports["smtp"], timeout=10) as client:
+        client.sendmail(USER.address, [PROBE.address], f"From: <{USER.address}>\r\nSubject: queued\r\n\r\nhello\r\n")
+
+
+def portal_server(directory: Path) -> tuple[HttpServer, Path]:
+    ca = make_ca(directory)
+    last_modified = email.utils.formatdate(time.time() - 3 * 86400, usegmt=True)
+    server = HttpServer(tls=make_leaf(directory, ca, "portal"), routes={"/": Reply(body="<html>Cổng thông tin</html>".encode(), headers=(("Last-Modified", last_modified),))})
+    return server, ca.cert
+
+
+def test_every_dashboard_query_returns_a_series_from_live_data(tmp_path: Path, monkeypatch) -> None:
+    for name, value in AGENT_ENV.items():
+        monkeypatch.setenv(name, value)  # the agent reads the community from the environment
+    pull_port, push_port = free_port(), free_port()
+    token_file = tmp_path / "push.token"
+    token_file.write_text(PUSH_TOKEN + "\n", encoding="utf-8")
+    wrong_password = tmp_path / "wrong-password"
+    wrong_password.write_text("not-the-password\n", encoding="utf-8")
+    ssh_key = make_key(tmp_path / "ssh-key")
+    with ExitStack() as stack:
+        mail = stack.enter_context(running_mail_system())
+        held_mail = stack.enter_context(running_mail_system(defer_delivery=True))
+        queue_one_message(held_mail)
+        snmpd = stack.enter_context(running_snmpd(tmp_path / "snmpd"))
+        sshd = stack.enter_context(running_sshd(tmp_path / "sshd", [ssh_key]))
+        server, portal_ca = portal_server(tmp_path / "portal")
+        portal = stack.enter_context(server)
+        collector = stack.enter_context(
+            running_collector(tmp_path / "collector", collector_extra(tmp_path / "collector"), inventory=inventory(pull_port, token_file))
+        )
+        prometheus = stack.enter_context(running_prometheus(tmp_path / "prometheus", config=prometheus_config(collector.port)))
+        pull_context, _ = start_agent(
+            tmp_path / "pull-agent",
+            pull_agent_config(pull_port, portal.url("/"), portal_ca, mail, held_mail, sshd, ssh_key, wrong_password),
+        )
+        pull_agent = stack.enter_context(pull_context)
+        push_context, _ = start_agent(tmp_path / "push-agent", push_agent_config(push_port, collector.port, token_file, tmp_path / "push-queue", snmpd.port))
+        push_agent = stack.enter_context(push_context)
+        wait_for_port("127.0.0.1", pull_port, proc=pull_agent)
+        wait_for_port("127.0.0.1", push_port, proc=push_agent)
+        deadline = time.monotonic() + 60
+        missing = empty_queries(prometheus.url)
+        while missing and time.monotonic() < deadline:
+            time.sleep(2)
+            missing = empty_queries(prometheus.url)
+        assert missing == [], "\n".join(map(str, missing))
