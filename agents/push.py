@@ -395,6 +395,7 @@ class Pusher:
         pusher._tasks = [
             asyncio.create_task(pusher.sender.run(), name="push:sender"),
             asyncio.create_task(pusher._sync_forever(), name="push:fsync"),
+            asyncio.create_task(pusher._push_registry_forever(registry), name="push:self-metrics"),
         ]
         log.info("pushing to %s, queue in %s", config.url, config.queue.directory)
         return pusher
@@ -414,15 +415,17 @@ class Pusher:
         state = self._store.get(target.name)
         if state is None:
             return
-        series = result_series(state)
+        self._append(result_series(state), timestamp_ms_of(result), f"target {target.name}")
+
+    def _append(self, series: list[Series], timestamp_ms: int, what: str) -> None:
         try:
             payload = self._encoder.encode(series)
         except RemoteWriteError as exc:
-            log.error("push: series of target %s cannot be encoded: %s", target.name, exc)
+            log.error("push: series of %s cannot be encoded: %s", what, exc)
             self._drop(REASON_INVALID, len(series))
             return
         try:
-            self.queue.append(payload, len(series), timestamp_ms_of(result))
+            self.queue.append(payload, len(series), timestamp_ms)
         except OSError as exc:
             log.error("push: cannot append to the queue in %s: %s", self.config.queue.directory, exc)
             self._drop(REASON_IO_ERROR, len(series))
@@ -433,11 +436,29 @@ class Pusher:
     def _drop(self, reason: str, items: int) -> None:
         self.dropped_items[reason] = self.dropped_items.get(reason, 0) + items
 
+    async def _push_registry_forever(self, registry: CollectorRegistry) -> None:
+        """The agent's own, process and host metrics (everything on /metrics that is not a probe result),
+        so an agent behind NAT is as visible to the collector as a scraped one."""
+        while True:
+            await asyncio.sleep(float(self.config.self_metrics_interval))
+            timestamp_ms = int(time.time() * 1000)
+            series = registry_series(registry, timestamp_ms)
+            if series:
+                self._append(series, timestamp_ms, "agent metrics")
+
     async def _sync_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.queue.fsync_interval)
             await loop.run_in_executor(self._io, self.queue.sync)
+
+
+def registry_series(registry: CollectorRegistry, timestamp_ms: int) -> list[Series]:
+    return [
+        Series(tuple(sorted({**sample.labels, "__name__": sample.name}.items())), ((timestamp_ms, float(sample.value)),))
+        for family in registry.collect()
+        for sample in family.samples
+    ]
 
 
 def timestamp_ms_of(result: ProbeResult) -> int:

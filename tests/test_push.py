@@ -329,3 +329,20 @@ async def test_other_4xx_drop_the_batch_without_retrying_and_count_it(tmp_path):
     assert sender.stats.requests == {"rejected": 1}
     assert queue.pending_items() == 0
     queue.close()
+
+
+def test_agent_and_host_metrics_are_pushed_too(tmp_path):
+    """An agent behind NAT is seen only through its pushes: its self-metrics and host metrics travel with them."""
+    agent_port = free_port()
+    with running_prometheus(tmp_path / "prom") as prometheus:
+        config = tmp_path / "agent.yml"
+        extra = "  self_metrics_interval: 1s\nhost: {enabled: true}\n"
+        config.write_text(agent_config(agent_port, prometheus.url + WRITE_PATH, tmp_path / "queue", extra), encoding="utf-8")
+        with running([sys.executable, "-m", "agents.cli", "run", "--config", str(config)], log_path=str(tmp_path / "agent.log"), cwd=ROOT) as agent:
+            wait_for_port("127.0.0.1", agent_port, proc=agent)
+            wait_until(lambda: stored_samples(prometheus, "node_load1") and stored_samples(prometheus, "netmon_agent_info"),
+                       30, "host and self metrics in Prometheus")
+        info = stored_samples(prometheus, "netmon_agent_info")
+        runs = stored_samples(prometheus, "netmon_agent_probe_runs_total")
+    assert any(dict(labels).get("agency") == "so-tttt" for labels in info)
+    assert any(dict(labels).get("target") == "self-port" for labels in runs)

@@ -94,6 +94,7 @@ class PushConfig(_Strict):
     bearer_token_file: SecretFile | None = None
     tls: PushTls = PushTls()
     interval: Duration = Duration(5)  # how long samples may wait to be sent together
+    self_metrics_interval: Duration = Duration(15)  # the agent's own and host metrics, pushed this often
     batch_max_samples: int = 2000
     timeout: Duration = Duration(10)  # one request, connect to response
     min_backoff: Duration = Duration(1)
@@ -118,6 +119,7 @@ class PushConfig(_Strict):
             raise ValueError("tls.cert_file: cert_file and key_file are set together")
         durations = {
             "interval": self.interval, "timeout": self.timeout, "min_backoff": self.min_backoff,
+            "self_metrics_interval": self.self_metrics_interval,
             "queue.max_age": self.queue.max_age, "queue.fsync_interval": self.queue.fsync_interval,
         }
         for key, seconds in durations.items():
