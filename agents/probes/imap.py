@@ -31,6 +31,7 @@ from agents.probes.mailproto import (
     check_common,
     connect,
     excerpt,
+    secure_and_log_in,
     summary,
     target_endpoint,
 )
@@ -205,26 +206,13 @@ async def open_session(
     upgrade = TlsUpgrade(settings.tls_config, contexts, endpoint.server_name, replay, samples)
     session = ImapSession(await connect(endpoint, deadline, phases))
     try:
-        if settings.tls == "implicit":
-            with phases.timed("tls"):
-                await upgrade.secure(session.connection)
-        with phases.timed("banner"):
-            await _greeting(session, settings, samples)
-        with phases.timed("capability"):
-            await session.refresh_capabilities()
-        if settings.tls != "implicit":
-            samples.append(STARTTLS_ADVERTISED(1 if "STARTTLS" in session.capabilities else 0))
-        if settings.tls in ("starttls", "opportunistic") and "STARTTLS" in session.capabilities:
-            with phases.timed("starttls"):
-                await _starttls(session)
-                await upgrade.secure(session.connection)
-            with phases.timed("capability"):
-                await session.refresh_capabilities()  # RFC 3501: what was said before TLS no longer counts
-        elif settings.tls == "starttls":
-            raise MailError(Failure.NO_STARTTLS, "the server does not offer STARTTLS")
-        if settings.auth is not None:
-            with phases.timed("auth"):
-                await session.login(settings.auth)
+        await secure_and_log_in(
+            session, settings, upgrade, phases, samples,
+            greet=lambda: _greeting(session, settings, samples),
+            starttls=lambda: _starttls(session),
+            keyword="STARTTLS",
+            advertised=STARTTLS_ADVERTISED,
+        )
     except BaseException:
         session.close()
         raise

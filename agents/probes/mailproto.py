@@ -14,7 +14,7 @@ import ssl
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterator, Literal, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, Literal, TypeVar
 
 import msgspec
 
@@ -260,3 +260,42 @@ def summary(connection: Connection, authenticated: bool) -> str:
     if authenticated:
         parts.append("logged in")
     return ", ".join(parts)
+
+
+async def secure_and_log_in(
+    session: Any,
+    settings: Any,
+    upgrade: TlsUpgrade,
+    phases: Phases,
+    samples: list[Sample],
+    *,
+    greet: Callable[[], Awaitable[None]],
+    starttls: Callable[[], Awaitable[None]],
+    keyword: str,
+    advertised: Metric,
+) -> None:
+    """The IMAP and POP3 opening: TLS (implicit, or STARTTLS/STLS as configured), greeting, capabilities, login.
+
+    `session` has `.connection`, `.capabilities`, `refresh_capabilities()` and `login(auth)`; `keyword` is the
+    capability that offers TLS (STARTTLS, STLS) and `starttls` sends the command that starts it.
+    """
+    if settings.tls == "implicit":
+        with phases.timed("tls"):
+            await upgrade.secure(session.connection)
+    with phases.timed("banner"):
+        await greet()
+    with phases.timed("capability"):
+        await session.refresh_capabilities()
+    if settings.tls != "implicit":
+        samples.append(advertised(1 if keyword in session.capabilities else 0))
+    if settings.tls in ("starttls", "opportunistic") and keyword in session.capabilities:
+        with phases.timed("starttls"):
+            await starttls()
+            await upgrade.secure(session.connection)
+        with phases.timed("capability"):
+            await session.refresh_capabilities()  # RFC 3501 / RFC 2595: what was said before TLS no longer counts
+    elif settings.tls == "starttls":
+        raise MailError(Failure.NO_STARTTLS, f"the server does not offer {keyword}")
+    if settings.auth is not None:
+        with phases.timed("auth"):
+            await session.login(settings.auth)

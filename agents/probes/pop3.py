@@ -27,6 +27,7 @@ from agents.probes.mailproto import (
     check_common,
     connect,
     excerpt,
+    secure_and_log_in,
     summary,
     target_endpoint,
 )
@@ -132,26 +133,13 @@ async def open_session(
     upgrade = TlsUpgrade(settings.tls_config, contexts, endpoint.server_name, replay, samples)
     session = Pop3Session(await connect(endpoint, deadline, phases))
     try:
-        if settings.tls == "implicit":
-            with phases.timed("tls"):
-                await upgrade.secure(session.connection)
-        with phases.timed("banner"):
-            await _greeting(session, settings, samples)
-        with phases.timed("capability"):
-            await session.refresh_capabilities()
-        if settings.tls != "implicit":
-            samples.append(STARTTLS_ADVERTISED(1 if "STLS" in session.capabilities else 0))
-        if settings.tls in ("starttls", "opportunistic") and "STLS" in session.capabilities:
-            with phases.timed("starttls"):
-                await _stls(session)
-                await upgrade.secure(session.connection)
-            with phases.timed("capability"):
-                await session.refresh_capabilities()  # RFC 2595: forget what was said before TLS
-        elif settings.tls == "starttls":
-            raise MailError(Failure.NO_STARTTLS, "the server does not offer STLS")
-        if settings.auth is not None:
-            with phases.timed("auth"):
-                await session.login(settings.auth)
+        await secure_and_log_in(
+            session, settings, upgrade, phases, samples,
+            greet=lambda: _greeting(session, settings, samples),
+            starttls=lambda: _stls(session),
+            keyword="STLS",
+            advertised=STARTTLS_ADVERTISED,
+        )
     except BaseException:
         session.close()
         raise
