@@ -4,7 +4,8 @@
   shows at that moment, stamped with the result's start time, and appends them to the queue as one
   record (a snappy WriteRequest). It runs the sender and the fsync cadence.
 - `RemoteWriteSender`: queue -> batches -> HTTP POST, retrying 5xx and network errors with capped
-  exponential backoff, honoring 429 Retry-After, dropping (counted) what any other 4xx refuses. It knows
+  exponential backoff, honoring 429 Retry-After, keeping batches a 401/403 refuses queued (a credential is
+  fixed by an operator, the batch is fine), dropping (counted) what any other 4xx refuses. It knows
   nothing of the agent: the collector's remote_write out uses it with its own queue.
 - `HttpClient`: one kept-alive HTTP/1.1 connection over asyncio streams (TLS with a CA bundle); no
   aiohttp/httpx, which would cost more memory than the whole agent's budget allows.
@@ -51,7 +52,9 @@ REASON_REJECTED = "rejected"  # a 4xx other than 429: the receiver will never ta
 REASON_INVALID = "invalid"  # not encodable (a bug upstream), or a queued record that no longer decodes
 REASON_IO_ERROR = "io_error"  # the queue directory failed in a way other than a full disk
 DROP_REASONS = (REASON_BYTES, REASON_AGE, REASON_DISK_FULL, REASON_CORRUPT, REASON_REJECTED, REASON_INVALID, REASON_IO_ERROR)
-REQUEST_RESULTS = ("success", "rejected", "throttled", "server_error", "network_error")
+REQUEST_RESULTS = ("success", "rejected", "unauthorized", "throttled", "server_error", "network_error")
+# A refused credential is an operator's fix (a token rotated on one side first), not a bad batch: keep it queued.
+CREDENTIAL_REFUSED = (401, 403)
 
 MAX_RECORD_DECOMPRESSED_BYTES = 64 << 20
 BATCH_MAX_BYTES = 4 << 20  # compressed record bytes per request
@@ -324,6 +327,8 @@ class RemoteWriteSender:
             return self._retry("throttled", f"429 {reply.text.strip()[:200]}", reply.retry_after)
         if reply.status >= 500:
             return self._retry("server_error", f"{reply.status} {reply.text.strip()[:200]}")
+        if reply.status in CREDENTIAL_REFUSED:
+            return self._retry("unauthorized", f"{reply.status} {reply.text.strip()[:200]}; check the push credential")
         log.error(
             "push: %s refused %d samples with %d, dropped (not retried): %s",
             self.client.endpoint.url, batch.items, reply.status, reply.text.strip()[:200],

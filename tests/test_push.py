@@ -319,6 +319,23 @@ async def test_429_is_retried_after_the_time_retry_after_asks(tmp_path):
     queue.close()
 
 
+async def test_a_refused_credential_keeps_the_batch_queued_until_the_token_is_fixed(tmp_path):
+    """Token rotation reaches collector and agent at different moments: nothing pushed in between is lost."""
+    queue = queue_with_samples(tmp_path, 6)
+    with HttpServer(routes={WRITE_PATH: Reply(401, b"missing or unknown bearer token")}) as receiver:
+
+        def rotated(sender: RemoteWriteSender) -> bool:
+            if len(receiver.requests) >= 3:
+                receiver.routes[WRITE_PATH] = Reply(204, b"")
+            return sender.stats.sent_items == 6
+
+        sender = await send_while(queue, receiver.url(WRITE_PATH), rotated)
+    assert sender.stats.requests["unauthorized"] >= 3
+    assert sender.stats.dropped_items.get("rejected", 0) == 0
+    assert queue.pending_items() == 0
+    queue.close()
+
+
 async def test_other_4xx_drop_the_batch_without_retrying_and_count_it(tmp_path):
     queue = queue_with_samples(tmp_path, 4)
     with HttpServer(routes={WRITE_PATH: Reply(400, b"out of order sample")}) as receiver:
