@@ -7,17 +7,20 @@ import html
 import itertools
 import logging
 import signal
+import sys
 import time
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agents import __version__
-from agents.config import AgentConfig, ConfigError, Target, load_config
-from agents.config.model import PushConfig
+from agents.config import AgentConfig, ConfigError, Target
+from agents.config.model import FleetConfig, PushConfig
 from agents.exposition import FamiliesCollector, render_chunks, result_families
+from agents.fleet import ConfigInfoCollector, FleetSync, Served, load_agent_config
 from agents.host.collector import HostCollector
 from agents.httpserver import HttpError, HttpServer, Request, Response, require_method
+from agents.logs import protect_secrets
 from agents.probes.base import ProbeResult, ProbeTarget
 from agents.probes.resources import ProbeResources
 from agents.runner import run_probe
@@ -29,8 +32,13 @@ log = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, config_path: str, listen: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, config_path: str, listen: tuple[str, int] | None = None,
+        served: Served | None = None, local_hash: str = "",
+    ) -> None:
         self.config = config
+        self.served = served  # the collector's part of the config, while the local file has `fleet:`
+        self.local_hash = local_hash
         self._config_path = config_path
         self._listen_override = listen
         disable_created_metrics()  # *_created series double the counters' cost for no use here
@@ -45,6 +53,11 @@ class Agent:
         self._reload_lock = asyncio.Lock()
         self.address: tuple[str, int] | None = None
         self.pusher = None  # an agents.push.Pusher while the config has a `push:` section
+        self.fleet: FleetSync | None = None  # while the config has a `fleet:` section
+        self._fleet_task: asyncio.Task[None] | None = None
+        self.registry.register(
+            ConfigInfoCollector(lambda: (self.local_hash, self.served, self.fleet.stats if self.fleet else None))
+        )
 
     async def start(self) -> None:
         self._scheduler = Scheduler(
@@ -66,6 +79,7 @@ class Agent:
         self.metrics.reload_time.set(time.time())
         await self._apply_push(self.config.push)
         await self._scheduler.apply(self.config.targets)
+        await self._apply_fleet(self.config.fleet)
         log.info(
             "agent %s (%s) listening on %s:%d with %d targets",
             self.config.agent.id, self.config.agent.name or self.config.agent.agency, *self.address, len(self.config.targets),
@@ -73,9 +87,10 @@ class Agent:
 
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        if sys.platform != "win32":  # Windows has neither SIGHUP nor loop signal handlers: Ctrl+C cancels this task
+            loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+            loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         await self.start()
         try:
             await self._stopping.wait()
@@ -89,6 +104,7 @@ class Agent:
         log.info("agent stopping")
         if self._scheduler is not None:
             await self._scheduler.stop()
+        await self._apply_fleet(None)
         await self._apply_push(None)
         if self._server is not None:
             await self._server.close()
@@ -96,14 +112,24 @@ class Agent:
 
     async def reload(self) -> bool:
         """Re-read the config file; keep running the old one if the new one is invalid."""
+        return await self._load_and_apply(None, "config reload")
+
+    async def apply_served(self, served: Served) -> bool:
+        """A config the fleet sync fetched: merged with the local file and applied like a reload."""
+        return await self._load_and_apply(served, f"applying served config {served.hash}")
+
+    async def _load_and_apply(self, served: Served | None, what: str) -> bool:
+        """served None: keep the served config in use."""
         async with self._reload_lock:
             try:
-                new_config = load_config(self._config_path)
+                loaded = load_agent_config(self._config_path, served or self.served)
             except ConfigError as exc:
-                log.error("config reload failed, keeping the previous config: %s", exc)
+                log.error("%s failed, keeping the previous config: %s", what, exc)
                 self.metrics.reload_ok.set(0)
                 return False
-            self.config = new_config
+            new_config = loaded.config
+            protect_secrets(new_config)  # secrets new in this config (a served SNMP community) are masked in logs too
+            self.config, self.served, self.local_hash = new_config, loaded.served, loaded.local_hash
             push_ok = await self._reload_push(new_config)
             self.resources.tls.clear()  # CA bundles and client certs may have been replaced on disk
             assert self._scheduler is not None
@@ -111,7 +137,9 @@ class Agent:
             self.metrics.apply_config(new_config)
             self.metrics.reload_ok.set(1 if push_ok else 0)
             self.metrics.reload_time.set(time.time())
-            log.info("config reloaded: %d targets", len(new_config.targets))
+            await self._apply_fleet(new_config.fleet)
+            served_note = f" (served config {self.served.hash} from the {self.served.source})" if self.served else ""
+            log.info("config reloaded: %d targets%s", len(new_config.targets), served_note)
             return push_ok
 
     async def _reload_push(self, new_config: AgentConfig) -> bool:
@@ -133,6 +161,19 @@ class Agent:
             from agents.push import Pusher  # protobuf and the queue only for agents that push
 
             self.pusher = await Pusher.start(push, self.store, self.registry)
+
+    async def _apply_fleet(self, fleet: FleetConfig | None) -> None:
+        """Start, restart or stop the fleet sync to follow the config."""
+        if self.fleet is not None and self.fleet.config == fleet and self.fleet.agent_id == self.config.agent.id:
+            return
+        old_task, self._fleet_task, self.fleet = self._fleet_task, None, None
+        if old_task is not None:
+            old_task.cancel()
+            if old_task is not asyncio.current_task():  # a sync applying a config that turns itself off
+                await asyncio.gather(old_task, return_exceptions=True)
+        if fleet is not None:
+            self.fleet = FleetSync(fleet, self.config.agent.id, lambda: self.served, self.apply_served)
+            self._fleet_task = asyncio.create_task(self.fleet.run(), name="fleet:sync")
 
     def _on_result(self, target: Target, result: ProbeResult) -> None:
         if self.pusher is not None:

@@ -9,8 +9,9 @@ import sys
 from typing import Sequence
 
 from agents import __version__
-from agents.config import AgentConfig, ConfigError, load_config
-from agents.logs import setup_logging
+from agents.config import AgentConfig, ConfigError
+from agents.fleet import LoadedConfig, load_at_start
+from agents.logs import protect_secrets, setup_logging
 from agents.probes.base import ProbeResult
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -47,30 +48,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     config_path = args.config
     try:
-        config = load_config(config_path)
+        # with `fleet:`, merged with the cached served config if any (`run` fetches it when it must)
+        loaded = load_at_start(config_path, fetch_when_needed=args.command == "run")
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    config = loaded.config
+    protect_secrets(config)  # mask its secrets' values in every log line (agents/logs.py)
+    unsupported = unsupported_here(config)
+    if unsupported:
+        print("\n".join(f"config error: {config_path}: {problem}" for problem in unsupported), file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "check-config":
-        print(f"{config_path}: OK ({len(config.modules)} modules, {len(config.targets)} targets)")
+        served = f", with served config {loaded.served.hash} from the cache" if loaded.served else ""
+        print(f"{config_path}: OK ({len(config.modules)} modules, {len(config.targets)} targets{served})")
         return EXIT_OK
     if args.command == "probe":
         return asyncio.run(_probe_once(config, args.target, args.json))
-    return _run(config, config_path, args.listen)
+    return _run(loaded, config_path, args.listen)
 
 
-def _run(config: AgentConfig, config_path: str, listen: tuple[str, int] | None) -> int:
+def _run(loaded: LoadedConfig, config_path: str, listen: tuple[str, int] | None) -> int:
     from agents.app import Agent  # the server stack is only needed by `run`
 
     async def main_loop() -> None:
-        await Agent(config, config_path, listen).run_until_stopped()
+        await Agent(loaded.config, config_path, listen, loaded.served, loaded.local_hash).run_until_stopped()
 
     try:
         asyncio.run(main_loop())
     except OSError as exc:
         print(f"netmon-agent: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Windows: how a service wrapper stops the agent (the agent has stopped by now)
+        pass
     return EXIT_OK
+
+
+def unsupported_here(config: AgentConfig, platform: str = sys.platform) -> list[str]:
+    """What the config asks for that this operating system cannot do (docs/windows.md), as `key: reason`."""
+    problems = []
+    if not platform.startswith("linux"):
+        problems += [
+            f"modules.{module.name}.prober: icmp needs Linux (datagram ICMP sockets, SO_TIMESTAMPNS, MSG_ERRQUEUE); "
+            "probe this host with tcp or http here"
+            for module in config.modules.values()
+            if module.prober == "icmp"
+        ]
+    if platform == "win32" and config.push is not None:
+        problems.append(
+            "push: the durable push queue needs flock and directory fsync, which Windows lacks; "
+            "let the collector scrape this agent (mode: pull)"
+        )
+    return problems
 
 
 async def _probe_once(config: AgentConfig, names: list[str] | None, as_json: bool) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import resource
 import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,6 +25,8 @@ MAX_HEADERS = 100
 HEADER_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
 GZIP_MIN_BYTES = 1024
+FD_RESERVE = 256  # descriptors kept for what the program opens itself: queue segments, outgoing connections, logs
+PEER_SHARE = 2  # one client address may hold at most 1/PEER_SHARE of the connections
 
 
 @dataclass(slots=True)
@@ -64,13 +67,29 @@ class HttpError(Exception):
         self.reason = reason
 
 
+def default_max_connections() -> int:
+    """Open connections the server allows: what the descriptor limit leaves after FD_RESERVE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 16 if soft == resource.RLIM_INFINITY else max(soft - FD_RESERVE, 64)
+
+
 class HttpServer:
-    def __init__(self, routes: dict[str, Handler], max_body_bytes: int = 1 << 20, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Connections beyond `max_connections`, or beyond half of them from one client address, are closed at once:
+    a client holding connections open (slowloris) can neither exhaust the process's file descriptors (which the
+    durable queue needs too) nor take every connection from the other clients."""
+
+    def __init__(
+        self, routes: dict[str, Handler], max_body_bytes: int = 1 << 20, ssl_context: ssl.SSLContext | None = None,
+        max_connections: int | None = None,
+    ) -> None:
         self._routes = routes
         self._max_body = max_body_bytes
         self._ssl = ssl_context
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        self.max_connections = max_connections or default_max_connections()
+        self._per_address: dict[str, int] = {}
+        self.refused_connections = 0  # closed at once for being over a limit
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._serve, host, port, ssl=self._ssl, limit=MAX_REQUEST_LINE)
@@ -85,11 +104,28 @@ class HttpServer:
             await self._server.wait_closed()
             self._server = None
 
+    def _admit(self, address: str) -> bool:
+        held = self._per_address.get(address, 0)
+        if len(self._connections) >= self.max_connections or held >= self.max_connections // PEER_SHARE:
+            self.refused_connections += 1
+            return False
+        self._per_address[address] = held + 1
+        return True
+
+    def _release(self, address: str) -> None:
+        held = self._per_address.pop(address) - 1
+        if held:
+            self._per_address[address] = held
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else "?"
+        if not self._admit(address):
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
-        peer = writer.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if peer else "?"
         try:
             keep_alive = True
@@ -117,6 +153,7 @@ class HttpServer:
         finally:
             if task is not None:
                 self._connections.discard(task)
+            self._release(address)
             writer.close()
 
     async def _read_request(self, reader: asyncio.StreamReader, peer: str, timeout: float) -> Request | None:

@@ -13,10 +13,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agents import __version__
 from agents.httpserver import HttpServer, Request, Response, require_method
-from agents.remote_write import Encoder, Series
-from collector.config import CollectorConfig
+from agents.remote_write import BlockSeries, compress, write_blocks
+from agents.config import ConfigError
+from collector import exposition
+from collector.config import CollectorConfig, load_collector_config
+from collector.fleet import CONFIG_PREFIX, FetchLog, FleetCollector, config_path, serve_config
 from collector.forward import ForwardCollector, Forwarder
-from collector.ingest import LABEL_CACHE_PER_AGENT, Receiver, TokenBucket
+from collector.ingest import Receiver, TokenBucket
 from collector.scrape import Scraper
 from collector.selfmetrics import CollectorMetrics, InventoryCollector
 from collector.status import render_status
@@ -27,6 +30,30 @@ log = logging.getLogger(__name__)
 
 EXPIRY_INTERVAL = 1.0
 WRITE_PATH = "/api/v1/write"
+REFUSAL_LOG_INTERVAL = 10.0  # one line per sender and reason this often: a flood of bad pushes must not flood the log
+REFUSAL_LOG_SENDERS = 10_000  # (sender, reason) pairs remembered; unauthenticated senders are keyed by address
+
+
+class RefusalLog:
+    """Lets one refused push per sender and reason through to the log per interval and counts the others (the
+    counters on /metrics still see every one): a client flooding bad pushes costs a line every few seconds."""
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL, clock=time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._windows: dict[tuple[str, str], list[float]] = {}  # (sender, reason) -> [line logged at, held back since]
+
+    def admit(self, sender: str, reason: str) -> int | None:
+        """None: stay silent; else log now, mentioning this many refusals held back since the previous line."""
+        now = self._clock()
+        window = self._windows.get((sender, reason))
+        if window is not None and now - window[0] < self._interval:
+            window[1] += 1
+            return None
+        if window is None and len(self._windows) >= REFUSAL_LOG_SENDERS:
+            self._windows.clear()
+        self._windows[(sender, reason)] = [now, 0]
+        return int(window[1]) if window is not None else 0
 
 
 class Collector:
@@ -37,28 +64,32 @@ class Collector:
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = CollectorMetrics(self.registry)
         self.store = SeriesStore(config.agents, config.external_labels)
-        self.registry.register(InventoryCollector(config, self.store))
+        self.registry.register(InventoryCollector(lambda: self.config, self.store))
         self.forwarders: list[Forwarder] = []
         self.registry.register(ForwardCollector(self.forwarders))
-        self._encoder = Encoder(cache_size=LABEL_CACHE_PER_AGENT * max(len(config.agents), 1))
-        self.receiver = Receiver(
-            config, self.store, self._forward, TokenBucket(config.ingest.max_samples_per_second), bool(config.remote_write)
-        )
+        self.fetches = FetchLog()  # agents' config fetches: runtime state that outlives a reload
+        self.registry.register(FleetCollector(lambda: self.config, self.fetches))
+        self._routes: dict = {}
+        self.receiver = Receiver(config, self.store, self._forward, TokenBucket(config.ingest.max_samples_per_second))
         self.scraper = Scraper(self.store, config.scrape_timeout, self._forward, self.metrics.received.labels("pull").inc)
         self._server: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._reload_task: asyncio.Task[bool] | None = None
+        self._refusals = RefusalLog()
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
         for out in self.config.remote_write:
             self.forwarders.append(await Forwarder.start(out))
-        routes = {
+        self._routes = {
             WRITE_PATH: self._handle_write, "/metrics": self._handle_metrics, "/": self._handle_status,
             "/-/healthy": self._handle_healthy, "/-/ready": self._handle_healthy,
         }
+        self._install_fleet_routes()
         ssl_context = server_ssl_context(self.config.tls) if self.config.tls is not None else None
-        self._server = HttpServer(routes, self.config.ingest.max_body_bytes, ssl_context)
+        self._server = HttpServer(self._routes, self.config.ingest.max_body_bytes, ssl_context)
         self.address = await self._server.start(*self._listen)
         self.scraper.start()
         self._tasks.append(asyncio.create_task(self._expire_forever(), name="expire"))
@@ -73,6 +104,7 @@ class Collector:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         await self.start()
         try:
             await self._stopping.wait()
@@ -90,10 +122,66 @@ class Collector:
         for forwarder in self.forwarders:
             await forwarder.stop()
 
-    def _forward(self, series: list[Series], now: float) -> None:
+    def _reload_on_signal(self) -> None:
+        self._reload_task = asyncio.create_task(self.reload(), name="reload")
+
+    async def reload(self) -> bool:
+        """Re-read the config file (SIGHUP); keep running the old config if the new one is invalid."""
+        async with self._reload_lock:
+            try:
+                config = load_collector_config(self.config.source)
+            except ConfigError as exc:
+                log.error("config reload failed, keeping the previous config: %s", exc)
+                self.metrics.reload_ok.set(0)
+                return False
+            if (config.listen_host, config.listen_port, config.tls, config.ingest.max_body_bytes) != (
+                self.config.listen_host, self.config.listen_port, self.config.tls, self.config.ingest.max_body_bytes
+            ):
+                log.warning("config reload: listen, tls_server_config and ingest.max_body_bytes take effect at the next start")
+            await self.scraper.stop()
+            self._follow_config(config)
+            self.scraper.start()
+            forwarding_ok = await self._follow_remote_write(config)
+            self.metrics.reload_ok.set(1 if forwarding_ok else 0)
+            if forwarding_ok:
+                self.metrics.reload_time.set_to_current_time()
+            log.info("config reloaded: %d agencies, %d agents, %d remote_write out", len(config.agencies), len(config.agents), len(self.forwarders))
+            return forwarding_ok
+
+    def _follow_config(self, config: CollectorConfig) -> None:
+        """Everything the running collector derives from its config, rebuilt for a reloaded one (in one place,
+        so that what a reload changes is what a start would have built)."""
+        now = time.time()
+        self.config = config
+        ended = self.store.apply(config.agents, config.external_labels, now)
+        if ended:
+            log.info("config reload: %d series of removed or renamed agents ended (stale markers forwarded)", len(ended))
+            self._forward(ended, now)  # to the remotes that had them, before those change
+        self.receiver.follow(config)
+        self.scraper = Scraper(self.store, config.scrape_timeout, self._forward, self.metrics.received.labels("pull").inc)
+        self._install_fleet_routes()
+
+    async def _follow_remote_write(self, config: CollectorConfig) -> bool:
+        """Stop the remote_write outs the config no longer has, start its new ones (their queues stay on disk)."""
+        kept = [forwarder for forwarder in self.forwarders if forwarder.config in config.remote_write]
+        for forwarder in self.forwarders:
+            if forwarder not in kept:
+                await forwarder.stop()
+        ok = True
+        for out in config.remote_write:
+            if all(forwarder.config != out for forwarder in kept):
+                try:
+                    kept.append(await Forwarder.start(out))
+                except OSError as exc:
+                    log.error("config reload: remote_write out to %s is off, its queue cannot be opened: %s", out.url, exc)
+                    ok = False
+        self.forwarders[:] = kept  # the list ForwardCollector reads
+        return ok
+
+    def _forward(self, series: list[BlockSeries], now: float) -> None:
         if not self.forwarders:
             return
-        payload = self._encoder.encode(series)
+        payload = compress(write_blocks(series))
         items = sum(len(samples) for _, samples in series)
         for forwarder in self.forwarders:
             forwarder.append(payload, items, int(now * 1000))
@@ -117,8 +205,13 @@ class Collector:
             self.metrics.ingest_seconds.observe(time.perf_counter() - started)
             return Response(204)
         self.metrics.rejected.labels(outcome.reason).inc(outcome.samples)
-        who = outcome.agent.id if outcome.agent else f"unauthenticated peer {request.peer}"
-        (log.debug if outcome.status == 429 else log.warning)("push from %s refused (%d %s): %s", who, outcome.status, outcome.reason, outcome.message)
+        who = outcome.agent.id if outcome.agent else f"unauthenticated peer {request.peer.rpartition(':')[0]}"
+        held_back = self._refusals.admit(who, outcome.reason)
+        if held_back is not None:
+            (log.debug if outcome.status == 429 else log.warning)(
+                "push from %s refused (%d %s): %s%s", who, outcome.status, outcome.reason, outcome.message,
+                f" ({held_back} more such refusals since the last line)" if held_back else "",
+            )
         headers = {"Retry-After": str(outcome.retry_after)} if outcome.status == 429 else {}
         if outcome.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="netmon-collector"'
@@ -126,12 +219,26 @@ class Collector:
 
     async def _handle_metrics(self, request: Request) -> Response:
         require_method(request, "GET")
-        body = generate_latest(self.registry) + self.store.render(time.time()).encode("utf-8")
+        body = exposition.page(generate_latest(self.registry).decode("utf-8"), self.store.render_groups(time.time())).encode("utf-8")
         return Response(200, body, CONTENT_TYPE_LATEST)
 
     async def _handle_status(self, request: Request) -> Response:
         require_method(request, "GET")
-        return Response(200, render_status(self.config, self.store).encode("utf-8"), "text/html; charset=utf-8")
+        return Response(200, render_status(self.config, self.store, fetches=self.fetches).encode("utf-8"), "text/html; charset=utf-8")
+
+    def _install_fleet_routes(self) -> None:
+        """One config path per inventory agent, in the route table the server holds: call again after the
+        config changed (a reload), the served configs themselves are read from self.config on each request."""
+        for path in [path for path in self._routes if path.startswith(CONFIG_PREFIX)]:
+            del self._routes[path]
+        self._routes.update({config_path(agent.id): self._handle_agent_config for agent in self.config.agents})
+
+    async def _handle_agent_config(self, request: Request) -> Response:
+        require_method(request, "GET")
+        response = serve_config(self.config.fleet, self.fetches, request)
+        if response.status in (401, 403):
+            log.warning("config fetch %s from %s refused (%d)", request.path, request.peer, response.status)
+        return response
 
     async def _handle_healthy(self, request: Request) -> Response:
         return Response.text(200, "Healthy\n")

@@ -1,4 +1,4 @@
-"""netmon-collector: run the collector, or check its config file."""
+"""netmon-collector: run the collector, check its config file, or make the monthly availability report."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Sequence
 
 from agents import __version__
 from agents.config import ConfigError
-from agents.logs import setup_logging
+from agents.logs import protect_secrets, setup_logging
 from collector.config import CollectorConfig, describe, load_collector_config
+from collector.report import add_report_command, run_report_command
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -34,17 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", type=_listen, help="HOST:PORT, overrides the config's listen (default port 9856)")
     check = commands.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
     check.add_argument("config")
+    render = commands.add_parser("render-config", help="print the config YAML the collector serves to one agent")
+    render.add_argument("agent", help="an agent id of the inventory")
+    render.add_argument("--config", required=True, help="collector YAML config file")
+    add_report_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    if args.command == "report":
+        return run_report_command(args)
     try:
         config = load_collector_config(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    protect_secrets(config)  # mask its secrets' values in every log line (agents/logs.py)
+    if args.command == "render-config":
+        return _render_config(config, args.agent)
     if args.command == "check-config":
         counts = describe(config)
         print(
@@ -53,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_OK
     return _run(config, args.listen)
+
+
+def _render_config(config: CollectorConfig, agent_id: str) -> int:
+    served = config.fleet.configs.get(agent_id)
+    if served is None:
+        print(f"unknown agent {agent_id!r}; agents: {', '.join(agent.id for agent in config.agents)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"# served to agent {agent_id} by templates: {', '.join(served.templates) or 'none'}; hash {served.hash}", file=sys.stderr)
+    sys.stdout.write(served.text)
+    return EXIT_OK
 
 
 def _run(config: CollectorConfig, listen: tuple[str, int] | None) -> int:

@@ -20,6 +20,7 @@ from agents.config.loader import ConfigContext, parse_listen, read_config_file, 
 from agents.config.model import PushConfig
 from agents.config.types import Duration, FilePath, Secret, SecretFile, SecretRef
 from agents.config.yamlpos import Path
+from collector.fleet import Fleet, build_fleet
 
 DEFAULT_LISTEN = "0.0.0.0:9856"
 IDENTITY_LABELS = ("agency", "agent", "district", "level")
@@ -42,6 +43,38 @@ class Agency(_Strict):
     name: str  # human name, UTF-8 Vietnamese; only in netmon_agency_info and the status page
     district: str
     level: Level
+    vars: dict[str, str] = {}  # template variables, e.g. gateway, lan_switch: {{ agency.gateway }} (docs/fleet.md)
+
+
+class District(_Strict):
+    """`districts:` template variables shared by a district's agencies, e.g. router: {{ district.router }}."""
+
+    id: str  # the `district` of agencies
+    vars: dict[str, str] = {}
+
+
+class TemplateSelector(_Strict):
+    """Which agencies a template applies to: every key given must match (an empty selector matches all)."""
+
+    levels: list[Level] = []
+    districts: list[str] = []
+    agencies: list[str] = []
+
+
+class Template(_Strict):
+    """A named probe set: fragments of the agent's config (agents/config/model.py RawAgentConfig), rendered
+    per agent with {{ ... }} variables and validated by the agent's own loader (collector/fleet.py)."""
+
+    name: str
+    select: TemplateSelector = TemplateSelector()
+    modules: dict[str, Any] = {}
+    targets: list[Any] = []
+    ssh_hosts: dict[str, Any] = {}
+    ssh_checks: list[Any] = []
+    snmp_auths: dict[str, Any] = {}
+    snmp_profiles: dict[str, Any] = {}
+    snmp_devices: list[Any] = []
+    host: dict[str, Any] | None = None
 
 
 class AgentEntry(_Strict):
@@ -53,6 +86,8 @@ class AgentEntry(_Strict):
     bearer_token_file: SecretFile | None = None
     interval: Duration | None = None  # push cadence expected / scrape interval
     ttl: Duration | None = None  # silent this long = down (default 3 intervals)
+    config_token: SecretRef | None = None  # pull: the credential it fetches its config with (push agents use bearer_token)
+    config_token_file: SecretFile | None = None
 
 
 class Defaults(_Strict):
@@ -65,6 +100,7 @@ class Ingest(_Strict):
     max_body_bytes: int = 16 << 20  # compressed request body (413 beyond)
     max_decompressed_bytes: int = 64 << 20  # announced snappy length (413 beyond)
     max_samples_per_second: int = 2_000_000  # all agents together; 429 with Retry-After beyond
+    max_samples_per_second_per_agent: int | None = None  # one agent's share (default: twice an even share of the total)
 
 
 class TlsServerConfig(_Strict):
@@ -92,6 +128,8 @@ class RawCollectorConfig(_Strict):
     agencies: list[Agency] = []
     agents: list[AgentEntry] = []
     remote_write: list[RemoteWriteOut] = []
+    districts: list[District] = []  # per-district template variables
+    templates: list[Template] = []  # probe sets served to agents (docs/fleet.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +141,7 @@ class InventoryAgent:
     token: Secret | None
     interval: float
     ttl: float
+    config_token: Secret | None = None  # a pull agent's credential for GET /api/v1/agents/<id>/config
 
     @property
     def identity(self) -> tuple[tuple[str, str], ...]:
@@ -123,6 +162,7 @@ class CollectorConfig:
     agencies: tuple[Agency, ...]
     agents: tuple[InventoryAgent, ...]
     remote_write: tuple[RemoteWriteOut, ...]
+    fleet: Fleet = Fleet()  # the config each agent is served, rendered and validated at load
 
     def agent_by_token(self) -> dict[bytes, InventoryAgent]:
         """sha256(token) -> agent: looking up a digest does not leak the token through timing."""
@@ -147,6 +187,9 @@ def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig
     agents = _build_agents(ctx, raw, agencies)
     _check_tls(ctx, raw.tls_server_config)
     _check_remote_write(ctx, raw.remote_write)
+    # agents fetch their config with their push bearer_token, or (pull agents) their config_token
+    fetch_tokens = {token_digest(token.reveal()): agent for agent in agents if (token := agent.token or agent.config_token)}
+    fleet = build_fleet(ctx, raw, agents, fetch_tokens)
     return CollectorConfig(
         source=file,
         listen_host=host,
@@ -158,6 +201,7 @@ def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig
         agencies=tuple(raw.agencies),
         agents=tuple(agents),
         remote_write=tuple(raw.remote_write),
+        fleet=fleet,
     )
 
 
@@ -213,18 +257,35 @@ def _build_agents(ctx: ConfigContext, raw: RawCollectorConfig, agencies: dict[st
         if entry.agency not in agencies:
             raise ctx.error(path + ("agency",), f"unknown agency {entry.agency!r}; define it under 'agencies'")
         token = _agent_token(ctx, entry, path)
-        if token is not None:
-            digest = token_digest(token.reveal())
-            if digest in tokens:
-                raise ctx.error(path + ("bearer_token",), f"the same credential is already bound to agent {tokens[digest]!r}")
-            tokens[digest] = entry.id
+        config_token = _config_token(ctx, entry, path)
+        for key, secret in (("bearer_token", token), ("config_token", config_token)):
+            if secret is not None:
+                digest = token_digest(secret.reveal())
+                if digest in tokens:
+                    raise ctx.error(path + (key,), f"the same credential is already bound to agent {tokens[digest]!r}")
+                tokens[digest] = entry.id
         interval = float(entry.interval if entry.interval is not None else raw.defaults.interval)
         ttl = entry.ttl if entry.ttl is not None else raw.defaults.ttl
         ttl_seconds = float(ttl) if ttl is not None else 3 * interval
         if interval <= 0 or ttl_seconds <= 0:
             raise ctx.error(path + ("interval" if interval <= 0 else "ttl",), "must be greater than 0")
-        agents.append(InventoryAgent(entry.id, agencies[entry.agency], entry.mode, entry.address, token, interval, ttl_seconds))
+        agents.append(
+            InventoryAgent(entry.id, agencies[entry.agency], entry.mode, entry.address, token, interval, ttl_seconds, config_token)
+        )
     return agents
+
+
+def _config_token(ctx: ConfigContext, entry: AgentEntry, path: Path) -> Secret | None:
+    token = entry.config_token or entry.config_token_file
+    if token is None:
+        return None
+    if entry.mode == "push":
+        raise ctx.error(path + ("config_token",), "a push agent fetches its config with its bearer_token")
+    if entry.config_token is not None and entry.config_token_file is not None:
+        raise ctx.error(path + ("config_token",), "use only one of config_token and config_token_file")
+    if not token.reveal():
+        raise ctx.error(path + ("config_token_file" if entry.config_token_file else "config_token",), "the credential is empty")
+    return token
 
 
 def _agent_token(ctx: ConfigContext, entry: AgentEntry, path: Path) -> Secret | None:

@@ -3,8 +3,10 @@
 Order of checks, each with its status and a reason in the body: 401 unknown or missing bearer token; 413 too
 large (compressed, or as announced by the snappy header before inflating); 400 a body that is not snappy +
 WriteRequest, or series with bad names, unsorted or duplicate labels, reserved names, non-finite values; then
-429 with Retry-After when the collector's sample budget per second is spent (only valid pushes use it up).
-204 when every series was stored."""
+429 with Retry-After when the agent's share of the sample budget, or the collector's whole budget per second, is
+spent (only valid pushes use them up).
+204 when every series was stored, or dropped as a duplicate (collector/store.py: a sample at or before the
+last accepted timestamp of its series, e.g. a batch sent again because its acknowledgement was lost)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agents.remote_write import Decoder, RemoteWriteError, Series, TooLarge
+from agents.remote_write import BlockSeries, Decoder, RemoteWriteError, TooLarge
 from collector.config import CollectorConfig, InventoryAgent, token_digest
 from collector.store import AgentState, Rejected, SeriesStore
 
@@ -21,7 +23,7 @@ LABEL_CACHE_PER_AGENT = 20_000  # label sets remembered per agent; an agency pus
 
 
 class TokenBucket:
-    """Samples per second for all agents together, with one second of burst."""
+    """Samples per second (for all agents together, or for one), with one second of burst."""
 
     def __init__(self, rate: float, clock=time.monotonic) -> None:
         self.rate = rate
@@ -39,6 +41,18 @@ class TokenBucket:
             return 0.0
         return (min(amount, self.rate) - self._tokens) / self.rate
 
+    def give_back(self, amount: int) -> None:
+        """Return what a push took that was refused by a later check."""
+        self._tokens = min(self.rate, self._tokens + amount)
+
+
+def agent_share(total: int, configured: int | None, push_agents: int) -> int:
+    """One agent's samples per second: as configured, else twice an even share of the total (at least 1,000),
+    so an agent replaying its queue after an outage is paced but never starved."""
+    if configured is not None:
+        return configured
+    return min(total, max(1_000, 2 * total // max(push_agents, 1)))
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -54,16 +68,33 @@ class Outcome:
 class Receiver:
     config: CollectorConfig
     store: SeriesStore
-    forward: Callable[[list[Series], float], None]  # series to send on, and when they were accepted
+    forward: Callable[[list[BlockSeries], float], None]  # series to send on, and when they were accepted
     budget: TokenBucket
-    forwarding: bool = True  # whether any remote_write out wants the accepted series
+    forwarding: bool = field(init=False)  # whether any remote_write out wants the accepted series
     tokens: dict[bytes, InventoryAgent] = field(init=False)
     decoders: dict[str, Decoder] = field(init=False)
+    shares: dict[str, TokenBucket] = field(init=False)  # per push agent: one agent cannot spend everyone's budget
 
     def __post_init__(self) -> None:
-        self.tokens = self.config.agent_by_token()
-        limit = self.config.ingest.max_decompressed_bytes
-        self.decoders = {agent.id: Decoder(limit, LABEL_CACHE_PER_AGENT) for agent in self.config.agents if agent.mode == "push"}
+        self.decoders = {}
+        self.shares = {}
+        self.follow(self.config)
+
+    def follow(self, config: CollectorConfig) -> None:
+        """Take a (re)loaded config: its credentials, limits and push agents; kept agents keep their label cache."""
+        limit = config.ingest.max_decompressed_bytes
+        decoders = {agent.id: self.decoders.get(agent.id) or Decoder(limit, LABEL_CACHE_PER_AGENT) for agent in config.agents if agent.mode == "push"}
+        for decoder in decoders.values():
+            decoder.max_decompressed_bytes = limit
+        self.config = config
+        self.tokens = config.agent_by_token()
+        self.decoders = decoders
+        self.budget.rate = config.ingest.max_samples_per_second
+        share = agent_share(config.ingest.max_samples_per_second, config.ingest.max_samples_per_second_per_agent, len(decoders))
+        self.shares = {agent_id: self.shares.get(agent_id) or TokenBucket(share) for agent_id in decoders}
+        for bucket in self.shares.values():
+            bucket.rate = share
+        self.forwarding = bool(config.remote_write)
 
     def authenticate(self, authorization: str | None) -> InventoryAgent | None:
         if not authorization:
@@ -73,9 +104,13 @@ class Receiver:
             return None
         return self.tokens.get(token_digest(token.strip()))
 
-    def _admit(self, samples: int) -> None:
+    def _admit(self, share: TokenBucket, samples: int) -> None:
+        wait = share.take(samples)
+        if wait:
+            raise Rejected("overloaded", "this agent is over its share of the sample budget; retry later", math.ceil(wait))
         wait = self.budget.take(samples)
         if wait:
+            share.give_back(samples)
             raise Rejected("overloaded", "the collector is over its sample budget; retry later", math.ceil(wait))
 
     def write(self, authorization: str | None, content_encoding: str | None, body: bytes) -> Outcome:
@@ -92,7 +127,8 @@ class Receiver:
             return Outcome(400, exc.reason, str(exc), agent)
         state: AgentState = self.store.states[agent.id]
         try:
-            stored, forward = self.store.accept(state, series, time.time(), self.forwarding, self._admit)
+            share = self.shares[agent.id]
+            stored, forward = self.store.accept(state, series, time.time(), self.forwarding, lambda count: self._admit(share, count))
         except Rejected as exc:
             status = 429 if exc.reason == "overloaded" else 400
             return Outcome(status, exc.reason, str(exc), agent, sum(len(one.samples) for one in series), exc.retry_after)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.remote_write import METRIC_NAME, Series
+from agents.remote_write import METRIC_NAME, BlockSeries, Series
 from collector.store import AgentState, Rejected, SeriesStore
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def _scrape_series(name: str, value: float, timestamp_ms: int) -> Series:
 class Scraper:
     """One task per pull agent, each on its own interval."""
 
-    def __init__(self, store: SeriesStore, timeout: float, forward: Callable[[list[Series], float], None], on_scrape: Callable[[int], None]) -> None:
+    def __init__(self, store: SeriesStore, timeout: float, forward: Callable[[list[BlockSeries], float], None], on_scrape: Callable[[int], None]) -> None:
         self.store = store
         self.timeout = timeout
         self.forward = forward

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric as Family
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric as Family
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -41,6 +41,15 @@ class CollectorMetrics:
             "netmon_collector_ingest_duration_seconds", "Time to decode, check, store and queue one push",
             buckets=INGEST_BUCKETS, registry=registry,
         )
+        self.reload_ok = Gauge(
+            "netmon_collector_config_last_reload_successful", "Whether the last configuration reload attempt was successful", registry=registry
+        )
+        self.reload_time = Gauge(
+            "netmon_collector_config_last_reload_success_timestamp_seconds", "Timestamp of the last successful configuration load",
+            registry=registry,
+        )
+        self.reload_ok.set(1)  # the config the collector started with
+        self.reload_time.set_to_current_time()
         for mode in ("push", "pull"):
             self.received.labels(mode)
         for reason in REJECT_REASONS:
@@ -48,9 +57,10 @@ class CollectorMetrics:
 
 
 class InventoryCollector(Collector):
-    """netmon_agent_up, netmon_agent_last_seen_timestamp_seconds, netmon_agency_info, netmon_collector_series."""
+    """netmon_agent_up, netmon_agent_last_seen_timestamp_seconds, netmon_agency_info, netmon_collector_series,
+    netmon_collector_samples_duplicate_total; `config` returns the current config (it follows reloads)."""
 
-    def __init__(self, config: CollectorConfig, store: SeriesStore) -> None:
+    def __init__(self, config: Callable[[], CollectorConfig], store: SeriesStore) -> None:
         self._config = config
         self._store = store
 
@@ -66,7 +76,12 @@ class InventoryCollector(Collector):
             up.add_metric(values, 1.0 if state.is_up(now) else 0.0)
             last_seen.add_metric(values, state.last_seen)
         info = GaugeMetricFamily("netmon_agency_info", "Inventory of agencies; `name` is the human name", labels=["agency", "name", "district", "level"])
-        for agency in self._config.agencies:
+        for agency in self._config().agencies:
             info.add_metric([agency.id, agency.name, agency.district, agency.level], 1.0)
         series = GaugeMetricFamily("netmon_collector_series", "Agent series currently exposed", value=self._store.series_count(now))
-        yield from (up, last_seen, info, series)
+        duplicates = CounterMetricFamily(
+            "netmon_collector_samples_duplicate",
+            "Samples dropped because their series already had a sample at or after their timestamp (a batch sent again)",
+            value=self._store.duplicate_samples,
+        )
+        yield from (up, last_seen, info, series, duplicates)

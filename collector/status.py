@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from collector.config import Agency, CollectorConfig
+from collector.fleet import FetchLog, under_management
 from collector.store import AgentState, SeriesStore
 
 HEADLINES = {  # metric -> how agents' series of it combine into one figure (worst case)
@@ -67,7 +68,27 @@ def _figure(label: str, value: float | None, unit: str) -> str:
     return f"<tr><td>{label}</td><td>{shown}</td></tr>"
 
 
-def _card(agency: Agency, states: list[AgentState], now: float) -> str:
+def _fleet_lines(config: CollectorConfig, states: list[AgentState], fetches: FetchLog | None, now: float) -> str:
+    """Per agent: version, served vs applied config hash, last fetch (data-config: current, stale or never)."""
+    if fetches is None:
+        return ""
+    lines = []
+    for state in states:
+        served = config.fleet.configs.get(state.agent.id)
+        record = fetches.get(state.agent.id)
+        if served is None or not under_management(served, record):
+            continue
+        status = "never" if not record.time else ("current" if record.applied_hash == served.hash else "stale")
+        words = {"never": "chưa lấy cấu hình", "current": "cấu hình mới nhất", "stale": "cấu hình cũ"}[status]
+        lines.append(
+            f'<div class="meta" data-agent="{html.escape(state.agent.id)}" data-config="{status}">'
+            f"{html.escape(state.agent.id)}: {words} · phục vụ {served.hash} / đang chạy {html.escape(record.applied_hash or '—')}"
+            f" · phiên bản {html.escape(record.version or '—')} · lấy lúc {_ago(now, record.time)}</div>"
+        )
+    return "".join(lines)
+
+
+def _card(agency: Agency, states: list[AgentState], now: float, fleet: str = "") -> str:
     ups = [state.is_up(now) for state in states]
     status = "up" if ups and all(ups) else ("partial" if any(ups) else "down")
     words = {"up": "Hoạt động", "partial": "Một phần", "down": "Mất liên lạc"}[status]
@@ -81,11 +102,11 @@ def _card(agency: Agency, states: list[AgentState], now: float) -> str:
         f'<div><span class="state">{words}</span> · lần cuối: {_ago(now, last_seen)}</div>'
         f"<table>{_figure('RTT tới TTDL', figures.rtt, 's')}{_figure('Mất gói', figures.loss, 'ratio')}"
         f"{_figure('Thư vòng', figures.mail, 's')}</table>"
-        f'<div class="meta">{agents}</div></div>'
+        f'<div class="meta">{agents}</div>{fleet}</div>'
     )
 
 
-def render_status(config: CollectorConfig, store: SeriesStore, now: float | None = None) -> str:
+def render_status(config: CollectorConfig, store: SeriesStore, now: float | None = None, fetches: FetchLog | None = None) -> str:
     now = time.time() if now is None else now
     by_agency: dict[str, list[AgentState]] = {agency.id: [] for agency in config.agencies}
     for state in store.states.values():
@@ -95,7 +116,10 @@ def render_status(config: CollectorConfig, store: SeriesStore, now: float | None
         districts.setdefault(agency.district, []).append(agency)
     sections = []
     for district in sorted(districts):
-        cards = "".join(_card(agency, by_agency[agency.id], now) for agency in districts[district])
+        cards = "".join(
+            _card(agency, by_agency[agency.id], now, _fleet_lines(config, by_agency[agency.id], fetches, now))
+            for agency in districts[district]
+        )
         sections.append(f'<section><h2>{html.escape(district)}</h2><div class="grid">{cards}</div></section>')
     up_count = sum(1 for state in store.states.values() if state.is_up(now))
     return (

@@ -3,10 +3,16 @@
 Built for the ingest path: a series seen before costs one dict lookup and two attribute writes per push.
 Each entry keeps what every reader needs precomputed once, when the series first arrives:
 - `prefix`: the exposition line up to the value (`name{labels} `), so /metrics is string joins;
-- `forward_labels`: the labels sent on by remote_write out (identity labels and external labels applied).
+- `forward_block`: the labels sent on by remote_write out (identity labels and external labels applied), as
+  the label block agents.remote_write.write_blocks takes, so forwarding a series costs no label lookup.
 
 Identity labels (agency, agent, district, level) come from the inventory entry the credential (or the scrape
 address) is bound to, and overwrite whatever the agent sent.
+
+Each series keeps the timestamp of its last accepted sample; a sample at or before it is a duplicate (a batch sent
+again because its acknowledgement was lost, or a sample out of order): dropped and counted, the push still
+succeeds, so neither /metrics nor remote_write out sees a sample twice or out of order. The timestamp outlives the
+series' end (a stale marker, or the agent's TTL) for as long as the agent is in the inventory.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from agents.remote_write import STALE_NAN, Labels, Series, is_stale_marker
+from agents.remote_write import STALE_NAN, BlockSeries, Labels, Sample, Series, is_stale_marker, label_block
 from collector.config import InventoryAgent
 
 RESERVED_NAMES = frozenset({"netmon_agent_up", "netmon_agent_last_seen_timestamp_seconds", "netmon_agency_info"})
@@ -35,12 +41,12 @@ class Rejected(ValueError):
 class Entry:
     """One series of one agent: its latest sample and its precomputed forms."""
 
-    __slots__ = ("name", "prefix", "forward_labels", "value", "timestamp_ms")
+    __slots__ = ("name", "prefix", "forward_block", "value", "timestamp_ms")
 
-    def __init__(self, name: str, prefix: str, forward_labels: Labels) -> None:
+    def __init__(self, name: str, prefix: str, forward_block: bytes) -> None:
         self.name = name
         self.prefix = prefix
-        self.forward_labels = forward_labels
+        self.forward_block = forward_block
         self.value = 0.0
         self.timestamp_ms = -1
 
@@ -53,6 +59,7 @@ class AgentState:
     scrape_ok: bool = True  # pull agents: whether the latest scrape succeeded
     series: dict[Labels, Entry] = field(default_factory=dict)  # by the labels the agent sent
     outputs: dict[str, Entry] = field(default_factory=dict)  # by exposition prefix: one entry per output series
+    ended: dict[str, int] = field(default_factory=dict)  # last timestamp of series forgotten at the TTL, by prefix
     aliased: bool = False  # two label sets the agent sent became one series (they differed only in identity labels)
 
     def is_up(self, now: float) -> bool:
@@ -75,7 +82,8 @@ class AgentState:
         if entry is not None:
             self.aliased = True
             return entry
-        entry = self.outputs[prefix] = Entry(metric_name, prefix, forward)
+        entry = self.outputs[prefix] = Entry(metric_name, prefix, label_block(forward))
+        entry.timestamp_ms = self.ended.pop(prefix, -1)
         return entry
 
     def entries(self) -> Iterable[Entry]:
@@ -83,6 +91,7 @@ class AgentState:
         return dict.fromkeys(self.series.values()) if self.aliased else self.series.values()
 
     def forget(self) -> None:
+        self.ended.update((prefix, entry.timestamp_ms) for prefix, entry in self.outputs.items())
         self.series.clear()
         self.outputs.clear()
         self.aliased = False
@@ -94,6 +103,16 @@ def _check_values(series: list[Series], entries: list[Entry]) -> None:
             if not math.isfinite(value) and not is_stale_marker(value):
                 shown = entry.prefix.strip()
                 raise Rejected("non_finite_value", f"series {shown} has the value {format_value(value)}; send finite values or a stale marker")
+
+
+def _after(samples: tuple[Sample, ...], last_ms: int) -> tuple[Sample, ...]:
+    """The samples that each come after the one before them, the first after `last_ms`."""
+    kept = []
+    for sample in samples:
+        if sample[0] > last_ms:
+            kept.append(sample)
+            last_ms = sample[0]
+    return tuple(kept)
 
 
 def escape(value: str) -> str:
@@ -111,17 +130,19 @@ class SeriesStore:
 
     def __init__(self, agents: Iterable[InventoryAgent], external_labels: Labels = ()) -> None:
         self.states: dict[str, AgentState] = {agent.id: AgentState(agent, external_labels) for agent in agents}
+        self.duplicate_samples = 0  # dropped since start: at or before their series' last accepted timestamp
 
     def accept(
         self, state: AgentState, series: list[Series], now: float, forwarding: bool = True,
         admit: Callable[[int], None] | None = None,
-    ) -> tuple[int, list[Series]]:
-        """Store a push's series as a whole or not at all (Rejected); the sample count and, when forwarding,
-        the series to send on ((labels, samples) pairs with the forwarded labels).
+    ) -> tuple[int, list[BlockSeries]]:
+        """Store a push's series as a whole or not at all (Rejected); the count of samples stored (duplicates
+        left out) and, when forwarding, the series to send on (with their forwarded labels as label blocks).
 
         Samples must be finite (stale markers excepted): a series ends with a stale marker, not a NaN.
         `admit(count)` runs once the push is known valid, before anything is stored; it may raise Rejected.
-        This is the collector's hot path: one dict lookup per known series, one sum over the values.
+        This is the collector's hot path: one dict lookup per known series, one sum over the values, and for
+        the usual series of one new sample one comparison of its timestamp.
         """
         values = [value for _, samples in series for _, value in samples]
         if len(values) != len(series) and not all(samples for _, samples in series):
@@ -129,31 +150,61 @@ class SeriesStore:
         known = state.series
         get = known.get
         entries: list[Entry] = []
-        fresh: list[tuple[Labels, Entry]] = []
+        new_series = False
         for labels, _ in series:
             entry = get(labels)
             if entry is None:
                 entry = state.entry_for(labels)
-                fresh.append((labels, entry))
+                new_series = True
             entries.append(entry)
         total = sum(values)
         if total - total != 0.0:  # a NaN or an infinity somewhere (or an overflowing sum): look closer
             _check_values(series, entries)
         if admit is not None:
             admit(len(values))
-        known.update(fresh)
+        forward: list[BlockSeries] = []
+        duplicates = 0
         for (labels, samples), entry in zip(series, entries):
+            if len(samples) > 1 or samples[0][0] <= entry.timestamp_ms:
+                newer = _after(samples, entry.timestamp_ms)
+                duplicates += len(samples) - len(newer)
+                if not newer:
+                    continue
+                samples = newer
             timestamp_ms, value = samples[-1]
+            entry.timestamp_ms = timestamp_ms
             if value != value:  # a stale marker (checked above): the series has ended
                 known.pop(labels, None)
-            elif timestamp_ms >= entry.timestamp_ms:
+            else:
                 entry.value = value
-                entry.timestamp_ms = timestamp_ms
+                if new_series:  # only a series with a sample stored exists (not one whose samples were all duplicates)
+                    known[labels] = entry
+            if forwarding:
+                forward.append((entry.forward_block, samples))
         state.last_seen = now
-        forward = list(zip([entry.forward_labels for entry in entries], [samples for _, samples in series])) if forwarding else []
-        return len(values), forward  # type: ignore[return-value]
+        self.duplicate_samples += duplicates
+        return len(values) - duplicates, forward
 
-    def replace(self, state: AgentState, series: list[Series], now: float, forwarding: bool = True) -> tuple[int, list[Series]]:
+    def apply(self, agents: Iterable[InventoryAgent], external_labels: Labels, now: float) -> list[BlockSeries]:
+        """Follow a reloaded inventory: new agents start down, removed agents' states go, an agent whose identity
+        labels (or the external labels) changed starts its series afresh; stale markers for every series ended."""
+        previous, self.states = self.states, {}
+        ended: list[BlockSeries] = []
+        for agent in agents:
+            state = previous.pop(agent.id, None)
+            if state is None:
+                state = AgentState(agent, external_labels)
+            elif state.agent.identity != agent.identity or state.external_labels != external_labels:
+                ended += self._end(state, list(state.series), now)
+                state = AgentState(agent, external_labels, state.last_seen, state.scrape_ok)
+            else:
+                state.agent = agent  # a new TTL, interval, address or credential: the series stay
+            self.states[agent.id] = state
+        for state in previous.values():
+            ended += self._end(state, list(state.series), now)
+        return ended
+
+    def replace(self, state: AgentState, series: list[Series], now: float, forwarding: bool = True) -> tuple[int, list[BlockSeries]]:
         """A scrape's full set: series missing from it end (stale markers to forward)."""
         count, forward = self.accept(state, series, now, forwarding)
         fresh = {labels for labels, _ in series}
@@ -161,9 +212,9 @@ class SeriesStore:
         ended = self._end(state, gone, now)
         return count, forward + ended if forwarding else forward
 
-    def expire(self, now: float) -> list[Series]:
+    def expire(self, now: float) -> list[BlockSeries]:
         """Silent agents past their TTL lose their series; stale markers for each, to forward."""
-        forward: list[Series] = []
+        forward: list[BlockSeries] = []
         for state in self.states.values():
             if state.series and now - state.last_seen > state.agent.ttl:
                 forward += self._end(state, list(state.series), now)
@@ -171,10 +222,10 @@ class SeriesStore:
         return forward
 
     @staticmethod
-    def _end(state: AgentState, labels_list: list[Labels], now: float) -> list[Series]:
+    def _end(state: AgentState, labels_list: list[Labels], now: float) -> list[BlockSeries]:
         stamp = ((int(now * 1000), STALE_NAN),)
-        ended = {state.series.pop(labels).forward_labels: None for labels in labels_list}
-        return [Series(labels, stamp) for labels in ended]
+        ended = {state.series.pop(labels).forward_block: None for labels in labels_list}
+        return [(block, stamp) for block in ended]
 
     def live_states(self, now: float) -> Iterator[AgentState]:
         return (state for state in self.states.values() if state.series and now - state.last_seen <= state.agent.ttl)
@@ -184,6 +235,12 @@ class SeriesStore:
 
     def render(self, now: float) -> str:
         """Exposition text of live agents' series, grouped by metric name, without timestamps."""
+        groups = self.render_groups(now)
+        # remote_write 1.0 carries no HELP/TYPE: untyped, with a HELP line so that linters accept the page
+        return "".join(f"# HELP {name} {AGENT_SERIES_HELP}\n" + "\n".join(lines) + "\n" for name, lines in groups.items())
+
+    def render_groups(self, now: float) -> dict[str, list[str]]:
+        """Sample lines of live agents' series (no timestamps), by metric name."""
         groups: dict[str, list[str]] = {}
         for state in self.live_states(now):
             for entry in state.entries():
@@ -191,5 +248,4 @@ class SeriesStore:
                 if lines is None:
                     lines = groups[entry.name] = []
                 lines.append(entry.prefix + format_value(entry.value))
-        # remote_write 1.0 carries no HELP/TYPE: untyped, with a HELP line so that linters accept the page
-        return "".join(f"# HELP {name} {AGENT_SERIES_HELP}\n" + "\n".join(lines) + "\n" for name, lines in groups.items())
+        return groups

@@ -25,6 +25,7 @@ from agents import remote_write as rw
 from agents.remote_write import make_series
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port
+from tests.support.tsdb import running_victoria_metrics, victoria_metrics_export
 from tests.test_agent_run import http_get, metric_value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,6 +194,58 @@ def test_a_stale_marker_ends_a_series_at_once(collector):
     assert 'target="ending"' not in collector.metrics()
 
 
+# --- batches sent again (the agent's acknowledgement was lost)
+
+
+def counters(text: str) -> tuple[float, float]:
+    return (
+        metric_value(text, "netmon_collector_samples_received_total", mode="push") or 0.0,
+        metric_value(text, "netmon_collector_samples_duplicate_total") or 0.0,
+    )
+
+
+def test_a_batch_sent_again_is_acknowledged_and_counted_as_duplicates_not_stored_twice(collector):
+    stamp = now_ms()
+    body = rw.encode([make_series("probe_success", {"target": f"again-{n}", "module": "icmp"}, [(stamp, 1.0)]) for n in range(3)])
+    assert push(collector.url, body, TOKENS["so-tttt-1"])[0] == 204
+    received, duplicates = counters(collector.metrics())
+    status, text, _ = push(collector.url, body, TOKENS["so-tttt-1"])
+    assert (status, text) == (204, "")
+    assert counters(collector.metrics()) == (received, duplicates + 3)
+
+
+def test_a_sample_older_than_its_series_last_one_is_dropped(collector):
+    stamp = now_ms()
+    newer = make_series("probe_success", {"target": "out-of-order", "module": "icmp"}, [(stamp, 1.0)])
+    older = make_series("probe_success", {"target": "out-of-order", "module": "icmp"}, [(stamp - 1_000, 0.0)])
+    assert push(collector.url, rw.encode([newer]), TOKENS["so-tttt-1"])[0] == 204
+    assert push(collector.url, rw.encode([older]), TOKENS["so-tttt-1"])[0] == 204
+    assert [line.split()[-1] for line in series_lines(collector.metrics(), "probe_success") if 'target="out-of-order"' in line] == ["1.0"]
+
+
+def test_a_batch_sent_again_does_not_revive_the_series_its_stale_marker_ended(collector):
+    stamp = now_ms()
+    ended = make_series("probe_success", {"target": "ended-once", "module": "icmp"}, [(stamp, 1.0), (stamp + 1, rw.STALE_NAN)])
+    for _ in range(2):
+        assert push(collector.url, rw.encode([ended]), TOKENS["so-tttt-1"])[0] == 204
+    assert 'target="ended-once"' not in collector.metrics()
+
+
+def test_remote_write_out_gets_each_sample_once_in_order_when_batches_overlap(tmp_path):
+    start = now_ms() - 60_000
+    batches = [[(start + n * 1_000, float(n)) for n in range(first, first + 3)] for first in (0, 0, 2, 1)]  # again, overlapping, older
+    with running_victoria_metrics(tmp_path / "vm") as vm:
+        forward = f"remote_write:\n  - url: {vm.url}/api/v1/write\n    queue: {{directory: {tmp_path / 'queue'}}}\n    interval: 200ms\n"
+        with running_collector(tmp_path / "collector", forward) as running_one:
+            for samples in batches:
+                body = rw.encode([make_series("netmon_test_resent", {"target": "dc"}, samples)])
+                assert push(running_one.url, body, TOKENS["so-tttt-1"])[0] == 204
+            wait_until(lambda: victoria_metrics_export(vm, "netmon_test_resent") != {}, 20, "samples in VictoriaMetrics")
+            wait_until(lambda: metric_value(running_one.metrics(), "netmon_collector_remote_write_queue_pending_samples") == 0, 20, "the queue to drain")
+            exported = victoria_metrics_export(vm, "netmon_test_resent")
+    assert list(exported.values()) == [[(start + n * 1_000, float(n)) for n in range(5)]]
+
+
 # --- bad input
 
 
@@ -263,6 +316,27 @@ def test_pushes_beyond_the_sample_budget_get_429_with_retry_after(tmp_path):
     assert text.startswith("overloaded:") and int(headers["Retry-After"]) >= 1
 
 
+def test_one_agent_over_its_share_is_throttled_while_the_others_keep_writing(tmp_path):
+    """A leaked or runaway agent spends its own share of the budget, not everyone's."""
+    extra = "ingest: {max_samples_per_second: 1000, max_samples_per_second_per_agent: 100}\n"
+    with running_collector(tmp_path, extra) as small:
+        body = rw.encode([probe_series(target=f"t{i}") for i in range(60)])
+        runaway = [push(small.url, body, TOKENS["so-tttt-1"]) for _ in range(3)]
+        other = push(small.url, body, TOKENS["xa-my-tho-1"])
+    assert [status for status, _, _ in runaway] == [204, 429, 429]
+    assert runaway[1][1].startswith("overloaded: this agent is over its share")
+    assert other[0] == 204
+
+
+def test_an_agents_share_defaults_to_twice_an_even_split_and_never_starves():
+    from collector.ingest import agent_share
+
+    assert agent_share(2_000_000, None, 210) == 19_047
+    assert agent_share(20_000, None, 61) == 1_000  # the floor: a queue replay still moves
+    assert agent_share(500, None, 3) == 500  # never more than the whole budget
+    assert agent_share(2_000_000, 5_000, 210) == 5_000
+
+
 def test_metrics_has_no_timestamps_and_passes_promtool(collector):
     from tests.support.require import require_binary
 
@@ -271,6 +345,27 @@ def test_metrics_has_no_timestamps_and_passes_promtool(collector):
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     after_labels = [line.rsplit("}", 1)[-1] if "}" in line else line.split(" ", 1)[1] for line in samples]
     assert all(len(rest.split()) == 1 for rest in after_labels)  # value only, no timestamp
+    check = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+
+
+def test_agent_process_metrics_join_the_collectors_own_families_once(collector):
+    """Agents push process_* and python_* too: each name heads one family on the page, or parsers refuse it."""
+    from tests.support.require import require_binary
+
+    stamp = now_ms()
+    pushed = [
+        rw.make_series("process_cpu_seconds_total", {}, [(stamp, 3.5)]),
+        rw.make_series("process_resident_memory_bytes", {}, [(stamp, 4.0e7)]),
+        rw.make_series("python_gc_objects_collected_total", {"generation": "0"}, [(stamp, 10.0)]),
+    ]
+    assert push(collector.url, rw.encode(pushed), TOKENS["so-tttt-1"])[0] == 204
+    text = collector.metrics()
+    heads = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+    assert sorted(heads) == sorted(set(heads))
+    family = text.split("# HELP process_cpu_seconds_total ")[1].split("# HELP ")[0]
+    assert "# TYPE process_cpu_seconds_total counter" in family
+    assert 'process_cpu_seconds_total{agency="so-tttt",agent="so-tttt-1"' in family
     check = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
     assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
 
@@ -293,7 +388,7 @@ def in_process_receiver(tmp_dir: Path):
     os.environ.update(TOKEN_ENV)
     config = parse_collector_config(collector_config(tmp_dir, 9856).read_text(encoding="utf-8"))
     store = SeriesStore(config.agents)
-    return Receiver(config, store, lambda series, now: None, TokenBucket(1e9), False), store
+    return Receiver(config, store, lambda series, now: None, TokenBucket(1e9)), store
 
 
 LABEL_NAMES = ("__name__", "agency", "agent", "district", "level", "job")

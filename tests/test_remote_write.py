@@ -224,3 +224,119 @@ def test_random_series_round_trip_or_fail_with_our_errors(labels, value):
         return
     [decoded] = rw.decode(body, 1 << 20)
     assert decoded.labels == tuple(sorted(labels)) and decoded.samples == ((1, value),)
+
+
+# --- the decoder's fast path (a cached label block + one Sample of a fixed shape) is exactly protobuf's reading
+
+POOL_LABELS = [
+    (("__name__", "probe_success"), ("target", "dc")),
+    (("__name__", "probe_duration_seconds"), ("phase", "rtt"), ("target", "Trạm y tế")),
+    (("__name__", "up"),),
+]
+TIMESTAMPS = st.one_of(
+    st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, 2**35 - 1, 2**35, 2**42 - 1, 2**42, 1_764_000_000_000]),
+    st.integers(2**35 - 10, 2**42 + 10),
+)
+VALUES = st.one_of(st.floats(allow_nan=True), st.sampled_from([0.0, -0.0, rw.STALE_NAN]))
+
+
+def protobuf_label_block(labels: rw.Labels) -> bytes:
+    """Labels (sorted) as the start of a TimeSeries, written by protobuf."""
+    return rw._WireTimeSeries(labels=[rw.Label(name=n, value=v).SerializeToString() for n, v in labels]).SerializeToString()
+
+
+def sample_field(timestamp: int, value: float) -> bytes:
+    """One sample as a TimeSeries field, written by protobuf."""
+    return rw._WireTimeSeries(samples=[rw._Sample(timestamp=timestamp, value=value)]).SerializeToString()
+
+
+STAMP_BYTES = st.one_of(  # mostly a 6-byte varint, sometimes not one
+    st.builds(lambda five, last: bytes(b | 0x80 for b in five) + bytes([last & 0x7F]), st.binary(min_size=5, max_size=5), st.integers(0, 255)),
+    st.binary(min_size=6, max_size=6),
+)
+FAST_SHAPES = st.one_of(
+    st.builds(lambda labels, stamp, value: protobuf_label_block(labels) + sample_field(stamp, value), st.sampled_from(POOL_LABELS), TIMESTAMPS, VALUES),
+    # the fast path's shapes with arbitrary bytes where the value and the timestamp go
+    st.builds(lambda labels, value, stamp: protobuf_label_block(labels) + b"\x12\x10\x09" + value + b"\x10" + stamp,
+              st.sampled_from(POOL_LABELS), st.binary(min_size=8, max_size=8), STAMP_BYTES),
+    st.builds(lambda labels, stamp: protobuf_label_block(labels) + b"\x12\x07\x10" + stamp, st.sampled_from(POOL_LABELS), STAMP_BYTES),
+)
+NEAR_MISSES = st.one_of(
+    # a label block cut or extended, several samples, trailing bytes, random bytes
+    st.builds(lambda labels, cut, tail: protobuf_label_block(labels)[:cut] + tail, st.sampled_from(POOL_LABELS), st.integers(0, 40), st.binary(max_size=24)),
+    st.builds(lambda labels, stamps, tail: protobuf_label_block(labels) + b"".join(sample_field(t, 1.5) for t in stamps) + tail,
+              st.sampled_from(POOL_LABELS), st.lists(TIMESTAMPS, max_size=3), st.binary(max_size=3)),
+    st.binary(max_size=40),
+)
+BODIES = st.builds(lambda fast, misses, at: fast[:at] + misses + fast[at:], st.lists(FAST_SHAPES, min_size=1, max_size=4),
+                   st.lists(NEAR_MISSES, max_size=1), st.integers(0, 4))
+
+
+def full_schema_decode(raw: bytes) -> list[Series]:
+    """The reference: prompb's whole schema through protobuf, labels checked the same way."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        request = rw.WriteRequest.FromString(raw)
+    except DecodeError as exc:
+        raise rw.BadProtobuf(str(exc)) from None
+    out = []
+    for timeseries in request.timeseries:
+        labels = tuple((label.name, label.value) for label in timeseries.labels)
+        rw.check_labels(labels)
+        out.append(Series(labels, tuple((sample.timestamp, sample.value) for sample in timeseries.samples)))
+    return out
+
+
+def outcome(decode, raw: bytes):
+    """What a decoder makes of raw: its series (values by bit pattern, so NaNs compare), or its error's class."""
+    try:
+        series = decode(raw)
+    except rw.RemoteWriteError as exc:
+        return type(exc)
+    return [(labels, tuple((ts, struct.pack("<d", value)) for ts, value in samples)) for labels, samples in series]
+
+
+def warm_decoder() -> rw.Decoder:
+    decoder = rw.Decoder(BIG)
+    decoder.parse(rw.Encoder(cache_size=0).write_request([Series(labels, ((1, 1.0),)) for labels in POOL_LABELS]))
+    return decoder
+
+
+@settings(max_examples=1500, deadline=None)
+@given(BODIES)
+def test_the_fast_path_reads_every_series_exactly_as_protobuf_does(series_bytes):
+    raw = rw._SplitWriteRequest(timeseries=series_bytes).SerializeToString()
+    with_fast_path = outcome(warm_decoder().parse, raw)
+    assert with_fast_path == outcome(rw.Decoder(BIG, cache_size=0).parse, raw)  # no cache: protobuf only
+    reference = outcome(full_schema_decode, raw)
+    if isinstance(reference, list) or isinstance(with_fast_path, list):
+        assert with_fast_path == reference
+    # else both refuse the body (with two faults in it, each may name a different one first)
+
+
+def test_a_known_series_comes_back_with_its_cached_labels():
+    labels = POOL_LABELS[1]
+    decoder = warm_decoder()
+    cached = decoder.parse(rw.Encoder(cache_size=0).write_request([Series(labels, ((1, 1.0),))]))[0].labels
+    [series] = decoder.parse(rw._SplitWriteRequest(timeseries=[protobuf_label_block(labels) + sample_field(1_764_000_000_123, 0.25)]).SerializeToString())
+    assert series == Series(labels, ((1_764_000_000_123, 0.25),))
+    assert series.labels is cached
+
+
+def protobuf_write_request(series: list[Series]) -> bytes:
+    """The reference: prompb's whole schema, every Label, TimeSeries and Sample a protobuf object."""
+    request = rw.WriteRequest()
+    for labels, samples in series:
+        added = request.timeseries.add(labels=[rw.Label(name=n, value=v) for n, v in sorted(labels)])
+        for timestamp, value in samples:
+            added.samples.add(timestamp=timestamp, value=value)
+    return request.SerializeToString()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.builds(Series, st.sampled_from(POOL_LABELS), st.lists(st.tuples(TIMESTAMPS, VALUES), max_size=3).map(tuple)), max_size=4))
+def test_the_encoder_writes_exactly_the_bytes_protobuf_writes(series):
+    encoder = rw.Encoder()
+    assert encoder.write_request(series) == protobuf_write_request(series)
+    assert encoder.write_request(series) == protobuf_write_request(series)  # label blocks from the cache

@@ -6,7 +6,7 @@ import functools
 import re
 import types
 from pathlib import Path as FsPath
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import msgspec
 
@@ -18,7 +18,7 @@ from agents.config.model import (
     Target,
     TargetConfig,
 )
-from agents.config.types import Duration, decode_hook
+from agents.config.types import Duration, FilePath, SecretFile, SecretRef, decode_hook
 from agents.config.yamlpos import Path, PositionedData, YamlError, load_yaml
 from agents.host import validate_host
 from agents.ssh.targets import build_ssh_targets
@@ -26,6 +26,7 @@ from agents.snmp.targets import build_snmp_targets
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = {"target", "module", "ip", "job", "instance", "le", "quantile", "reason", "phase"}
+ENV_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _MSGSPEC_PATH = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 
 
@@ -75,16 +76,17 @@ def _module_types() -> dict[str, type]:
 
 
 class ConfigContext:
-    def __init__(self, file: str, positioned: PositionedData) -> None:
+    def __init__(self, file: str, positioned: PositionedData, dec_hook: Callable[[type, Any], Any] = decode_hook) -> None:
         self.file = file
         self.positioned = positioned
+        self.dec_hook = dec_hook
 
     def error(self, path: Path, message: str) -> ConfigError:
         return ConfigError(self.file, self.positioned.line_of(path), path, message)
 
     def convert(self, data: Any, type_: Any, path: Path) -> Any:
         try:
-            return msgspec.convert(data, type_, dec_hook=decode_hook)
+            return msgspec.convert(data, type_, dec_hook=self.dec_hook)
         except msgspec.ValidationError as exc:
             message, separator, where = str(exc).rpartition(" - at `")
             if not separator:
@@ -136,6 +138,11 @@ def load_config(path: str | FsPath) -> AgentConfig:
 
 def parse_config(text: str, file: str = "<config>") -> AgentConfig:
     ctx, sections = yaml_sections(text, file, "at least an 'agent' section")
+    return config_from_sections(ctx, sections)
+
+
+def config_from_sections(ctx: ConfigContext, sections: dict[str, Any]) -> AgentConfig:
+    """The typed config of already-parsed top-level sections (e.g. a local file merged with a served one)."""
     raw: RawAgentConfig = ctx.convert(sections, RawAgentConfig, ())
     _check_labels(ctx, raw.agent.labels, ("agent", "labels"))
     if raw.max_concurrent_probes < 1:
@@ -147,8 +154,9 @@ def parse_config(text: str, file: str = "<config>") -> AgentConfig:
     targets += build_snmp_targets(ctx, raw, _check_labels)
     _check_host(ctx, raw)
     _check_push(ctx, raw)
+    _check_fleet(ctx, raw)
     return AgentConfig(
-        source=file,
+        source=ctx.file,
         agent=raw.agent,
         listen_host=host,
         listen_port=port,
@@ -158,7 +166,22 @@ def parse_config(text: str, file: str = "<config>") -> AgentConfig:
         targets=tuple(targets),
         push=raw.push,
         host=raw.host,
+        fleet=raw.fleet,
     )
+
+
+def unresolved_references_hook(type_: type, value: Any) -> Any:
+    """Like decode_hook, but `${ENV}` and `*_file` references are checked by form, not read: their value is a
+    placeholder long enough for length checks. The collector validates configs it will not run this way."""
+    if type_ is SecretRef:
+        if not isinstance(value, str) or not ENV_REFERENCE.match(value):
+            return SecretRef.parse(value)  # raises the usual "secrets are accepted only by reference" error
+        return SecretRef(f"<unresolved {value}>", f"env:{value[2:-1]}")
+    if type_ is SecretFile or type_ is FilePath:
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a file path")
+        return SecretFile(f"<unresolved file {value}>", f"file:{value}") if type_ is SecretFile else FilePath(value)
+    return decode_hook(type_, value)
 
 
 def _check_host(ctx: ConfigContext, raw: RawAgentConfig) -> None:
@@ -177,6 +200,16 @@ def _check_push(ctx: ConfigContext, raw: RawAgentConfig) -> None:
     except ValueError as exc:
         key, _, message = str(exc).partition(": ")
         raise ctx.error(("push", *key.split(".")), message) from None
+
+
+def _check_fleet(ctx: ConfigContext, raw: RawAgentConfig) -> None:
+    if raw.fleet is None:
+        return
+    try:
+        raw.fleet.validate()
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        raise ctx.error(("fleet", *key.split(".")), message) from None
 
 
 def parse_listen(ctx: ConfigContext, listen: str, default_port: int = 9855) -> tuple[str, int]:

@@ -133,6 +133,34 @@ class PushConfig(_Strict):
             raise ValueError(f"queue.max_bytes: must be at least {MIN_PUSH_QUEUE_BYTES} (1 MiB)")
 
 
+class FleetConfig(_Strict):
+    """`fleet:` fetch probe sets from the collector's templates and merge them with this file (docs/fleet.md)."""
+
+    url: str  # the collector's base URL, e.g. https://collector.example:9856
+    cache_file: str  # the last good served config, written atomically; the agent starts from it when offline
+    bearer_token: SecretRef | None = None  # this agent's credential at the collector (a push agent's push token)
+    bearer_token_file: SecretFile | None = None
+    tls: PushTls = PushTls()  # ca_file: the CA bundle the collector's certificate must chain to
+    refresh_interval: Duration = Duration(60)
+    timeout: Duration = Duration(10)  # one fetch, connect to the whole body
+
+    def validate(self) -> None:
+        """Raise ValueError("key: message")."""
+        url = urlsplit(self.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"url: expected http(s)://HOST[:PORT], got {self.url!r}")
+        if url.username is not None or url.password is not None:
+            raise ValueError("url: no credentials in the URL (it is logged); use bearer_token or bearer_token_file")
+        if (self.bearer_token is None) == (self.bearer_token_file is None):
+            raise ValueError("bearer_token: exactly one of bearer_token (${ENV}) and bearer_token_file is needed")
+        if url.scheme == "http" and self.tls != PushTls():
+            raise ValueError("tls: TLS settings need an https:// url")
+        if self.refresh_interval <= 0 or self.timeout <= 0:
+            raise ValueError(f"{'timeout' if self.timeout <= 0 else 'refresh_interval'}: must be greater than 0")
+        if not self.cache_file:
+            raise ValueError("cache_file: must not be empty")
+
+
 class RawAgentConfig(_Strict):
     """The file's shape; modules are decoded one by one (see loader) so errors keep their key."""
 
@@ -151,6 +179,7 @@ class RawAgentConfig(_Strict):
     snmp_profiles: dict[str, dict[str, Any]] = {}  # custom numeric-OID profiles, next to the built-in ones
     snmp_devices: list[SnmpDevice] = []  # expanded into targets of the snmp prober by the loader
     snmp_max_concurrent_polls: int = 32
+    fleet: FleetConfig | None = None  # fetch more of this config from the collector (docs/fleet.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +216,7 @@ class AgentConfig:
     targets: tuple[Target, ...]
     push: PushConfig | None = None
     host: HostConfig = HostConfig()
+    fleet: FleetConfig | None = None
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)

@@ -11,6 +11,7 @@ Built-in profiles ship as package data (agents/snmp/profiles/*.yml); no MIB is l
 
 from __future__ import annotations
 
+import functools
 import re
 from importlib import resources
 from typing import Literal
@@ -238,17 +239,22 @@ def _check_table(table: TableSpec, where: str) -> None:
 
 
 def load_builtin_profiles() -> dict[str, Profile]:
-    """The profiles shipped in agents/snmp/profiles/*.yml, by file stem."""
+    """The profiles shipped in agents/snmp/profiles/*.yml, by file stem (a fresh dict the caller may extend)."""
+    return dict(_builtin_profiles())
+
+
+@functools.cache  # package data never changes in a running process; the collector checks ~210 agent configs per load
+def _builtin_profiles() -> tuple[tuple[str, Profile], ...]:
     from agents.config.yamlpos import load_yaml  # same YAML reading as the config (string keys)
 
-    profiles = {}
+    profiles = []
     for entry in (resources.files("agents.snmp") / BUILTIN_DIRECTORY).iterdir():
         if entry.name.endswith(".yml"):
             data = load_yaml(entry.read_text(encoding="utf-8")).data
             profile = msgspec.convert(data, Profile)
             profile.check()
-            profiles[entry.name.removesuffix(".yml")] = profile
-    return profiles
+            profiles.append((entry.name.removesuffix(".yml"), profile))
+    return tuple(sorted(profiles))
 
 
 def conflicting_names(profiles: dict[str, Profile]) -> str | None:

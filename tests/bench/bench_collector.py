@@ -161,6 +161,7 @@ def percentile(values: list[float], share: float) -> float:
 
 def measure(name: str, pid: int, base: str, rounds: list[list[tuple[str, bytes, tuple]]], pace: float) -> dict:
     samples_per_round = len(rounds[0]) * SERIES_PER_AGENT
+    steady_samples = sum(len(requests) for requests in rounds[1:-1]) * SERIES_PER_AGENT
     cpu0, wall0 = process_cpu_seconds(pid), time.monotonic()
     asyncio.run(send_all(base, rounds[0]))
     first_cpu, first_wall = process_cpu_seconds(pid) - cpu0, time.monotonic() - wall0
@@ -171,7 +172,6 @@ def measure(name: str, pid: int, base: str, rounds: list[list[tuple[str, bytes, 
     latencies = asyncio.run(send_all(base, rounds[-1], pace=pace))
     time.sleep(2)  # let a forwarding server catch up before /metrics is timed
     render, size = metrics_render(f"{base}/metrics")
-    steady_samples = samples_per_round * (len(rounds) - 2)
     return {
         "name": name, "first_us": first_cpu / samples_per_round * 1e6, "first_rate": samples_per_round / first_wall,
         "steady_us": steady_cpu / steady_samples * 1e6 if steady_samples else float("nan"),
@@ -224,7 +224,9 @@ def run_vmagent(directory: Path, bodies: list[list[bytes]], pace: float) -> dict
             return measure("vmagent (remote_write in, to a sink)", proc.pid, f"http://127.0.0.1:{port}", rounds, pace)
 
 
-def run_pushgateway(directory: Path, agents: int, rounds: int, pace: float) -> dict:
+def run_pushgateway(directory: Path, agents: int, rounds: int, pace: float, sample: int) -> dict:
+    """Round 1 pushes every agent's group (filling the registry); later rounds only the first `sample` agents
+    when sample > 0: Pushgateway's cost per push grows with its registry, and at 5x a full round takes ~30 min."""
     binary = require_binary("prometheus-pushgateway")
     port = free_port()
     payloads = [text_payload(a) for a in range(agents)]
@@ -232,12 +234,15 @@ def run_pushgateway(directory: Path, agents: int, rounds: int, pace: float) -> d
     with running(argv, log_path=str(directory / "pushgateway.log")) as proc:
         wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
         text = (("Content-Type", "text/plain; version=0.0.4"),)
-        requests = [[(f"/metrics/job/netmon/agent/a-{a}", payloads[a], text) for a in range(agents)] for _ in range(rounds)]
-        return measure("prometheus-pushgateway (text POST)", proc.pid, f"http://127.0.0.1:{port}", requests, pace)
+        pushes = [(f"/metrics/job/netmon/agent/a-{a}", payloads[a], text) for a in range(agents)]
+        later = pushes[:sample] if sample else pushes
+        name = "prometheus-pushgateway (text POST)" + (f", {len(later)}/{agents} after round 1" if sample else "")
+        return measure(name, proc.pid, f"http://127.0.0.1:{port}", [pushes] + [later] * (rounds - 1), pace)
 
 
-def print_table(results: list[dict], agents: int) -> None:
-    print(f"\n{agents} agents x {SERIES_PER_AGENT} series = {agents * SERIES_PER_AGENT} series per round; 2 CPUs, one run")
+def print_table(results: list[dict], agents: int, load: tuple[float, ...]) -> None:
+    print(f"\n{agents} agents x {SERIES_PER_AGENT} series = {agents * SERIES_PER_AGENT} series per round; {os.cpu_count()} CPUs, one run, "
+          f"load average at the start: {' '.join(f'{one:.1f}' for one in load)}")
     header = f"{'':40} {'first µs/s':>10} {'steady µs/s':>11} {'samples/s/core':>14} {'wall samples/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'/metrics s':>10} {'MiB':>6} {'RSS MiB':>8}"
     print(header)
     for r in results:
@@ -251,7 +256,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="pushes per agent: 1 first-sight, then steady, the last paced")
     parser.add_argument("--pace", type=float, default=15.0, help="seconds the paced round's pushes are spread over")
     parser.add_argument("--only", default="collector,forward,vmagent,pushgateway")
+    parser.add_argument("--pushgateway-sample", type=int, default=0,
+                        help="after its first (filling) round, Pushgateway gets only this many agents' pushes per round (0: all)")
     args = parser.parse_args()
+    load = os.getloadavg()  # other work on the machine: the figures are CPU time, but caches and cores are shared
     agents = AGENTS * args.scale
     only = set(args.only.split(","))
     print(f"encoding {args.rounds} rounds of {agents} bodies ...", flush=True)
@@ -263,14 +271,14 @@ def main() -> None:
             ("collector", lambda d: run_collector(d, agents, bodies, args.pace, forward=False)),
             ("forward", lambda d: run_collector(d, agents, bodies, args.pace, forward=True)),
             ("vmagent", lambda d: run_vmagent(d, bodies, args.pace)),
-            ("pushgateway", lambda d: run_pushgateway(d, agents, args.rounds, args.pace)),
+            ("pushgateway", lambda d: run_pushgateway(d, agents, args.rounds, args.pace, args.pushgateway_sample)),
         ):
             if key in only:
                 sub = directory / key
                 sub.mkdir()
                 print(f"running {key} ...", flush=True)
                 results.append(run(sub))
-    print_table(results, agents)
+    print_table(results, agents, load)
 
 
 if __name__ == "__main__":

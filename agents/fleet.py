@@ -1,0 +1,402 @@
+"""Fleet management, agent side: fetch this agent's probe sets from the collector, merge them with the local
+file, apply them like a SIGHUP reload, and keep the last good served config on disk (docs/fleet.md).
+
+Precedence: the local file wins. Served `modules`, `ssh_hosts`, `snmp_auths`, `snmp_profiles` are merged with the
+local ones by key and served `targets`, `ssh_checks`, `snmp_devices` by `name`; a local entry of the same key or
+name replaces the served one, others are added. A local `host:` section replaces the served one whole.
+Everything else (agent, listen, defaults, push, fleet, ...) is never served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path as FsPath
+from typing import TYPE_CHECKING, Any, Awaitable, Literal
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric as Family
+from prometheus_client.registry import Collector
+
+from agents import __version__
+from agents.config.loader import ConfigContext, ConfigError, config_from_sections, read_config_file, yaml_sections
+from agents.config.model import AgentConfig, AgentIdentity, FleetConfig
+from agents.config.types import Secret
+from agents.config.yamlpos import Path, PositionedData
+
+if TYPE_CHECKING:
+    from agents.push import Endpoint
+
+log = logging.getLogger(__name__)
+
+KEYED_SECTIONS = ("modules", "ssh_hosts", "snmp_auths", "snmp_profiles")  # merged by key
+NAMED_SECTIONS = ("targets", "ssh_checks", "snmp_devices")  # lists merged by each entry's `name`
+WHOLE_SECTIONS = ("host",)  # the local section, if present, replaces the served one
+SERVED_SECTIONS = KEYED_SECTIONS + NAMED_SECTIONS + WHOLE_SECTIONS
+
+CONFIG_PATH = "/api/v1/agents/{agent}/config"
+HASH_HEADER = "X-Netmon-Config-Hash"  # the served config this agent runs, sent with every fetch
+VERSION_HEADER = "X-Netmon-Agent-Version"
+MAX_CONFIG_BYTES = 8 << 20
+
+Source = Literal["collector", "cache"]
+
+
+def config_hash(text: str) -> str:
+    """The identity of a served config: the collector's ETag and the `hash` label on both sides."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    text: str
+    hash: str
+    source: Source  # where this copy came from: fetched from the collector, or read from the cache file
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    config: AgentConfig
+    local_hash: str
+    served: Served | None
+
+
+def load_agent_config(path: str, served: Served | None) -> LoadedConfig:
+    """The local file, merged with served sections when it has `fleet:`. ConfigError names the file (local or
+    served) and line the problem came from."""
+    text = read_config_file(path)
+    local_ctx, local = yaml_sections(text, path, "at least an 'agent' section")
+    if "fleet" not in local or served is None:
+        return LoadedConfig(config_from_sections(local_ctx, local), config_hash(text), None)
+    served_ctx, served_sections = yaml_sections(served.text, served_label(served), "served sections")
+    merged, origins = merge_sections(served_ctx, served_sections, local_ctx, local)
+    try:
+        config = config_from_sections(ConfigContext(f"{path} + {served_label(served)}", PositionedData(merged)), merged)
+    except ConfigError as exc:
+        raise _locate(exc, origins, local_ctx, served_ctx) from None
+    return LoadedConfig(config, config_hash(text), served)
+
+
+def load_at_start(path: str, fetch_when_needed: bool = False) -> LoadedConfig:
+    """Start from the cached served config when there is one; a cache that no longer fits the local file is
+    ignored (the next fetch replaces it). When neither the cache nor the local file alone makes a valid config
+    (local targets using served modules, first start), fetch_when_needed fetches once before giving up."""
+    text = read_config_file(path)
+    ctx, local = yaml_sections(text, path, "at least an 'agent' section")
+    if "fleet" not in local:
+        return load_agent_config(path, None)
+    fleet: FleetConfig = ctx.convert(local["fleet"], FleetConfig, ("fleet",))
+    cached = read_cache(fleet.cache_file)
+    if cached is not None:
+        try:
+            return load_agent_config(path, cached)
+        except ConfigError as exc:
+            log.warning("cached served config %s does not apply, starting from the local file alone: %s", fleet.cache_file, exc)
+    try:
+        return load_agent_config(path, None)
+    except ConfigError:
+        fetched = _fetch_at_start(fleet, ctx.convert(local.get("agent"), AgentIdentity, ("agent",)).id) if fetch_when_needed else None
+        if fetched is None:
+            raise
+    loaded = load_agent_config(path, fetched)
+    try:
+        write_cache(fleet.cache_file, fetched.text)
+    except OSError as exc:
+        log.error("cannot write the served-config cache %s: %s", fleet.cache_file, exc)
+    return loaded
+
+
+def _fetch_at_start(fleet: FleetConfig, agent_id: str) -> Served | None:
+    endpoint = _endpoint(fleet, agent_id)
+    try:
+        reply = asyncio.run(fetch(endpoint, None))
+    except (OSError, TimeoutError, FetchError) as exc:
+        log.error("cannot fetch the config from %s: %s", endpoint.url, exc or type(exc).__name__)
+        return None
+    if reply.status != 200:
+        log.error("the collector answered %d to %s: %s", reply.status, endpoint.url, reply.body[:200].strip())
+        return None
+    return Served(reply.body, config_hash(reply.body), "collector")
+
+
+def served_label(served: Served) -> str:
+    return f"served config {served.hash}"
+
+
+def merge_sections(
+    served_ctx: ConfigContext, served: dict[str, Any], local_ctx: ConfigContext, local: dict[str, Any]
+) -> tuple[dict[str, Any], dict[Path, tuple[str, Path]]]:
+    """Local over served (see the module doc). Also returns, for each merged entry, which side it came from and
+    its key path there, so an error in the merged config points at the right file and line."""
+    unknown = sorted(set(served) - set(SERVED_SECTIONS))
+    if unknown:
+        raise served_ctx.error((unknown[0],), f"the collector may not serve {unknown[0]!r}; served sections: {', '.join(SERVED_SECTIONS)}")
+    merged = dict(local)
+    origins: dict[Path, tuple[str, Path]] = {}
+    for section in KEYED_SECTIONS + NAMED_SECTIONS:
+        kind = dict if section in KEYED_SECTIONS else list
+        served_part, local_part = served.get(section) or kind(), local.get(section) or kind()
+        if not isinstance(served_part, kind) or not isinstance(local_part, kind):
+            side = "served" if not isinstance(served_part, kind) else "local"
+            raise (served_ctx if side == "served" else local_ctx).error((section,), f"must be a {'mapping' if kind is dict else 'list'}")
+        if kind is dict:
+            _merge_keyed(section, served_part, local_part, merged, origins)
+        else:
+            _merge_named(section, served_part, local_part, merged, origins)
+    for section in WHOLE_SECTIONS:
+        if section in served and section not in local:
+            merged[section] = served[section]
+            origins[(section,)] = ("served", (section,))
+    return merged, origins
+
+
+def _merge_keyed(section: str, served: dict[str, Any], local: dict[str, Any], merged: dict[str, Any], origins: dict[Path, tuple[str, Path]]) -> None:
+    if served or local:
+        merged[section] = {**served, **local}
+        origins.update({(section, key): ("served", (section, key)) for key in served if key not in local})
+        origins.update({(section, key): ("local", (section, key)) for key in local})
+
+
+def _merge_named(section: str, served: list[Any], local: list[Any], merged: dict[str, Any], origins: dict[Path, tuple[str, Path]]) -> None:
+    local_names = {entry.get("name") for entry in local if isinstance(entry, dict)}
+    entries: list[Any] = []
+    for side, items in (("served", served), ("local", local)):
+        for index, entry in enumerate(items):
+            if side == "served" and isinstance(entry, dict) and entry.get("name") in local_names:
+                continue
+            origins[(section, len(entries))] = (side, (section, index))
+            entries.append(entry)
+    if entries:
+        merged[section] = entries
+
+
+def _locate(exc: ConfigError, origins: dict[Path, tuple[str, Path]], local_ctx: ConfigContext, served_ctx: ConfigContext) -> ConfigError:
+    for length in (2, 1):
+        origin = origins.get(exc.path[:length])
+        if origin is not None:
+            side, where = origin
+            ctx = served_ctx if side == "served" else local_ctx
+            return ctx.error(where + exc.path[length:], exc.message)
+    return local_ctx.error(exc.path, exc.message)
+
+
+def read_cache(path: str) -> Served | None:
+    try:
+        text = FsPath(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read the served-config cache %s: %s", path, exc)
+        return None
+    return Served(text, config_hash(text), "cache")
+
+
+def write_cache(path: str, text: str) -> None:
+    """Write to a temporary file in the same directory, fsync, rename: a crash leaves the old or the new file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".fleet-cache-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class FetchReply:
+    status: int
+    body: str
+    etag: str | None
+
+
+class FetchError(Exception):
+    """The collector's reply could not be read as HTTP."""
+
+
+@dataclass(slots=True)
+class FetchStats:
+    last_success: float = 0.0  # 1 or 0: whether the last fetch got a 200 or 304
+    last_success_time: float = 0.0  # unix seconds of the last fetch answered 200 or 304
+
+
+class ConfigInfoCollector(Collector):
+    """netmon_agent_config_info{source,hash} and, with `fleet:`, the last fetch's outcome and time."""
+
+    def __init__(self, current: Callable[[], tuple[str, Served | None, FetchStats | None]]) -> None:
+        self._current = current  # (local file hash, served config in use, fetch stats while fleet is on)
+
+    def collect(self) -> Iterator[Family]:
+        local_hash, served, stats = self._current()
+        info = GaugeMetricFamily(
+            "netmon_agent_config_info", "The config this agent runs: the local file, and the served part with where it came from",
+            labels=["source", "hash"],
+        )
+        info.add_metric(["local", local_hash], 1.0)
+        if served is not None:
+            info.add_metric([served.source, served.hash], 1.0)
+        yield info
+        if stats is not None:
+            yield GaugeMetricFamily(
+                "netmon_agent_config_last_fetch_success", "Whether the last config fetch from the collector succeeded (200 or 304)",
+                value=stats.last_success,
+            )
+            yield GaugeMetricFamily(
+                "netmon_agent_config_last_fetch_timestamp_seconds", "When a config fetch from the collector last succeeded (0: never)",
+                value=stats.last_success_time,
+            )
+
+
+class FleetSync:
+    """Fetches the served config every refresh_interval and hands a changed one to `apply`."""
+
+    def __init__(self, fleet: FleetConfig, agent_id: str, applied: Callable[[], Served | None],
+                 apply: Callable[[Served], Awaitable[bool]]) -> None:
+        self.config = fleet
+        self.agent_id = agent_id
+        self.stats = FetchStats()
+        self._applied = applied
+        self._apply = apply
+        self._endpoint = _endpoint(fleet, agent_id)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - a bug here must not end fetching for the agent's lifetime
+                log.exception("config refresh from %s failed", self._endpoint.url)
+                self.stats.last_success = 0.0
+            await asyncio.sleep(float(self.config.refresh_interval))
+
+    async def refresh(self) -> None:
+        applied = self._applied()
+        try:
+            reply = await fetch(self._endpoint, applied.hash if applied else None)
+        except (OSError, TimeoutError, FetchError) as exc:
+            self._failed(f"cannot fetch the config from {self._endpoint.url}: {exc or type(exc).__name__}")
+            return
+        if reply.status == 304 and applied is not None:
+            self._succeeded()
+            if applied.source != "collector":
+                await self._apply(replace(applied, source="collector"))
+            return
+        if reply.status != 200:
+            self._failed(f"the collector answered {reply.status} to {self._endpoint.url}: {reply.body[:200].strip()}")
+            return
+        self._succeeded()
+        served = Served(reply.body, config_hash(reply.body), "collector")
+        if applied is None or served.hash != applied.hash or applied.source != "collector":
+            if await self._apply(served):
+                await self._save(served)
+                await self._report_applied(served)
+
+    async def _report_applied(self, served: Served) -> None:
+        """Fetch again at once (a 304), so the collector sees the new hash now rather than a refresh later."""
+        with contextlib.suppress(OSError, TimeoutError, FetchError):
+            await fetch(self._endpoint, served.hash)
+
+    async def _save(self, served: Served) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, write_cache, self.config.cache_file, served.text)
+        except OSError as exc:
+            log.error("cannot write the served-config cache %s: %s", self.config.cache_file, exc)
+
+    def _succeeded(self) -> None:
+        self.stats.last_success = 1.0
+        self.stats.last_success_time = time.time()
+
+    def _failed(self, message: str) -> None:
+        log.warning("%s", message)
+        self.stats.last_success = 0.0
+
+
+def _endpoint(fleet: FleetConfig, agent_id: str) -> "Endpoint":
+    from agents.push import Endpoint, push_ssl_context  # the push client's URL and TLS handling, one definition
+
+    token = fleet.bearer_token or fleet.bearer_token_file
+    authorization = Secret(f"Bearer {token.reveal()}", token.source) if token is not None else None
+    url = fleet.url.rstrip("/") + CONFIG_PATH.format(agent=agent_id)
+    context = push_ssl_context(fleet.tls) if url.startswith("https:") else None
+    return Endpoint.from_url(url, float(fleet.timeout), context, fleet.tls.server_name, authorization)
+
+
+async def fetch(endpoint: "Endpoint", applied_hash: str | None) -> FetchReply:
+    """One GET of the served config, on a connection of its own, bounded by the endpoint's timeout."""
+    async with asyncio.timeout(endpoint.timeout):
+        reader, writer = await asyncio.open_connection(
+            endpoint.host, endpoint.port, ssl=endpoint.ssl_context, server_hostname=endpoint.server_hostname
+        )
+        try:
+            writer.write(_request(endpoint, applied_hash))
+            await writer.drain()
+            return _parse_reply(await _read_all(reader))
+        finally:
+            writer.transport.abort()
+
+
+def _request(endpoint: "Endpoint", applied_hash: str | None) -> bytes:
+    lines = [
+        f"GET {endpoint.target} HTTP/1.1",
+        f"Host: {endpoint.host_header}",
+        f"User-Agent: netmon-agent/{__version__}",
+        f"{VERSION_HEADER}: {__version__}",
+        "Accept: application/yaml",
+        "Connection: close",
+    ]
+    if applied_hash is not None:
+        lines += [f'If-None-Match: "{applied_hash}"', f"{HASH_HEADER}: {applied_hash}"]
+    if endpoint.authorization is not None:
+        lines.append(f"Authorization: {endpoint.authorization.reveal()}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    data = bytearray()
+    while chunk := await reader.read(65536):
+        data += chunk
+        if len(data) > MAX_CONFIG_BYTES:
+            raise FetchError(f"reply larger than {MAX_CONFIG_BYTES} bytes")
+    return bytes(data)
+
+
+def _parse_reply(data: bytes) -> FetchReply:
+    head, separator, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not separator or len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise FetchError(f"not an HTTP reply: {data[:60]!r}")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _unchunk(body)
+    elif headers.get("content-length", "").isdigit():
+        body = body[: int(headers["content-length"])]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FetchError("the served config is not UTF-8") from None
+    return FetchReply(int(parts[1]), text, headers.get("etag"))
+
+
+def _unchunk(body: bytes) -> bytes:
+    out = bytearray()
+    while True:
+        size_line, _, rest = body.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0].strip(), 16)
+        except ValueError:
+            raise FetchError("bad chunked encoding") from None
+        if size == 0:
+            return bytes(out)
+        out += rest[:size]
+        body = rest[size + 2:]
