@@ -21,7 +21,7 @@ from collector.fleet import CONFIG_PREFIX, FetchLog, FleetCollector, config_path
 from collector.forward import ForwardCollector, Forwarder
 from collector.ingest import Receiver, TokenBucket
 from collector.scrape import Scraper
-from collector.selfmetrics import CollectorMetrics, InventoryCollector
+from collector.selfmetrics import CollectorMetrics, ConnectionsCollector, InventoryCollector
 from collector.status import render_status
 from collector.store import SeriesStore
 from collector.tls import server_ssl_context
@@ -73,6 +73,7 @@ class Collector:
         self.receiver = Receiver(config, self.store, self._forward, TokenBucket(config.ingest.max_samples_per_second))
         self.scraper = Scraper(self.store, config.scrape_timeout, self._forward, self.metrics.received.labels("pull").inc)
         self._server: HttpServer | None = None
+        self.registry.register(ConnectionsCollector(lambda: self._server.refused_connections if self._server else 0))
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()

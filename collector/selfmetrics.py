@@ -85,3 +85,18 @@ class InventoryCollector(Collector):
             value=self._store.duplicate_samples,
         )
         yield from (up, last_seen, info, series, duplicates)
+
+
+class ConnectionsCollector(Collector):
+    """netmon_collector_connections_refused_total: connections closed at once for being over the server's limit
+    or one address's share of it (a slowloris client, or too many agents behind one NAT address)."""
+
+    def __init__(self, refused: Callable[[], int]) -> None:
+        self._refused = refused
+
+    def collect(self) -> Iterator[Family]:
+        yield CounterMetricFamily(
+            "netmon_collector_connections_refused",
+            "Connections closed at once for being over the connection limit or one address's share of it",
+            value=self._refused(),
+        )

@@ -347,6 +347,7 @@ def test_metrics_has_no_timestamps_and_passes_promtool(collector):
     assert all(len(rest.split()) == 1 for rest in after_labels)  # value only, no timestamp
     check = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
     assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+    assert metric_value(text, "netmon_collector_connections_refused_total") == 0.0
 
 
 def test_agent_process_metrics_join_the_collectors_own_families_once(collector):

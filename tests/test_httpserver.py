@@ -131,3 +131,25 @@ async def test_http10_clients_get_a_streamed_body_whole_with_content_length():
     assert b"Transfer-Encoding" not in head
     assert f"Content-Length: {len(body)}".encode() in head
     assert body.decode().splitlines()[-1] == "line 99"
+
+
+async def test_one_address_holding_connections_open_gets_only_its_share_and_the_rest_are_refused():
+    """A slowloris client cannot take every connection: beyond its share, new ones are closed at once and counted."""
+    srv = HttpServer({"/echo": echo}, max_body_bytes=1000, max_connections=4)
+    _, port = await srv.start("127.0.0.1", 0)
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    try:
+        for _, writer in held:
+            writer.write(b"GET /echo HTTP/1.1\r\n")  # a request that never finishes
+            await writer.drain()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed without an answer
+        writer.close()
+        assert srv.refused_connections == 1
+    finally:
+        for _, writer in held:
+            writer.close()
+    await asyncio.sleep(0.2)  # the server notices the held connections closing
+    data = await exchange(port, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200")
+    await srv.close()

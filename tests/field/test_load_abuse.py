@@ -320,6 +320,7 @@ def test_a_flood_of_refused_pushes_is_logged_at_a_bounded_rate(abuse_run):
 def test_one_address_holding_connections_open_cannot_exhaust_the_collectors_descriptors(abuse_run):
     refused_at_once = abuse_run.abuse["slowloris"].get("held_0s", 0)
     assert refused_at_once >= SLOWLORIS_CONNECTIONS - COLLECTOR_FD_LIMIT // 2, abuse_run.abuse["slowloris"]
+    assert metric_value(abuse_run.metrics, "netmon_collector_connections_refused_total") >= SLOWLORIS_CONNECTIONS - COLLECTOR_FD_LIMIT // 2
     assert "Too many open files" not in abuse_run.log and "out of system resource" not in abuse_run.log
 
 
