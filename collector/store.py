@@ -26,7 +26,6 @@ from collector.config import InventoryAgent
 
 RESERVED_NAMES = frozenset({"netmon_agent_up", "netmon_agent_last_seen_timestamp_seconds", "netmon_agency_info"})
 RESERVED_PREFIX = "netmon_collector_"
-AGENT_SERIES_HELP = "Series of netmon agents, with identity labels from the collector's inventory"
 
 
 class Rejected(ValueError):
@@ -232,12 +231,6 @@ class SeriesStore:
 
     def series_count(self, now: float) -> int:
         return sum(len(dict.fromkeys(state.series.values())) if state.aliased else len(state.series) for state in self.live_states(now))
-
-    def render(self, now: float) -> str:
-        """Exposition text of live agents' series, grouped by metric name, without timestamps."""
-        groups = self.render_groups(now)
-        # remote_write 1.0 carries no HELP/TYPE: untyped, with a HELP line so that linters accept the page
-        return "".join(f"# HELP {name} {AGENT_SERIES_HELP}\n" + "\n".join(lines) + "\n" for name, lines in groups.items())
 
     def render_groups(self, now: float) -> dict[str, list[str]]:
         """Sample lines of live agents' series (no timestamps), by metric name."""

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from agents import remote_write as rw
 from agents.remote_write import make_series
+from collector import exposition
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port
 from tests.support.tsdb import running_victoria_metrics, victoria_metrics_export
@@ -428,7 +429,7 @@ def test_random_write_requests_are_stored_whole_or_refused_whole(tmp_path_factor
     stored = store.states["so-tttt-1"].series
     if outcome.status == 400:
         assert not stored
-    rendered = [line for line in store.render(time.time()).splitlines() if not line.startswith("#")]
+    rendered = [line for line in exposition.page("", store.render_groups(time.time())).splitlines() if not line.startswith("#")]
     assert len(rendered) == len({entry.prefix for entry in stored.values()})  # identity-only differences merge
     assert all('agency="so-tttt",agent="so-tttt-1",district="tp-my-tho",level="department"' in line for line in rendered)
 
