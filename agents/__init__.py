@@ -1,3 +1,1 @@
 """egov-netmon agent: probes on its own schedule, keeps the latest results, serves /metrics."""
-
-__version__ = "0.1.0"

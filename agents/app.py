@@ -13,14 +13,15 @@ import time
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from agents import __version__
+from foundation import __version__
 from agents.config import AgentConfig, ConfigError, Target
-from agents.config.model import FleetConfig, PushConfig
+from agents.config.model import FleetConfig
+from foundation.config.remote_write import PushConfig
 from agents.exposition import FamiliesCollector, render_chunks, result_families
 from agents.fleet import ConfigInfoCollector, FleetSync, Served, load_agent_config
 from agents.host.collector import HostCollector
-from agents.httpserver import HttpError, HttpServer, Request, Response, require_method
-from agents.logs import protect_secrets
+from foundation.httpserver import HttpError, HttpServer, Request, Response, require_method
+from foundation.logs import protect_secrets
 from agents.probes.base import ProbeResult, ProbeTarget
 from agents.probes.resources import ProbeResources
 from agents.runner import run_probe

@@ -8,20 +8,14 @@ import json
 import sys
 from typing import Sequence
 
-from agents import __version__
+from foundation import __version__
 from agents.config import AgentConfig, ConfigError
 from agents.fleet import LoadedConfig, load_at_start
-from agents.logs import protect_secrets, setup_logging
+from foundation.config.base import listen_argument
+from foundation.logs import protect_secrets, setup_logging
 from agents.probes.base import ProbeResult
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_CONFIG = 0, 1, 2
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="probe on schedule and serve /metrics until SIGTERM")
     run.add_argument("--config", required=True, help="agent YAML config file")
-    run.add_argument("--listen", type=_listen, help="HOST:PORT, overrides the config's listen")
+    run.add_argument("--listen", type=listen_argument(9855), help="HOST:PORT, overrides the config's listen")
     check = commands.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
     check.add_argument("config")
     probe = commands.add_parser("probe", help="run probes once and print the results")
@@ -54,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     config = loaded.config
-    protect_secrets(config)  # mask its secrets' values in every log line (agents/logs.py)
+    protect_secrets(config)  # mask its secrets' values in every log line (foundation/logs.py)
     unsupported = unsupported_here(config)
     if unsupported:
         print("\n".join(f"config error: {config_path}: {problem}" for problem in unsupported), file=sys.stderr)

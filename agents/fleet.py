@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import tempfile
@@ -24,33 +23,22 @@ from typing import TYPE_CHECKING, Any, Awaitable, Literal
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric as Family
 from prometheus_client.registry import Collector
 
-from agents import __version__
-from agents.config.loader import ConfigContext, ConfigError, config_from_sections, read_config_file, yaml_sections
+from foundation import __version__
+from agents.config.loader import config_from_sections
+from foundation.config.base import ConfigContext, ConfigError, read_config_file, yaml_sections
+from foundation.fleet_protocol import CONFIG_PATH, HASH_HEADER, KEYED_SECTIONS, NAMED_SECTIONS, SERVED_SECTIONS, VERSION_HEADER, WHOLE_SECTIONS, config_hash
 from agents.config.model import AgentConfig, AgentIdentity, FleetConfig
-from agents.config.types import Secret
-from agents.config.yamlpos import Path, PositionedData
+from foundation.config.types import Secret
+from foundation.config.yamlpos import Path, PositionedData
 
 if TYPE_CHECKING:
     from agents.push import Endpoint
 
 log = logging.getLogger(__name__)
 
-KEYED_SECTIONS = ("modules", "ssh_hosts", "snmp_auths", "snmp_profiles")  # merged by key
-NAMED_SECTIONS = ("targets", "ssh_checks", "snmp_devices")  # lists merged by each entry's `name`
-WHOLE_SECTIONS = ("host",)  # the local section, if present, replaces the served one
-SERVED_SECTIONS = KEYED_SECTIONS + NAMED_SECTIONS + WHOLE_SECTIONS
-
-CONFIG_PATH = "/api/v1/agents/{agent}/config"
-HASH_HEADER = "X-Netmon-Config-Hash"  # the served config this agent runs, sent with every fetch
-VERSION_HEADER = "X-Netmon-Agent-Version"
 MAX_CONFIG_BYTES = 8 << 20
 
 Source = Literal["collector", "cache"]
-
-
-def config_hash(text: str) -> str:
-    """The identity of a served config: the collector's ETag and the `hash` label on both sides."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric as Family
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from agents import __version__
-from agents.config.types import Secret
+from foundation import __version__
+from foundation.config.types import Secret
 from agents.exposition import target_rows
-from agents.queue import (
+from foundation.queue import (
     REASON_AGE,
     REASON_BYTES,
     REASON_CORRUPT,
@@ -39,10 +39,11 @@ from agents.queue import (
     DurableQueue,
     QueueLimits,
 )
-from agents.remote_write import HEADERS, Encoder, RemoteWriteError, Series, join_bodies
+from foundation.remote_write import HEADERS, Encoder, RemoteWriteError, Series, join_bodies
 
 if TYPE_CHECKING:
-    from agents.config.model import PushConfig, PushTls, Target
+    from agents.config.model import Target
+    from foundation.config.remote_write import PushConfig, PushTls
     from agents.probes.base import ProbeResult
     from agents.store import ResultStore, TargetState
 

@@ -11,10 +11,10 @@ import time
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from agents import __version__
-from agents.httpserver import HttpServer, Request, Response, require_method
-from agents.remote_write import BlockSeries, compress, write_blocks
-from agents.config import ConfigError
+from foundation import __version__
+from foundation.httpserver import HttpServer, Request, Response, require_method
+from foundation.remote_write import BlockSeries, compress, write_blocks
+from foundation.config.base import ConfigError
 from collector import exposition
 from collector.config import CollectorConfig, load_collector_config
 from collector.fleet import CONFIG_PREFIX, FetchLog, FleetCollector, config_path, serve_config

@@ -8,20 +8,13 @@ import gc
 import sys
 from typing import Sequence
 
-from agents import __version__
-from agents.config import ConfigError
-from agents.logs import protect_secrets, setup_logging
+from foundation import __version__
+from foundation.config.base import ConfigError, listen_argument
+from foundation.logs import protect_secrets, setup_logging
 from collector.config import CollectorConfig, describe, load_collector_config
 from collector.report import add_report_command, run_report_command
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="receive pushes, scrape pull agents, serve /metrics and / until SIGTERM")
     run.add_argument("--config", required=True, help="collector YAML config file")
-    run.add_argument("--listen", type=_listen, help="HOST:PORT, overrides the config's listen (default port 9856)")
+    run.add_argument("--listen", type=listen_argument(9856), help="HOST:PORT, overrides the config's listen (default port 9856)")
     check = commands.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
     check.add_argument("config")
     render = commands.add_parser("render-config", help="print the config YAML the collector serves to one agent")
@@ -52,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    protect_secrets(config)  # mask its secrets' values in every log line (agents/logs.py)
+    protect_secrets(config)  # mask its secrets' values in every log line (foundation/logs.py)
     if args.command == "render-config":
         return _render_config(config, args.agent)
     if args.command == "check-config":

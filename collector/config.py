@@ -1,6 +1,6 @@
 """The collector's configuration: inventory of agencies and agents, ingest limits, TLS, remote_write out.
 
-Parsed once into immutable objects with the agent's machinery (positions from agents.config.yamlpos,
+Parsed once into immutable objects with the agent's machinery (positions from foundation.config.yamlpos,
 ConfigError with file:line: key: message, msgspec structs that refuse unknown keys, secrets only by
 reference). Cross-checks (unknown agency, duplicate ids, a token shared by two agents) name the key too.
 """
@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from agents.config.loader import ConfigContext, parse_listen, read_config_file, yaml_sections
-from agents.config.model import PushConfig
-from agents.config.types import Duration, FilePath, Secret, SecretFile, SecretRef
-from agents.config.yamlpos import Path
+from foundation.config.base import ConfigContext, parse_listen, read_config_file, yaml_sections
+from foundation.config.remote_write import PushConfig
+from foundation.config.types import Duration, FilePath, Secret, SecretFile, SecretRef
+from foundation.config.yamlpos import Path
 from collector.fleet import Fleet, build_fleet
 
 DEFAULT_LISTEN = "0.0.0.0:9856"

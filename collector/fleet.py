@@ -22,10 +22,11 @@ import yaml
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric as Family
 from prometheus_client.registry import Collector
 
-from agents.config.loader import ConfigContext, ConfigError, config_from_sections, format_path, unresolved_references_hook
-from agents.config.yamlpos import Path, PositionedData
-from agents.httpserver import Request, Response
-from agents.fleet import HASH_HEADER, KEYED_SECTIONS, NAMED_SECTIONS, SERVED_SECTIONS, VERSION_HEADER, config_hash
+from agents.config.loader import config_from_sections
+from foundation.config.base import ConfigContext, ConfigError, format_path, unresolved_references_hook
+from foundation.config.yamlpos import Path, PositionedData
+from foundation.httpserver import Request, Response
+from foundation.fleet_protocol import HASH_HEADER, KEYED_SECTIONS, NAMED_SECTIONS, SERVED_SECTIONS, VERSION_HEADER, config_hash
 
 if TYPE_CHECKING:
     from collector.config import CollectorConfig, InventoryAgent, RawCollectorConfig, Template, TemplateSelector

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from agents.push import DROP_REASONS, REASON_IO_ERROR, REQUEST_RESULTS, HttpClient, RemoteWriteSender
 from agents.push import endpoint_for, open_queue, send_policy  # the agent's own construction, same config shape
-from agents.queue import DurableQueue
+from foundation.queue import DurableQueue
 from collector.config import RemoteWriteOut, remote_write_name
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agents.remote_write import BlockSeries, Decoder, RemoteWriteError, TooLarge
+from foundation.remote_write import BlockSeries, Decoder, RemoteWriteError, TooLarge
 from collector.config import CollectorConfig, InventoryAgent, token_digest
 from collector.store import AgentState, Rejected, SeriesStore
 

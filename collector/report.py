@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from agents.config.types import Secret, SecretFile
+from foundation.config.types import Secret, SecretFile
 
 UP_MINUTES_SERIES = "agency_service:probe_success:up1m"
 AGENCY_INFO_SERIES = "netmon_agency_info"

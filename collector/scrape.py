@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.remote_write import METRIC_NAME, BlockSeries, Series
+from foundation.remote_write import METRIC_NAME, BlockSeries, Series
 from collector.store import AgentState, Rejected, SeriesStore
 
 log = logging.getLogger(__name__)

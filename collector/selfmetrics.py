@@ -11,7 +11,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from agents import __version__
+from foundation import __version__
 from collector.config import CollectorConfig
 from collector.store import SeriesStore
 

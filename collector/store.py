@@ -4,7 +4,7 @@ Built for the ingest path: a series seen before costs one dict lookup and two at
 Each entry keeps what every reader needs precomputed once, when the series first arrives:
 - `prefix`: the exposition line up to the value (`name{labels} `), so /metrics is string joins;
 - `forward_block`: the labels sent on by remote_write out (identity labels and external labels applied), as
-  the label block agents.remote_write.write_blocks takes, so forwarding a series costs no label lookup.
+  the label block foundation.remote_write.write_blocks takes, so forwarding a series costs no label lookup.
 
 Identity labels (agency, agent, district, level) come from the inventory entry the credential (or the scrape
 address) is bound to, and overwrite whatever the agent sent.
@@ -21,8 +21,9 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from agents.remote_write import STALE_NAN, BlockSeries, Labels, Sample, Series, is_stale_marker, label_block
+from foundation.remote_write import STALE_NAN, BlockSeries, Labels, Sample, Series, is_stale_marker, label_block
 from collector.config import InventoryAgent
+from foundation.textformat import format_value, label_pairs
 
 RESERVED_NAMES = frozenset({"netmon_agent_up", "netmon_agent_last_seen_timestamp_seconds", "netmon_agency_info"})
 RESERVED_PREFIX = "netmon_collector_"
@@ -75,7 +76,7 @@ class AgentState:
         merged = sorted(kept + list(identity))
         present = {name for name, _ in merged}
         forward = tuple(sorted(merged + [label for label in self.external_labels if label[0] not in present]))
-        shown = ",".join(f'{name}="{escape(value)}"' for name, value in merged if name != "__name__")
+        shown = label_pairs((name, value) for name, value in merged if name != "__name__")
         prefix = f"{metric_name}{{{shown}}} "
         entry = self.outputs.get(prefix)
         if entry is not None:
@@ -112,16 +113,6 @@ def _after(samples: tuple[Sample, ...], last_ms: int) -> tuple[Sample, ...]:
             kept.append(sample)
             last_ms = sample[0]
     return tuple(kept)
-
-
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def format_value(value: float) -> str:
-    if math.isfinite(value):
-        return repr(value)
-    return "NaN" if value != value else ("+Inf" if value > 0 else "-Inf")
 
 
 class SeriesStore:

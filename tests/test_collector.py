@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents import remote_write as rw
-from agents.remote_write import make_series
+from foundation import remote_write as rw
+from foundation.remote_write import make_series
 from collector import exposition
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agents import remote_write as rw
+from foundation import remote_write as rw
 from tests.support.certs import CertFiles, make_ca, make_leaf
 from tests.support.ports import free_port
 from tests.support.procs import running, stop, wait_for_port

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from agents import remote_write as rw
-from agents.remote_write import make_series
+from foundation import remote_write as rw
+from foundation.remote_write import make_series
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port
 from tests.support.require import require_binary

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import math
 import signal
-import time
-from pathlib import Path
 
-from agents import remote_write as rw
+from foundation import remote_write as rw
 from tests.support.httpd import HttpServer, Reply
 from tests.test_agent_run import metric_value
 from tests.test_collector import INVENTORY, TOKENS, RunningCollector, collector_config, probe_series, push, running_collector, wait_until

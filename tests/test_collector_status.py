@@ -9,8 +9,8 @@ import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
-from agents import remote_write as rw
-from agents.remote_write import make_series
+from foundation import remote_write as rw
+from foundation.remote_write import make_series
 from tests.support.chromium import dump_dom, screenshot
 from tests.test_collector import INVENTORY, TOKENS, now_ms, push, running_collector, wait_until
 from tests.test_agent_run import metric_value

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agents.config import ConfigError, load_config, parse_config
-from agents.config.types import Duration
+from foundation.config.types import Duration
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_HEAD = """\
@@ -89,7 +89,7 @@ targets:
         pytest.param(GOOD_HEAD.replace("  agency: xa-my-tho\n", ""), 1, "agent", "missing required key 'agency'",
                      id="missing-agency"),
         pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x\n    module: tcp_connect\n    interval: 1s\n",
-                     13, "targets[0].interval", "shorter than module 'tcp_connect'", id="interval-shorter-than-timeout"),
+                     13, "targets[0].interval", "(module 'tcp_connect') is longer than the interval", id="interval-shorter-than-timeout"),
         pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x\n    module: tcp_connect\n    labels: {target: b}\n",
                      13, "targets[0].labels.target", "reserved", id="reserved-label"),
         pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x\n    module: tcp_connect\n    labels: {2bad: b}\n",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from agents.fleet import config_hash
+from foundation.fleet_protocol import config_hash
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port
 from tests.test_agent_run import http_get, metric_value
@@ -288,7 +288,7 @@ def test_a_template_invalid_for_one_agency_fails_check_config_naming_agent_and_k
 
 
 def test_collector_and_agent_expose_served_and_applied_hash_version_and_last_fetch_lint_clean(tmp_path):
-    from agents import __version__
+    from foundation import __version__
     from tests.support.require import require_binary
 
     fleet = new_fleet(tmp_path)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from agents.config import ConfigError
-from agents.fleet import Served, config_hash, load_agent_config, load_at_start, write_cache
+from agents.fleet import Served, load_agent_config, load_at_start, write_cache
+from foundation.fleet_protocol import config_hash
 from collector.config import parse_collector_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agents.httpserver import HttpServer, Request, Response, require_method
+from foundation.httpserver import HttpServer, Request, Response, require_method
 
 
 async def echo(request: Request) -> Response:

@@ -3,7 +3,7 @@
 `probe --once` output or config errors, even when a push is refused and a probe's login fails.
 
 The agent pushes with a token the collector does not know (refused with 401, logged on both sides) and probes a
-web portal with a basic-auth password it refuses; both run at debug level. The redaction filter (agents/logs.py)
+web portal with a basic-auth password it refuses; both run at debug level. The redaction filter (foundation/logs.py)
 is also driven directly, since the programs never hand it a secret to mask.
 """
 
@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import pytest
 
 from agents.config import parse_config
-from agents.logs import MASK, protect_secrets, setup_logging
+from foundation.logs import MASK, protect_secrets, setup_logging
 from tests.support.httpd import HttpServer, Reply
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port

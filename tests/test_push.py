@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agents import remote_write as rw
+from foundation import remote_write as rw
 from agents.config import ConfigError, parse_config
 from agents.push import Endpoint, HttpClient, RemoteWriteSender, SendPolicy
-from agents.queue import DurableQueue, QueueLimits
+from foundation.queue import DurableQueue, QueueLimits
 from tests.support.certs import make_ca, make_leaf
 from tests.support.httpd import HttpServer, Reply
 from tests.support.ports import free_port

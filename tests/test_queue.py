@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.queue import DurableQueue, QueueLimits, QueueLocked
+from foundation.queue import DurableQueue, QueueLimits, QueueLocked
 from tests.support.require import require_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_fully_acknowledged_segments_are_deleted(tmp_path):
 
 WRITER = """
 import sys
-from agents.queue import DurableQueue, QueueLimits
+from foundation.queue import DurableQueue, QueueLimits
 queue = DurableQueue(sys.argv[1], QueueLimits(max_bytes=64 << 20, segment_bytes=4096))
 number = 0
 while True:

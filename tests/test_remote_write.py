@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents import remote_write as rw
-from agents.remote_write import Series, make_series
+from foundation import remote_write as rw
+from foundation.remote_write import Series, make_series
 from tests.support.httpd import HttpServer, Reply
 from tests.support.ports import free_port
 from tests.support.tsdb import query_prometheus, running_prometheus, running_victoria_metrics, stored_samples

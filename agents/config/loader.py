@@ -6,7 +6,7 @@ import functools
 import re
 import types
 from pathlib import Path as FsPath
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import msgspec
 
@@ -18,35 +18,24 @@ from agents.config.model import (
     Target,
     TargetConfig,
 )
-from agents.config.types import Duration, FilePath, SecretFile, SecretRef, decode_hook
-from agents.config.yamlpos import Path, PositionedData, YamlError, load_yaml
+from foundation.config.base import (  # noqa: F401  (ConfigError and ConfigContext: re-exported for the agent's modules)
+    ConfigContext,
+    ConfigError,
+    check_interval,
+    format_path,
+    parse_listen,
+    read_config_file,
+    yaml_sections,
+)
+from foundation.config.types import Duration
+from foundation.config.yamlpos import Path
 from agents.host import validate_host
 from agents.ssh.targets import build_ssh_targets
 from agents.snmp.targets import build_snmp_targets
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = {"target", "module", "ip", "job", "instance", "le", "quantile", "reason", "phase"}
-ENV_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
-_MSGSPEC_PATH = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
-
-
-class ConfigError(Exception):
-    """A config problem, pointing at the file, line and key path that caused it."""
-
-    def __init__(self, file: str, line: int, path: Path, message: str) -> None:
-        self.file, self.line, self.path, self.message = file, line, path, message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = format_path(self.path)
-        return f"{self.file}:{self.line}: {where}: {self.message}" if where else f"{self.file}:{self.line}: {self.message}"
-
-
-def format_path(path: Path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
+DEFAULT_PORT = 9855
 
 
 def _module_type(name: str, settings: type) -> type:
@@ -75,63 +64,6 @@ def _module_types() -> dict[str, type]:
     return {name: _module_type(name, spec.settings) for name, spec in PROBERS.items()}
 
 
-class ConfigContext:
-    def __init__(self, file: str, positioned: PositionedData, dec_hook: Callable[[type, Any], Any] = decode_hook) -> None:
-        self.file = file
-        self.positioned = positioned
-        self.dec_hook = dec_hook
-
-    def error(self, path: Path, message: str) -> ConfigError:
-        return ConfigError(self.file, self.positioned.line_of(path), path, message)
-
-    def convert(self, data: Any, type_: Any, path: Path) -> Any:
-        try:
-            return msgspec.convert(data, type_, dec_hook=self.dec_hook)
-        except msgspec.ValidationError as exc:
-            message, separator, where = str(exc).rpartition(" - at `")
-            if not separator:
-                message, where = str(exc), ""
-            sub_path = _parse_msgspec_path(where.rstrip("`"))
-            missing = re.match(r"Object missing required field `(\w+)`", message)
-            if missing:
-                message = f"missing required key '{missing.group(1)}'"
-            unknown = re.match(r"Object contains unknown field `(\w+)`", message)
-            if unknown:
-                sub_path += (unknown.group(1),)
-                message = "unknown key (check spelling and indentation)"
-            raise self.error(path + sub_path, message) from None
-
-
-def _parse_msgspec_path(text: str) -> Path:
-    parts: list[str | int] = []
-    for match in _MSGSPEC_PATH.finditer(text):
-        parts.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
-    return tuple(parts)
-
-
-def read_config_file(path: str | FsPath) -> str:
-    """A config file's text; ConfigError when it cannot be read or is not UTF-8."""
-    try:
-        return FsPath(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), 0, (), f"cannot read config file: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), 0, (), f"config file is not UTF-8: {exc.reason}") from None
-
-
-def yaml_sections(text: str, file: str, expected: str) -> tuple[ConfigContext, dict[str, Any]]:
-    """The top-level mapping of a config text and the context that maps key paths to lines."""
-    try:
-        positioned = load_yaml(text)
-    except YamlError as exc:
-        raise ConfigError(file, exc.line, exc.path, exc.message) from None
-    ctx = ConfigContext(file, positioned)
-    if not isinstance(positioned.data, dict):
-        raise ctx.error((), f"the config must be a mapping with {expected}")
-    # a section with every entry commented out is null in YAML; it means "none", not an error
-    return ctx, {key: value for key, value in positioned.data.items() if value is not None}
-
-
 def load_config(path: str | FsPath) -> AgentConfig:
     return parse_config(read_config_file(path), str(path))
 
@@ -147,14 +79,16 @@ def config_from_sections(ctx: ConfigContext, sections: dict[str, Any]) -> AgentC
     _check_labels(ctx, raw.agent.labels, ("agent", "labels"))
     if raw.max_concurrent_probes < 1:
         raise ctx.error(("max_concurrent_probes",), "must be at least 1")
-    host, port = parse_listen(ctx, raw.listen)
+    host, port = parse_listen(ctx, raw.listen, DEFAULT_PORT)
     modules = {name: _build_module(ctx, name, body, raw.defaults.timeout) for name, body in raw.modules.items()}
     targets = _build_targets(ctx, raw, modules)
     targets += build_ssh_targets(ctx, raw, _check_labels)
     targets += build_snmp_targets(ctx, raw, _check_labels)
-    _check_host(ctx, raw)
-    _check_push(ctx, raw)
-    _check_fleet(ctx, raw)
+    ctx.check(lambda: validate_host(raw.host), ("host",))
+    if raw.push is not None:
+        ctx.check(raw.push.validate, ("push",))
+    if raw.fleet is not None:
+        ctx.check(raw.fleet.validate, ("fleet",))
     return AgentConfig(
         source=ctx.file,
         agent=raw.agent,
@@ -168,55 +102,6 @@ def config_from_sections(ctx: ConfigContext, sections: dict[str, Any]) -> AgentC
         host=raw.host,
         fleet=raw.fleet,
     )
-
-
-def unresolved_references_hook(type_: type, value: Any) -> Any:
-    """Like decode_hook, but `${ENV}` and `*_file` references are checked by form, not read: their value is a
-    placeholder long enough for length checks. The collector validates configs it will not run this way."""
-    if type_ is SecretRef:
-        if not isinstance(value, str) or not ENV_REFERENCE.match(value):
-            return SecretRef.parse(value)  # raises the usual "secrets are accepted only by reference" error
-        return SecretRef(f"<unresolved {value}>", f"env:{value[2:-1]}")
-    if type_ is SecretFile or type_ is FilePath:
-        if not isinstance(value, str) or not value:
-            raise ValueError("expected a file path")
-        return SecretFile(f"<unresolved file {value}>", f"file:{value}") if type_ is SecretFile else FilePath(value)
-    return decode_hook(type_, value)
-
-
-def _check_host(ctx: ConfigContext, raw: RawAgentConfig) -> None:
-    try:
-        validate_host(raw.host)
-    except ValueError as exc:
-        key, _, message = str(exc).partition(": ")
-        raise ctx.error(("host", *key.split(".")), message) from None
-
-
-def _check_push(ctx: ConfigContext, raw: RawAgentConfig) -> None:
-    if raw.push is None:
-        return
-    try:
-        raw.push.validate()
-    except ValueError as exc:
-        key, _, message = str(exc).partition(": ")
-        raise ctx.error(("push", *key.split(".")), message) from None
-
-
-def _check_fleet(ctx: ConfigContext, raw: RawAgentConfig) -> None:
-    if raw.fleet is None:
-        return
-    try:
-        raw.fleet.validate()
-    except ValueError as exc:
-        key, _, message = str(exc).partition(": ")
-        raise ctx.error(("fleet", *key.split(".")), message) from None
-
-
-def parse_listen(ctx: ConfigContext, listen: str, default_port: int = 9855) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ctx.error(("listen",), f"expected HOST:PORT like '0.0.0.0:{default_port}', got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _build_module(ctx: ConfigContext, name: str, body: Any, default_timeout: float) -> ModuleConfig:
@@ -262,13 +147,8 @@ def _build_targets(ctx: ConfigContext, raw: RawAgentConfig, modules: dict[str, M
             continue
         module = modules[target.module]
         interval = float(target.interval) if target.interval is not None else float(raw.defaults.interval)
-        if interval <= 0:
-            raise ctx.error(path + ("interval",), "must be greater than 0")
-        if module.timeout > interval:
-            raise ctx.error(
-                path + ("interval",) if target.interval is not None else path + ("module",),
-                f"interval {interval:g}s is shorter than module {module.name!r}'s timeout {module.timeout:g}s",
-            )
+        blame = path + ("interval",) if target.interval is not None else path + ("module",)
+        check_interval(ctx, interval, module.timeout, f"module {module.name!r}", (path + ("interval",), ("modules", module.name, "timeout"), blame))
         targets.append(_make_target(target, module, interval, raw.agent.labels))
     return targets
 

@@ -26,9 +26,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import msgspec
 
-from agents import __version__
+from foundation import __version__
 from agents.config.model import ModuleConfig
-from agents.config.types import Duration, SecretFile, SecretRef
+from foundation.config.types import Duration, SecretFile, SecretRef
 from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample, socket_failure
 from agents.probes.resolve import ResolveError, resolve
 from agents.probes.resources import ProbeResources

@@ -16,7 +16,7 @@ import time
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.config.types import Duration
+from foundation.config.types import Duration
 from agents.net.icmp_engine import MIN_PAYLOAD_BYTES, EchoRound
 from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
 from agents.probes.resolve import ResolveError, resolve

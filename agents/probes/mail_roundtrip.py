@@ -30,7 +30,7 @@ from typing import Callable, Protocol
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.config.types import Duration
+from foundation.config.types import Duration
 from agents.probes import imap, pop3, smtp
 from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
 from agents.probes.mailproto import Endpoint, MailError, Phases, resolve_endpoint, target_endpoint

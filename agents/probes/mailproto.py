@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, Iterator, Literal, TypeVar
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.config.types import SecretFile, SecretRef
+from foundation.config.types import SecretFile, SecretRef
 from agents.probes.base import Failure, Metric, ProbeTarget, Sample, socket_failure
 from agents.probes.resolve import ResolveError, resolve, split_host_port
 from agents.probes.tlsinfo import (

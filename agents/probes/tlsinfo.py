@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from agents.config.types import FilePath
+from foundation.config.types import FilePath
 from agents.probes.base import Failure, Metric, Sample
 
 TlsVersionName = Literal["TLS10", "TLS11", "TLS12", "TLS13"]

@@ -18,7 +18,7 @@ from typing import Literal
 
 import msgspec
 
-from agents.config.types import Duration, Secret, SecretFile, SecretRef
+from foundation.config.types import Duration, Secret, SecretFile, SecretRef
 from agents.snmp.ber import encode_oid
 
 MetricType = Literal["counter", "gauge", "string", "enum_info"]
@@ -245,7 +245,7 @@ def load_builtin_profiles() -> dict[str, Profile]:
 
 @functools.cache  # package data never changes in a running process; the collector checks ~210 agent configs per load
 def _builtin_profiles() -> tuple[tuple[str, Profile], ...]:
-    from agents.config.yamlpos import load_yaml  # same YAML reading as the config (string keys)
+    from foundation.config.yamlpos import load_yaml  # same YAML reading as the config (string keys)
 
     profiles = []
     for entry in (resources.files("agents.snmp") / BUILTIN_DIRECTORY).iterdir():

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol
 
 from agents.config.model import ModuleConfig, RawAgentConfig, Target
-from agents.config.yamlpos import Path
+from foundation.config.base import check_interval
+from foundation.config.yamlpos import Path
 from agents.probes.snmp import SnmpSettings
 from agents.snmp.schema import Profile, SnmpAuth, SnmpDevice, conflicting_names, load_builtin_profiles
 
@@ -94,10 +95,7 @@ def _target(ctx: Context, path: Path, device: SnmpDevice, auths: dict[str, SnmpA
     check_labels(ctx, device.labels, path + ("labels",))
     interval = float(device.interval if device.interval is not None else raw.defaults.interval)
     timeout = float(device.timeout if device.timeout is not None else raw.defaults.timeout)
-    if interval <= 0 or timeout <= 0:
-        raise ctx.error(path + ("interval" if interval <= 0 else "timeout",), "must be greater than 0")
-    if timeout > interval:
-        raise ctx.error(path + ("timeout",), f"timeout {timeout:g}s is longer than the interval {interval:g}s")
+    check_interval(ctx, interval, timeout, "this device", (path + ("interval",), path + ("timeout",), path + ("timeout",)))
     _check(ctx, path, lambda: device.check(interval))
     request_timeout = device.request_timeout_within(timeout)
     if request_timeout > timeout:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from agents.config.types import Duration, Secret, SecretFile, SecretRef
+from foundation.config.types import Duration, Secret, SecretFile, SecretRef
 from agents.ssh.hostkeys import HostKeyPolicy, known_hosts_entry
 
 if TYPE_CHECKING:  # the config model imports this module; parsers import the probes package

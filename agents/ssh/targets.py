@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from agents.config.model import ModuleConfig, RawAgentConfig, Target
-from agents.config.yamlpos import Path
+from foundation.config.base import check_interval
+from foundation.config.yamlpos import Path
 from agents.ssh.commands import Command, exec_command, fixed_command
 from agents.ssh.config import SshCheck, SshCheckConfig, SshHost, SshHostConfig
 from agents.ssh.hostkeys import FINGERPRINT, HostKeyPolicy
@@ -100,10 +101,7 @@ def _target(
             raise ctx.error(path + ("labels", name), f"label name {name!r} is set by the {parser_name} check itself")
     interval = float(check.interval if check.interval is not None else raw.defaults.interval)
     timeout = float(check.timeout if check.timeout is not None else raw.defaults.timeout)
-    if interval <= 0 or timeout <= 0:
-        raise ctx.error(path + ("interval" if interval <= 0 else "timeout",), "must be greater than 0")
-    if timeout > interval:
-        raise ctx.error(path + ("timeout",), f"timeout {timeout:g}s is longer than the interval {interval:g}s")
+    check_interval(ctx, interval, timeout, "this check", (path + ("interval",), path + ("timeout",), path + ("timeout",)))
     settings = SshCheck(host, command.line, command.fallback, parser_name, parse)
     module = ModuleConfig(f"ssh_{parser_name}", "ssh", timeout, "ip4", True, settings)
     labels = {**raw.agent.labels, **check.labels, HOST_LABEL: host.name}

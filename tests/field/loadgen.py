@@ -35,9 +35,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from agents.config.types import Secret
+from foundation.config.types import Secret
 from agents.push import Endpoint, HttpClient, ProtocolError
-from agents.remote_write import HEADERS, STALE_NAN, Encoder, Labels, Series, compress, encode, make_series
+from foundation.remote_write import HEADERS, STALE_NAN, Encoder, Labels, Series, compress, encode, make_series
 
 WRITE_PATH = "/api/v1/write"
 AGENTS_PER_AGENCY = 5

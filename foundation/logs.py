@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 
 import msgspec
 
-from agents.config.types import Secret
+from foundation.config.types import Secret
 
 MASK = "<redacted>"
 # shorter values (a community "abc") would mask ordinary words all over the log
