@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -141,11 +143,14 @@ def applied_hash(fleet: Fleet, agent_id: str) -> str | None:
     return applied_hash_in(agent_metrics(fleet, agent_id), "collector")
 
 
-def fetch(fleet: Fleet, agent_id: str, token: str | None, headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+def fetch(
+    fleet: Fleet, agent_id: str, token: str | None, headers: dict[str, str] | None = None, method: str = "GET", path: str = "config"
+) -> tuple[int, str, dict[str, str]]:
+    """A fetch as by hand (urllib): none of the headers an agent sends unless given."""
     sent = dict(headers or {})
     if token is not None:
         sent["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(f"{fleet.url}/api/v1/agents/{agent_id}/config", headers=sent)
+    request = urllib.request.Request(f"{fleet.url}/api/v1/agents/{agent_id}/{path}", headers=sent, method=method)
     try:
         with urllib.request.urlopen(request, timeout=5) as reply:
             return reply.status, reply.read().decode(), dict(reply.headers)
@@ -362,3 +367,68 @@ def test_a_served_config_that_does_not_fit_the_local_file_is_not_applied_and_the
     assert metric_value(collector_text, "netmon_fleet_config_up_to_date", agent="xa-a-1") == 0.0
     log = (fleet.directory / "xa-a-1" / "agent.log").read_text()
     assert "failed, keeping the previous config" in log and "agent.yml:11: targets[0].module: unknown module 'tcp_connect'" in log
+
+
+def timed_replies(port: int, paths: list[str], token: str | None = None) -> list[tuple[bytes, float]]:
+    """GET each path in turn on one keep-alive connection: each whole reply (head and body), and how long it took."""
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
+    replies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        stream = sock.makefile("rb")
+        for path in paths:
+            started = time.perf_counter()
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: collector\r\n{authorization}\r\n".encode())
+            head = b""
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                head += line
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+            replies.append((head + b"\r\n" + stream.read(length), time.perf_counter() - started))
+    return replies
+
+
+def test_without_a_valid_token_known_and_unknown_agent_ids_get_the_same_401_in_the_same_time(tmp_path):
+    fleet = new_fleet(tmp_path)
+    paths = ["/api/v1/agents/xa-a-1/config", "/api/v1/agents/nobody-1/config"] * 300  # interleaved: load hits both alike
+    with running_collector(fleet, collector_yaml(fleet)):
+        anonymous = timed_replies(fleet.collector_port, paths)
+        bad_token = timed_replies(fleet.collector_port, paths[:2], token="not-a-token")
+        unknown_with_token = fetch(fleet, "nobody-1", TOKENS["xa-a-1"])
+        not_a_config_path = fetch(fleet, "xa-a-1", TOKENS["xa-a-1"], path="other")
+    known, unknown = anonymous[0::2], anonymous[1::2]
+    assert {reply for reply, _ in anonymous + bad_token} == {known[0][0]}  # byte for byte one answer
+    assert known[0][0].startswith(b"HTTP/1.1 401") and b"WWW-Authenticate: Bearer" in known[0][0]
+    known_time, unknown_time = (statistics.median(seconds for _, seconds in replies) for replies in (known, unknown))
+    assert abs(known_time - unknown_time) < 0.25 * min(known_time, unknown_time)  # before: the 404 took 40 % less
+    assert (unknown_with_token[0], not_a_config_path[0]) == (403, 404)
+
+
+def test_a_fetch_by_hand_changes_nothing_the_collector_records_of_an_agent(tmp_path):
+    fleet = new_fleet(tmp_path)
+    with running_collector(fleet, collector_yaml(fleet)):
+        with running_agent(fleet, "xa-a-1", "xa-a"):
+            wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), 10, "xa-a-1 in sync")
+        recorded = http_get(f"{fleet.url}/metrics")[1]
+        by_hand = [fetch(fleet, agent, TOKENS[agent])[0] for agent in ("xa-a-1", "xa-b-1")]  # no X-Netmon-* headers
+        collector_text, status_page = http_get(f"{fleet.url}/metrics")[1], http_get(f"{fleet.url}/")[1]
+    assert by_hand == [200, 200]
+    for agent in ("xa-a-1", "xa-b-1"):
+        for family in ("netmon_fleet_config_up_to_date", "netmon_fleet_last_fetch_timestamp_seconds"):
+            assert metric_value(collector_text, family, agent=agent) == metric_value(recorded, family, agent=agent)
+    assert metric_value(collector_text, "netmon_fleet_config_up_to_date", agent="xa-a-1") == 1.0
+    assert 'data-agent="xa-a-1" data-config="current"' in status_page and 'data-agent="xa-b-1" data-config="never"' in status_page
+
+
+def test_if_none_match_compares_weakly_and_star_matches_and_head_answers_without_a_body(tmp_path):
+    fleet = new_fleet(tmp_path)
+    token = TOKENS["xa-a-1"]
+    with running_collector(fleet, collector_yaml(fleet)):
+        status, body, headers = fetch(fleet, "xa-a-1", token)
+        etag = headers["ETag"]
+        matches = [fetch(fleet, "xa-a-1", token, {"If-None-Match": tag})[0] for tag in (f"W/{etag}", "*", f'"other", W/{etag}')]
+        other = fetch(fleet, "xa-a-1", token, {"If-None-Match": '"other", W/"other"'})[0]
+        head = fetch(fleet, "xa-a-1", token, method="HEAD")
+        head_unchanged = fetch(fleet, "xa-a-1", token, {"If-None-Match": etag}, method="HEAD")[0]
+        head_anonymous = fetch(fleet, "nobody-1", None, method="HEAD")[0]
+    assert status == 200 and matches == [304, 304, 304] and other == 200
+    assert head[0] == 200 and head[1] == "" and head[2]["ETag"] == etag and int(head[2]["Content-Length"]) == len(body.encode())
+    assert (head_unchanged, head_anonymous) == (304, 401)
