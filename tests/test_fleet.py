@@ -41,6 +41,7 @@ class Fleet:
     agent_ports: dict[str, int]
     agent_fleet_url: str = ""  # what agents are configured with; default: the plain HTTP url
     agent_fleet_extra: str = ""  # more keys of the agents' fleet section
+    refresh_interval: float = REFRESH  # the agents' fleet.refresh_interval, seconds
 
     @property
     def url(self) -> str:
@@ -92,7 +93,7 @@ defaults: {{interval: 1s, timeout: 500ms}}
 fleet:
   url: {fleet.agent_fleet_url or fleet.url}
 {fleet.agent_fleet_extra}  bearer_token_file: {token_file}
-  refresh_interval: {REFRESH:g}s
+  refresh_interval: {fleet.refresh_interval:g}s
   timeout: 2s
   cache_file: {fleet.directory / agent_id / 'served.yml'}
 targets:  # uses a served module: the first start fetches before it can run
@@ -356,10 +357,7 @@ def test_a_served_config_that_does_not_fit_the_local_file_is_not_applied_and_the
         with running_agent(fleet, "xa-a-1", "xa-a"):
             wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), 10, "xa-a-1 in sync")
             before = applied_hash(fleet, "xa-a-1")
-            # valid on its own, but the agent's local target uses module tcp_connect, which is no longer served
-            reload_collector(fleet, collector, collector_yaml(fleet, module="tcp_check"))
-            refused = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 0.0
-            wait_until(refused, REFRESH + 4, "the agent refusing the served config")
+            refuse_served_config(fleet, collector)
             metrics = agent_metrics(fleet, "xa-a-1")
             collector_text = http_get(f"{fleet.url}/metrics")[1]
     assert applied_hash_in(metrics, "collector") == before != served_hash_in(collector_text, "xa-a-1")
@@ -432,3 +430,56 @@ def test_if_none_match_compares_weakly_and_star_matches_and_head_answers_without
     assert status == 200 and matches == [304, 304, 304] and other == 200
     assert head[0] == 200 and head[1] == "" and head[2]["ETag"] == etag and int(head[2]["Content-Length"]) == len(body.encode())
     assert (head_unchanged, head_anonymous) == (304, 401)
+
+
+def refuse_served_config(fleet: Fleet, collector: subprocess.Popen) -> None:
+    """Serve xa-a-1 a config valid on its own that its local file cannot use (its local target's module is no
+    longer served), and wait for the agent to refuse it."""
+    reload_collector(fleet, collector, collector_yaml(fleet, module="tcp_check"))
+    refused = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 0.0
+    wait_until(refused, REFRESH + 4, "the agent refusing the served config")
+
+
+def test_a_refused_served_config_that_is_reverted_sets_the_last_reload_successful_again(tmp_path):
+    fleet = new_fleet(tmp_path)
+    with running_collector(fleet, collector_yaml(fleet)) as collector:
+        with running_agent(fleet, "xa-a-1", "xa-a"):
+            wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), 10, "xa-a-1 in sync")
+            before = applied_hash(fleet, "xa-a-1")
+            refuse_served_config(fleet, collector)
+            reload_collector(fleet, collector, collector_yaml(fleet))  # the template reverted: 304 for what it runs
+            recovered = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 1.0
+            wait_until(recovered, REFRESH + 4, "the agent's reload metric back to 1")
+            wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), REFRESH + 4, "the collector seeing xa-a-1 current")
+            after = applied_hash(fleet, "xa-a-1")
+    assert after == before
+    assert "the config it refused is withdrawn" in (fleet.directory / "xa-a-1" / "agent.log").read_text()
+
+
+def test_when_the_collector_is_back_a_failed_fetch_is_retried_within_seconds_not_a_refresh_interval(tmp_path):
+    fleet = new_fleet(tmp_path)
+    fleet.refresh_interval = 300.0
+    agent_log = fleet.directory / "xa-a-1" / "agent.log"
+    with running_collector(fleet, collector_yaml(fleet)):
+        with running_agent(fleet, "xa-a-1", "xa-a"):
+            wait_until(lambda: applied_hash(fleet, "xa-a-1") is not None, 10, "the first fetch (and the cache)")
+    with running_agent(fleet, "xa-a-1", "xa-a"):  # from the cache: its first fetch fails, and the retries after it
+        wait_until(lambda: agent_log.read_text().count("cannot fetch the config") >= 3, 15, "three failed fetches")
+        with running_collector(fleet, collector_yaml(fleet)):
+            back = time.monotonic()
+            wait_until(lambda: applied_hash(fleet, "xa-a-1") is not None, 30, "a fetch after the collector's return")
+            waited = time.monotonic() - back
+    assert waited < 12  # retries 1, 2, 4, 8 s apart (jittered down); without them: the next refresh, 300 s later
+
+
+def test_check_config_without_a_cache_says_no_served_config_was_fetched_yet(tmp_path):
+    fleet = new_fleet(tmp_path)
+    config = fleet.directory / "agent.yml"
+    config.write_text(agent_yaml(fleet, "xa-a-1", "xa-a"), encoding="utf-8")  # its local target uses a served module
+    checked = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "check-config", str(config)], capture_output=True, text=True,
+        env={**os.environ, **ENV}, cwd=str(ROOT), timeout=30,
+    )
+    assert checked.returncode == 2
+    assert "targets[0].module: unknown module 'tcp_connect'" in checked.stderr
+    assert f"no served config has been fetched yet (no cache file {fleet.directory / 'xa-a-1' / 'served.yml'}" in checked.stderr

@@ -226,3 +226,12 @@ def test_a_duplicated_credential_is_reported_with_the_key_it_was_given_with(tmp_
     )
     assert checked.returncode == 2
     assert f"agents[2].{key}: the same credential is already bound to agent 'xa-a-1'" in checked.stderr
+
+
+def test_a_failed_fetch_is_retried_with_backoff_never_later_than_the_refresh_interval():
+    from agents.fleet import FETCH_RETRY_MAX, retry_delay
+
+    delays = [max(retry_delay(failures, 60.0) for _ in range(50)) for failures in range(1, 12)]
+    assert delays[0] <= 1.0 and delays[1] <= 2.0 and delays[2] <= 4.0
+    assert max(delays) <= FETCH_RETRY_MAX and delays[-1] > FETCH_RETRY_MAX / 2
+    assert all(retry_delay(failures, 3.0) <= 3.0 for failures in range(1, 2000))  # no overflow after long outages
