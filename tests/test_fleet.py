@@ -352,14 +352,9 @@ def test_an_agent_fetches_over_https_checking_the_collector_against_its_ca_bundl
 
 
 def test_a_served_config_that_does_not_fit_the_local_file_is_not_applied_and_the_agent_shows_stale(tmp_path):
-    fleet = new_fleet(tmp_path)
-    with running_collector(fleet, collector_yaml(fleet)) as collector:
-        with running_agent(fleet, "xa-a-1", "xa-a"):
-            wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), 10, "xa-a-1 in sync")
-            before = applied_hash(fleet, "xa-a-1")
-            refuse_served_config(fleet, collector)
-            metrics = agent_metrics(fleet, "xa-a-1")
-            collector_text = http_get(f"{fleet.url}/metrics")[1]
+    with agent_refusing_its_served_config(tmp_path) as (fleet, _, before):
+        metrics = agent_metrics(fleet, "xa-a-1")
+        collector_text = http_get(f"{fleet.url}/metrics")[1]
     assert applied_hash_in(metrics, "collector") == before != served_hash_in(collector_text, "xa-a-1")
     assert metric_value(metrics, "probe_success", target="local-self") == 1.0  # still probing with the old config
     assert metric_value(collector_text, "netmon_fleet_config_up_to_date", agent="xa-a-1") == 0.0
@@ -432,26 +427,28 @@ def test_if_none_match_compares_weakly_and_star_matches_and_head_answers_without
     assert (head_unchanged, head_anonymous) == (304, 401)
 
 
-def refuse_served_config(fleet: Fleet, collector: subprocess.Popen) -> None:
-    """Serve xa-a-1 a config valid on its own that its local file cannot use (its local target's module is no
-    longer served), and wait for the agent to refuse it."""
-    reload_collector(fleet, collector, collector_yaml(fleet, module="tcp_check"))
-    refused = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 0.0
-    wait_until(refused, REFRESH + 4, "the agent refusing the served config")
+@contextmanager
+def agent_refusing_its_served_config(tmp_path: Path) -> Iterator[tuple[Fleet, subprocess.Popen, str]]:
+    """A collector and agent xa-a-1 in sync; then the collector serves xa-a-1 a config valid on its own that its
+    local file cannot use (its local target's module is no longer served) and the agent refuses it. Yields the
+    fleet, the collector and the hash the agent ran before (and still runs)."""
+    fleet = new_fleet(tmp_path)
+    with running_collector(fleet, collector_yaml(fleet)) as collector, running_agent(fleet, "xa-a-1", "xa-a"):
+        wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), 10, "xa-a-1 in sync")
+        before = applied_hash(fleet, "xa-a-1")
+        reload_collector(fleet, collector, collector_yaml(fleet, module="tcp_check"))
+        refused = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 0.0
+        wait_until(refused, REFRESH + 4, "the agent refusing the served config")
+        yield fleet, collector, before
 
 
 def test_a_refused_served_config_that_is_reverted_sets_the_last_reload_successful_again(tmp_path):
-    fleet = new_fleet(tmp_path)
-    with running_collector(fleet, collector_yaml(fleet)) as collector:
-        with running_agent(fleet, "xa-a-1", "xa-a"):
-            wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), 10, "xa-a-1 in sync")
-            before = applied_hash(fleet, "xa-a-1")
-            refuse_served_config(fleet, collector)
-            reload_collector(fleet, collector, collector_yaml(fleet))  # the template reverted: 304 for what it runs
-            recovered = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 1.0
-            wait_until(recovered, REFRESH + 4, "the agent's reload metric back to 1")
-            wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), REFRESH + 4, "the collector seeing xa-a-1 current")
-            after = applied_hash(fleet, "xa-a-1")
+    with agent_refusing_its_served_config(tmp_path) as (fleet, collector, before):
+        reload_collector(fleet, collector, collector_yaml(fleet))  # the template reverted: 304 for what it runs
+        recovered = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 1.0
+        wait_until(recovered, REFRESH + 4, "the agent's reload metric back to 1")
+        wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), REFRESH + 4, "the collector seeing xa-a-1 current")
+        after = applied_hash(fleet, "xa-a-1")
     assert after == before
     assert "the config it refused is withdrawn" in (fleet.directory / "xa-a-1" / "agent.log").read_text()
 

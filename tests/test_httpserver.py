@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,6 +22,17 @@ async def server():
     host, port = await srv.start("127.0.0.1", 0)
     yield port
     await srv.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(routes: dict) -> AsyncIterator[int]:
+    """A server with these routes on a free port, closed after."""
+    srv = HttpServer(routes)
+    _, port = await srv.start("127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await srv.close()
 
 
 async def exchange(port: int, raw: bytes, read_all: bool = True) -> bytes:
@@ -160,13 +173,9 @@ async def test_head_is_answered_like_get_without_a_body():
         require_method(request, "GET")
         return Response.text(200, "a page", ETag='"v1"')
 
-    srv = HttpServer({"/page": page})
-    _, port = await srv.start("127.0.0.1", 0)
-    try:
+    async with serving({"/page": page}) as port:
         get = await exchange(port, b"GET /page HTTP/1.1\r\nConnection: close\r\n\r\n")
         head = await exchange(port, b"HEAD /page HTTP/1.1\r\nConnection: close\r\n\r\n")
-    finally:
-        await srv.close()
     get_head, _, get_body = get.partition(b"\r\n\r\n")
     assert get_body == b"a page" and head == get_head + b"\r\n\r\n"  # the same head, Content-Length included
 
@@ -180,13 +189,9 @@ async def test_head_of_a_streamed_body_and_of_a_refusal_sends_no_body():
         require_method(request, "POST")
         return Response(204)
 
-    srv = HttpServer({"/stream": stream, "/post": post_only})
-    _, port = await srv.start("127.0.0.1", 0)
-    try:
+    async with serving({"/stream": stream, "/post": post_only}) as port:
         # keep-alive: a body sent by mistake would be read as the start of the next reply
         streamed = await exchange(port, b"HEAD /stream HTTP/1.1\r\n\r\nHEAD /post HTTP/1.1\r\nConnection: close\r\n\r\n")
-    finally:
-        await srv.close()
     first, refused, rest = streamed.split(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in first
     assert refused.startswith(b"HTTP/1.1 405") and rest == b""
@@ -200,14 +205,10 @@ async def test_a_prefix_route_serves_every_path_under_it_that_no_exact_route_ser
         return handler
 
     routes = {"/a/*": answering("a"), "/a/b/*": answering("a/b"), "/a/exact": answering("exact")}
-    srv = HttpServer(routes)
-    _, port = await srv.start("127.0.0.1", 0)
-    try:
+    async with serving(routes) as port:
         bodies = [
             (await exchange(port, f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())).partition(b"\r\n\r\n")[2]
             for path in ("/a/x/y", "/a/b/c", "/a/exact", "/a", "/ab")
         ]
-    finally:
-        await srv.close()
     assert bodies[:3] == [b"a", b"a/b", b"exact"]
     assert all(body.startswith(b"no such path") for body in bodies[3:])
