@@ -105,8 +105,8 @@ def load_at_start(path: str, fetch_when_needed: bool = False) -> LoadedConfig:
 
 def _noting_nothing_served_yet(exc: ConfigError, cache_file: str, fetch_tried: bool) -> ConfigError:
     """The local file alone failed and no served config is known: the error may name a served module or auth."""
-    how = "and the fetch at start failed" if fetch_tried else "`netmon-agent run` fetches it at start"
-    note = f"no served config has been fetched yet (no cache file {cache_file}; {how}), so served modules and targets are not known"
+    how = ", and the fetch at start failed" if fetch_tried else "; `netmon-agent run` fetches one at start"
+    note = f"no served config has been fetched yet (no cache file {cache_file}{how}), so served modules and targets are not known"
     return ConfigError(exc.file, exc.line, exc.path, f"{exc.message}; {note}")
 
 
