@@ -52,6 +52,7 @@ class Agent:
         self._server: HttpServer | None = None
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._refused_served = False  # the last reload failed on a served config (reload_ok is 0 for that reason)
         self.address: tuple[str, int] | None = None
         self.pusher = None  # an agents.push.Pusher while the config has a `push:` section
         self.fleet: FleetSync | None = None  # while the config has a `fleet:` section
@@ -127,6 +128,7 @@ class Agent:
             except ConfigError as exc:
                 log.error("%s failed, keeping the previous config: %s", what, exc)
                 self.metrics.reload_ok.set(0)
+                self._refused_served = served is not None
                 return False
             new_config = loaded.config
             protect_secrets(new_config)  # secrets new in this config (a served SNMP community) are masked in logs too
@@ -138,10 +140,20 @@ class Agent:
             self.metrics.apply_config(new_config)
             self.metrics.reload_ok.set(1 if push_ok else 0)
             self.metrics.reload_time.set(time.time())
+            self._refused_served = False
             await self._apply_fleet(new_config.fleet)
             served_note = f" (served config {self.served.hash} from the {self.served.source})" if self.served else ""
             log.info("config reloaded: %d targets%s", len(new_config.targets), served_note)
             return push_ok
+
+    async def served_confirmed(self, served: Served) -> None:
+        """The collector answered 304 for the served config in use. If the last reload failed on a served config,
+        that one is withdrawn (its template reverted) and this agent runs what it should: the failure is over."""
+        async with self._reload_lock:
+            if self._refused_served and self.served is not None and served.hash == self.served.hash:
+                self._refused_served = False
+                self.metrics.reload_ok.set(1)
+                log.info("the collector serves the config in use (%s) again: the config it refused is withdrawn", served.hash)
 
     async def _reload_push(self, new_config: AgentConfig) -> bool:
         try:
@@ -173,7 +185,7 @@ class Agent:
             if old_task is not asyncio.current_task():  # a sync applying a config that turns itself off
                 await asyncio.gather(old_task, return_exceptions=True)
         if fleet is not None:
-            self.fleet = FleetSync(fleet, self.config.agent.id, lambda: self.served, self.apply_served)
+            self.fleet = FleetSync(fleet, self.config.agent.id, lambda: self.served, self.apply_served, self.served_confirmed)
             self._fleet_task = asyncio.create_task(self.fleet.run(), name="fleet:sync")
 
     def _on_result(self, target: Target, result: ProbeResult) -> None:

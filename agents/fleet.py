@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 8 << 20
+FETCH_RETRY_FIRST = 1.0  # seconds before retrying a failed fetch, doubling with each failure in a row ...
+FETCH_RETRY_MAX = 15.0  # ... up to this (or refresh_interval if shorter): the worst-case wait once the collector is back
 
 Source = Literal["collector", "cache"]
 
@@ -88,16 +91,23 @@ def load_at_start(path: str, fetch_when_needed: bool = False) -> LoadedConfig:
             log.warning("cached served config %s does not apply, starting from the local file alone: %s", fleet.cache_file, exc)
     try:
         return load_agent_config(path, None)
-    except ConfigError:
+    except ConfigError as exc:
         fetched = _fetch_at_start(fleet, ctx.convert(local.get("agent"), AgentIdentity, ("agent",)).id) if fetch_when_needed else None
         if fetched is None:
-            raise
+            raise exc if cached is not None else _noting_nothing_served_yet(exc, fleet.cache_file, fetch_when_needed) from None
     loaded = load_agent_config(path, fetched)
     try:
         write_cache(fleet.cache_file, fetched.text)
     except OSError as exc:
         log.error("cannot write the served-config cache %s: %s", fleet.cache_file, exc)
     return loaded
+
+
+def _noting_nothing_served_yet(exc: ConfigError, cache_file: str, fetch_tried: bool) -> ConfigError:
+    """The local file alone failed and no served config is known: the error may name a served module or auth."""
+    how = ", and the fetch at start failed" if fetch_tried else "; `netmon-agent run` fetches one at start"
+    note = f"no served config has been fetched yet (no cache file {cache_file}{how}), so served modules and targets are not known"
+    return ConfigError(exc.file, exc.line, exc.path, f"{exc.message}; {note}")
 
 
 def _fetch_at_start(fleet: FleetConfig, agent_id: str) -> Served | None:
@@ -247,15 +257,18 @@ class ConfigInfoCollector(Collector):
 
 
 class FleetSync:
-    """Fetches the served config every refresh_interval and hands a changed one to `apply`."""
+    """Fetches the served config every refresh_interval (sooner after a failed fetch) and hands a changed one to
+    `apply`; a 304 for the config in use goes to `confirmed`."""
 
     def __init__(self, fleet: FleetConfig, agent_id: str, applied: Callable[[], Served | None],
-                 apply: Callable[[Served], Awaitable[bool]]) -> None:
+                 apply: Callable[[Served], Awaitable[bool]], confirmed: Callable[[Served], Awaitable[None]]) -> None:
         self.config = fleet
         self.agent_id = agent_id
         self.stats = FetchStats()
         self._applied = applied
         self._apply = apply
+        self._confirmed = confirmed
+        self._failures = 0  # failed fetches in a row worth retrying soon (network errors, timeouts, 5xx)
         self._endpoint = _endpoint(fleet, agent_id)
 
     async def run(self) -> None:
@@ -265,7 +278,11 @@ class FleetSync:
             except Exception:  # noqa: BLE001 - a bug here must not end fetching for the agent's lifetime
                 log.exception("config refresh from %s failed", self._endpoint.url)
                 self.stats.last_success = 0.0
-            await asyncio.sleep(float(self.config.refresh_interval))
+            await asyncio.sleep(self._next_delay())
+
+    def _next_delay(self) -> float:
+        refresh = float(self.config.refresh_interval)
+        return retry_delay(self._failures, refresh) if self._failures else refresh
 
     async def refresh(self) -> None:
         applied = self._applied()
@@ -278,9 +295,12 @@ class FleetSync:
             self._succeeded()
             if applied.source != "collector":
                 await self._apply(replace(applied, source="collector"))
+            else:
+                await self._confirmed(applied)
             return
         if reply.status != 200:
-            self._failed(f"the collector answered {reply.status} to {self._endpoint.url}: {reply.body[:200].strip()}")
+            message = f"the collector answered {reply.status} to {self._endpoint.url}: {reply.body[:200].strip()}"
+            self._failed(message, retry_soon=reply.status >= 500)
             return
         self._succeeded()
         served = Served(reply.body, config_hash(reply.body), "collector")
@@ -301,12 +321,22 @@ class FleetSync:
             log.error("cannot write the served-config cache %s: %s", self.config.cache_file, exc)
 
     def _succeeded(self) -> None:
+        self._failures = 0
         self.stats.last_success = 1.0
         self.stats.last_success_time = time.time()
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, message: str, retry_soon: bool = True) -> None:
+        """retry_soon: the collector may be back in seconds; a refusal (4xx) waits for the regular refresh."""
         log.warning("%s", message)
+        self._failures = self._failures + 1 if retry_soon else 0
         self.stats.last_success = 0.0
+
+
+def retry_delay(failures: int, refresh_interval: float) -> float:
+    """The wait after this many failed fetches in a row: capped exponential backoff, never longer than the
+    regular refresh, and jittered so that agents cut off together do not all return at once."""
+    ceiling = min(FETCH_RETRY_FIRST * 2 ** min(failures - 1, 16), FETCH_RETRY_MAX, refresh_interval)
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def _endpoint(fleet: FleetConfig, agent_id: str) -> "Endpoint":

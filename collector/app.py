@@ -12,12 +12,12 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from foundation import __version__
-from foundation.httpserver import HttpServer, Request, Response, require_method
+from foundation.httpserver import PREFIX_ROUTE, HttpServer, Request, Response, require_method
 from foundation.remote_write import BlockSeries, compress, write_blocks
 from foundation.config.base import ConfigError
 from collector import exposition
 from collector.config import CollectorConfig, load_collector_config
-from collector.fleet import CONFIG_PREFIX, FetchLog, FleetCollector, config_path, serve_config
+from collector.fleet import CONFIG_PREFIX, FetchLog, FleetCollector, serve_config
 from collector.forward import ForwardCollector, Forwarder
 from collector.ingest import Receiver, TokenBucket
 from collector.scrape import Scraper
@@ -87,8 +87,9 @@ class Collector:
         self._routes = {
             WRITE_PATH: self._handle_write, "/metrics": self._handle_metrics, "/": self._handle_status,
             "/-/healthy": self._handle_healthy, "/-/ready": self._handle_healthy,
+            # every path under the prefix, known agent id or not: serve_config checks the credential first
+            CONFIG_PREFIX + PREFIX_ROUTE: self._handle_agent_config,
         }
-        self._install_fleet_routes()
         ssl_context = server_ssl_context(self.config.tls) if self.config.tls is not None else None
         self._server = HttpServer(self._routes, self.config.ingest.max_body_bytes, ssl_context)
         self.address = await self._server.start(*self._listen)
@@ -160,7 +161,6 @@ class Collector:
             self._forward(ended, now)  # to the remotes that had them, before those change
         self.receiver.follow(config)
         self.scraper = Scraper(self.store, config.scrape_timeout, self._forward, self.metrics.received.labels("pull").inc)
-        self._install_fleet_routes()
 
     async def _follow_remote_write(self, config: CollectorConfig) -> bool:
         """Stop the remote_write outs the config no longer has, start its new ones (their queues stay on disk)."""
@@ -227,19 +227,22 @@ class Collector:
         require_method(request, "GET")
         return Response(200, render_status(self.config, self.store, fetches=self.fetches).encode("utf-8"), "text/html; charset=utf-8")
 
-    def _install_fleet_routes(self) -> None:
-        """One config path per inventory agent, in the route table the server holds: call again after the
-        config changed (a reload), the served configs themselves are read from self.config on each request."""
-        for path in [path for path in self._routes if path.startswith(CONFIG_PREFIX)]:
-            del self._routes[path]
-        self._routes.update({config_path(agent.id): self._handle_agent_config for agent in self.config.agents})
-
     async def _handle_agent_config(self, request: Request) -> Response:
         require_method(request, "GET")
         response = serve_config(self.config.fleet, self.fetches, request)
-        if response.status in (401, 403):
-            log.warning("config fetch %s from %s refused (%d)", request.path, request.peer, response.status)
+        if response.status in (401, 403, 404):
+            self._log_config_refusal(request, response.status)
         return response
+
+    def _log_config_refusal(self, request: Request, status: int) -> None:
+        """Rate-limited like refused pushes: any path under the prefix reaches here, so a scan must not flood the log."""
+        address = request.peer.rpartition(":")[0]
+        held_back = self._refusals.admit(f"config fetch from {address}", str(status))
+        if held_back is not None:
+            log.warning(
+                "config fetch %r from %s refused (%d)%s", request.path, request.peer, status,
+                f" ({held_back} more such refusals since the last line)" if held_back else "",
+            )
 
     async def _handle_healthy(self, request: Request) -> Response:
         return Response.text(200, "Healthy\n")

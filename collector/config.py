@@ -258,7 +258,7 @@ def _build_agents(ctx: ConfigContext, raw: RawCollectorConfig, agencies: dict[st
             raise ctx.error(path + ("agency",), f"unknown agency {entry.agency!r}; define it under 'agencies'")
         token = _agent_token(ctx, entry, path)
         config_token = _config_token(ctx, entry, path)
-        for key, secret in (("bearer_token", token), ("config_token", config_token)):
+        for key, secret in ((_given("bearer_token", entry), token), (_given("config_token", entry), config_token)):
             if secret is not None:
                 digest = token_digest(secret.reveal())
                 if digest in tokens:
@@ -275,16 +275,21 @@ def _build_agents(ctx: ConfigContext, raw: RawCollectorConfig, agencies: dict[st
     return agents
 
 
+def _given(key: str, entry: AgentEntry) -> str:
+    """The key a credential was given with: KEY, or KEY_file when that is the one set."""
+    return f"{key}_file" if getattr(entry, f"{key}_file") is not None else key
+
+
 def _config_token(ctx: ConfigContext, entry: AgentEntry, path: Path) -> Secret | None:
     token = entry.config_token or entry.config_token_file
     if token is None:
         return None
     if entry.mode == "push":
-        raise ctx.error(path + ("config_token",), "a push agent fetches its config with its bearer_token")
+        raise ctx.error(path + (_given("config_token", entry),), "a push agent fetches its config with its bearer_token")
     if entry.config_token is not None and entry.config_token_file is not None:
         raise ctx.error(path + ("config_token",), "use only one of config_token and config_token_file")
     if not token.reveal():
-        raise ctx.error(path + ("config_token_file" if entry.config_token_file else "config_token",), "the credential is empty")
+        raise ctx.error(path + (_given("config_token", entry),), "the credential is empty")
     return token
 
 
@@ -294,7 +299,7 @@ def _agent_token(ctx: ConfigContext, entry: AgentEntry, path: Path) -> Secret | 
         if not entry.address or not re.match(r"^[^\s:/]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$", entry.address):
             raise ctx.error(path + ("address",), "a pull agent needs address: HOST:PORT of its /metrics")
         if token is not None:
-            raise ctx.error(path + ("bearer_token",), "a pull agent has no push credential")
+            raise ctx.error(path + (_given("bearer_token", entry),), "a pull agent has no push credential")
         return None
     if entry.address is not None:
         raise ctx.error(path + ("address",), "a push agent has no address (it is not scraped)")
@@ -303,7 +308,7 @@ def _agent_token(ctx: ConfigContext, entry: AgentEntry, path: Path) -> Secret | 
     if token is None:
         raise ctx.error(path, "a push agent needs bearer_token (${ENV}) or bearer_token_file")
     if not token.reveal():
-        raise ctx.error(path + ("bearer_token_file" if entry.bearer_token_file else "bearer_token",), "the credential is empty")
+        raise ctx.error(path + (_given("bearer_token", entry),), "the credential is empty")
     return token
 
 

@@ -237,31 +237,56 @@ def config_path(agent_id: str) -> str:
 
 
 def serve_config(fleet: Fleet, fetches: FetchLog, request: Request) -> Response:
-    """GET /api/v1/agents/<id>/config: 401 without a known credential, 403 for another agent's id, 304 when
-    If-None-Match names the served ETag, else 200 with the YAML."""
-    wanted = request.path[len(CONFIG_PREFIX):-len(CONFIG_SUFFIX)]
-    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-    digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()  # as collector.config.token_digest
-    agent = fleet.tokens.get(digest) if scheme.lower() == "bearer" and token.strip() else None
+    """GET (or HEAD) /api/v1/agents/<id>/config: 401 without a known credential, whatever id the path names (the
+    path is read only once the credential is known, so ids cannot be probed); 403 for another agent's id, known or
+    not; 304 when If-None-Match matches the served ETag, else 200 with the YAML."""
+    agent = authenticated_agent(fleet, request.headers.get("authorization"))
     if agent is None:
         return Response.text(401, "unauthorized: missing or unknown bearer token\n", **{"WWW-Authenticate": 'Bearer realm="netmon-collector"'})
-    if agent.id != wanted:
+    wanted = requested_agent(request.path)
+    if wanted is None:
+        return Response.text(404, f"no such path; agents fetch {config_path(agent.id)}\n")
+    if wanted != agent.id:
         return Response.text(403, f"forbidden: agent {agent.id} may fetch only its own config\n")
     served = fleet.configs.get(agent.id)
     if served is None:
         return Response.text(404, f"no config for agent {agent.id}\n")
-    fetches.record(agent.id, request)
+    fetches.record(agent.id, request.headers)
     headers = {"ETag": served.etag, "Cache-Control": "no-cache", HASH_HEADER: served.hash}
-    if served.etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+    if none_match(request.headers.get("if-none-match"), served.etag):
         return Response(304, b"", headers=headers)
     return Response(200, served.text.encode("utf-8"), "application/yaml; charset=utf-8", headers)
+
+
+def authenticated_agent(fleet: Fleet, authorization: str | None) -> InventoryAgent | None:
+    """The agent a bearer token belongs to. Every request costs the same: the digest of whatever came (empty if
+    nothing) and one lookup of it."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    agent = fleet.tokens.get(hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest())  # as collector.config.token_digest
+    return agent if scheme.lower() == "bearer" and token else None
+
+
+def requested_agent(path: str) -> str | None:
+    """The <id> of /api/v1/agents/<id>/config; None for any other path."""
+    if not path.startswith(CONFIG_PREFIX) or not path.endswith(CONFIG_SUFFIX):
+        return None
+    agent_id = path[len(CONFIG_PREFIX):-len(CONFIG_SUFFIX)]
+    return agent_id if agent_id and "/" not in agent_id else None
+
+
+def none_match(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match by weak comparison, as RFC 9110 13.1.2 says for GET: W/"x" matches "x", and * matches (an
+    authenticated agent always has a config)."""
+    tags = [tag.strip().removeprefix("W/") for tag in (if_none_match or "").split(",")]
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 @dataclass(slots=True)
 class FetchRecord:
     """What an agent told the collector on its last config fetch."""
 
-    time: float = 0.0  # unix seconds of the last authenticated fetch; 0: never
+    time: float = 0.0  # unix seconds of the agent's last fetch; 0: never
     applied_hash: str = ""  # the served config the agent runs (from its X-Netmon-Config-Hash header)
     version: str = ""  # the agent's build version
 
@@ -272,11 +297,16 @@ class FetchLog:
     def __init__(self) -> None:
         self.records: dict[str, FetchRecord] = {}
 
-    def record(self, agent_id: str, request: Request) -> None:
+    def record(self, agent_id: str, headers: Mapping[str, str]) -> None:
+        """Only a fetch that reports the agent's state (every agent fetch sends its version, and the hash of the
+        served config it runs if any) changes the record: a fetch by hand leaves what the agent reported."""
+        applied_hash, version = headers.get(HASH_HEADER.lower()), headers.get(VERSION_HEADER.lower())
+        if applied_hash is None and version is None:
+            return
         record = self.records.setdefault(agent_id, FetchRecord())
         record.time = time.time()
-        record.applied_hash = request.headers.get(HASH_HEADER.lower(), "")[:64]
-        record.version = request.headers.get(VERSION_HEADER.lower(), "")[:64]
+        record.applied_hash = (applied_hash or "")[:64]
+        record.version = (version or "")[:64]
 
     def get(self, agent_id: str) -> FetchRecord:
         return self.records.get(agent_id) or FetchRecord()

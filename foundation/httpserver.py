@@ -58,6 +58,7 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+PREFIX_ROUTE = "*"  # a route "/a/b/*" serves every path under /a/b/ that no exact route serves
 
 
 class HttpError(Exception):
@@ -145,7 +146,10 @@ class HttpServer:
                 response = await self._dispatch(request)
                 if request.version == "HTTP/1.0" and not isinstance(response.body, (bytes, bytearray)):
                     response.body = b"".join(response.body)  # HTTP/1.0 has no chunked encoding
-                await self._write(writer, response, close=not keep_alive, gzip_ok="gzip" in request.headers.get("accept-encoding", ""))
+                await self._write(
+                    writer, response, close=not keep_alive, gzip_ok="gzip" in request.headers.get("accept-encoding", ""),
+                    head_only=request.method == "HEAD",
+                )
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, ssl.SSLError):
             pass
         except asyncio.CancelledError:
@@ -205,8 +209,16 @@ class HttpServer:
             raise HttpError(413, f"request body of {length} bytes exceeds the limit of {self._max_body} bytes")
         return await asyncio.wait_for(reader.readexactly(length), HEADER_TIMEOUT)
 
+    def _handler(self, path: str) -> Handler | None:
+        """The exact route, else the longest prefix route the path is under."""
+        handler = self._routes.get(path)
+        if handler is not None:
+            return handler
+        prefixes = [route for route in self._routes if route.endswith(PREFIX_ROUTE) and path.startswith(route[:-1])]
+        return self._routes[max(prefixes, key=len)] if prefixes else None
+
     async def _dispatch(self, request: Request) -> Response:
-        handler = self._routes.get(request.path)
+        handler = self._handler(request.path)
         if handler is None:
             return Response.text(404, f"no such path {request.path}; see / for what is served\n")
         try:
@@ -217,9 +229,12 @@ class HttpServer:
             log.exception("handler for %s failed", request.path)
             return Response.text(500, "internal error; see the server log\n")
 
-    async def _write(self, writer: asyncio.StreamWriter, response: Response, close: bool, gzip_ok: bool = False) -> None:
+    async def _write(
+        self, writer: asyncio.StreamWriter, response: Response, close: bool, gzip_ok: bool = False, head_only: bool = False
+    ) -> None:
+        """head_only: the answer to a HEAD, the head the body would have had and no body."""
         if not isinstance(response.body, (bytes, bytearray)):
-            await self._write_chunked(writer, response, close, gzip_ok)
+            await self._write_chunked(writer, response, close, gzip_ok, head_only)
             return
         body = response.body
         headers = {"Content-Type": response.content_type, **response.headers}
@@ -229,10 +244,10 @@ class HttpServer:
         headers["Content-Length"] = str(len(body))
         if close:
             headers["Connection"] = "close"
-        writer.write(_head(response.status, headers) + body)
+        writer.write(_head(response.status, headers) + (b"" if head_only else body))
         await writer.drain()
 
-    async def _write_chunked(self, writer: asyncio.StreamWriter, response: Response, close: bool, gzip_ok: bool) -> None:
+    async def _write_chunked(self, writer: asyncio.StreamWriter, response: Response, close: bool, gzip_ok: bool, head_only: bool) -> None:
         """A large body piece by piece, so it is never whole in memory (a /metrics of 1,000 targets)."""
         headers = {"Content-Type": response.content_type, **response.headers, "Transfer-Encoding": "chunked"}
         compressor = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip_ok else None  # wbits 31: gzip framing
@@ -241,6 +256,9 @@ class HttpServer:
         if close:
             headers["Connection"] = "close"
         writer.write(_head(response.status, headers))
+        if head_only:
+            await writer.drain()
+            return
         for piece in response.body:
             data = compressor.compress(piece) if compressor is not None else piece
             if data:
@@ -261,5 +279,6 @@ def _head(status: int, headers: dict[str, str]) -> bytes:
 
 
 def require_method(request: Request, *methods: str) -> None:
-    if request.method not in methods:
+    """HEAD is allowed wherever GET is: the server sends the GET answer's head without its body (RFC 9110 9.3.2)."""
+    if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
         raise HttpError(405, f"method {request.method} not allowed; use {' or '.join(methods)}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +41,7 @@ class Fleet:
     agent_ports: dict[str, int]
     agent_fleet_url: str = ""  # what agents are configured with; default: the plain HTTP url
     agent_fleet_extra: str = ""  # more keys of the agents' fleet section
+    refresh_interval: float = REFRESH  # the agents' fleet.refresh_interval, seconds
 
     @property
     def url(self) -> str:
@@ -90,7 +93,7 @@ defaults: {{interval: 1s, timeout: 500ms}}
 fleet:
   url: {fleet.agent_fleet_url or fleet.url}
 {fleet.agent_fleet_extra}  bearer_token_file: {token_file}
-  refresh_interval: {REFRESH:g}s
+  refresh_interval: {fleet.refresh_interval:g}s
   timeout: 2s
   cache_file: {fleet.directory / agent_id / 'served.yml'}
 targets:  # uses a served module: the first start fetches before it can run
@@ -141,11 +144,14 @@ def applied_hash(fleet: Fleet, agent_id: str) -> str | None:
     return applied_hash_in(agent_metrics(fleet, agent_id), "collector")
 
 
-def fetch(fleet: Fleet, agent_id: str, token: str | None, headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+def fetch(
+    fleet: Fleet, agent_id: str, token: str | None, headers: dict[str, str] | None = None, method: str = "GET", path: str = "config"
+) -> tuple[int, str, dict[str, str]]:
+    """A fetch as by hand (urllib): none of the headers an agent sends unless given."""
     sent = dict(headers or {})
     if token is not None:
         sent["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(f"{fleet.url}/api/v1/agents/{agent_id}/config", headers=sent)
+    request = urllib.request.Request(f"{fleet.url}/api/v1/agents/{agent_id}/{path}", headers=sent, method=method)
     try:
         with urllib.request.urlopen(request, timeout=5) as reply:
             return reply.status, reply.read().decode(), dict(reply.headers)
@@ -346,19 +352,131 @@ def test_an_agent_fetches_over_https_checking_the_collector_against_its_ca_bundl
 
 
 def test_a_served_config_that_does_not_fit_the_local_file_is_not_applied_and_the_agent_shows_stale(tmp_path):
-    fleet = new_fleet(tmp_path)
-    with running_collector(fleet, collector_yaml(fleet)) as collector:
-        with running_agent(fleet, "xa-a-1", "xa-a"):
-            wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), 10, "xa-a-1 in sync")
-            before = applied_hash(fleet, "xa-a-1")
-            # valid on its own, but the agent's local target uses module tcp_connect, which is no longer served
-            reload_collector(fleet, collector, collector_yaml(fleet, module="tcp_check"))
-            refused = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 0.0
-            wait_until(refused, REFRESH + 4, "the agent refusing the served config")
-            metrics = agent_metrics(fleet, "xa-a-1")
-            collector_text = http_get(f"{fleet.url}/metrics")[1]
+    with agent_refusing_its_served_config(tmp_path) as (fleet, _, before):
+        metrics = agent_metrics(fleet, "xa-a-1")
+        collector_text = http_get(f"{fleet.url}/metrics")[1]
     assert applied_hash_in(metrics, "collector") == before != served_hash_in(collector_text, "xa-a-1")
     assert metric_value(metrics, "probe_success", target="local-self") == 1.0  # still probing with the old config
     assert metric_value(collector_text, "netmon_fleet_config_up_to_date", agent="xa-a-1") == 0.0
     log = (fleet.directory / "xa-a-1" / "agent.log").read_text()
     assert "failed, keeping the previous config" in log and "agent.yml:11: targets[0].module: unknown module 'tcp_connect'" in log
+
+
+def timed_replies(port: int, paths: list[str], token: str | None = None) -> list[tuple[bytes, float]]:
+    """GET each path in turn on one keep-alive connection: each whole reply (head and body), and how long it took."""
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
+    replies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        stream = sock.makefile("rb")
+        for path in paths:
+            started = time.perf_counter()
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: collector\r\n{authorization}\r\n".encode())
+            head = b""
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                head += line
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+            replies.append((head + b"\r\n" + stream.read(length), time.perf_counter() - started))
+    return replies
+
+
+def test_without_a_valid_token_known_and_unknown_agent_ids_get_the_same_401_in_the_same_time(tmp_path):
+    fleet = new_fleet(tmp_path)
+    paths = ["/api/v1/agents/xa-a-1/config", "/api/v1/agents/nobody-1/config"] * 300  # interleaved: load hits both alike
+    with running_collector(fleet, collector_yaml(fleet)):
+        anonymous = timed_replies(fleet.collector_port, paths)
+        bad_token = timed_replies(fleet.collector_port, paths[:2], token="not-a-token")
+        unknown_with_token = fetch(fleet, "nobody-1", TOKENS["xa-a-1"])
+        not_a_config_path = fetch(fleet, "xa-a-1", TOKENS["xa-a-1"], path="other")
+    known, unknown = anonymous[0::2], anonymous[1::2]
+    assert {reply for reply, _ in anonymous + bad_token} == {known[0][0]}  # byte for byte one answer
+    assert known[0][0].startswith(b"HTTP/1.1 401") and b"WWW-Authenticate: Bearer" in known[0][0]
+    known_time, unknown_time = (statistics.median(seconds for _, seconds in replies) for replies in (known, unknown))
+    assert abs(known_time - unknown_time) < 0.25 * min(known_time, unknown_time)  # before: the 404 took 40 % less
+    assert (unknown_with_token[0], not_a_config_path[0]) == (403, 404)
+
+
+def test_a_fetch_by_hand_changes_nothing_the_collector_records_of_an_agent(tmp_path):
+    fleet = new_fleet(tmp_path)
+    with running_collector(fleet, collector_yaml(fleet)):
+        with running_agent(fleet, "xa-a-1", "xa-a"):
+            wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), 10, "xa-a-1 in sync")
+        recorded = http_get(f"{fleet.url}/metrics")[1]
+        by_hand = [fetch(fleet, agent, TOKENS[agent])[0] for agent in ("xa-a-1", "xa-b-1")]  # no X-Netmon-* headers
+        collector_text, status_page = http_get(f"{fleet.url}/metrics")[1], http_get(f"{fleet.url}/")[1]
+    assert by_hand == [200, 200]
+    for agent in ("xa-a-1", "xa-b-1"):
+        for family in ("netmon_fleet_config_up_to_date", "netmon_fleet_last_fetch_timestamp_seconds"):
+            assert metric_value(collector_text, family, agent=agent) == metric_value(recorded, family, agent=agent)
+    assert metric_value(collector_text, "netmon_fleet_config_up_to_date", agent="xa-a-1") == 1.0
+    assert 'data-agent="xa-a-1" data-config="current"' in status_page and 'data-agent="xa-b-1" data-config="never"' in status_page
+
+
+def test_if_none_match_compares_weakly_and_star_matches_and_head_answers_without_a_body(tmp_path):
+    fleet = new_fleet(tmp_path)
+    token = TOKENS["xa-a-1"]
+    with running_collector(fleet, collector_yaml(fleet)):
+        status, body, headers = fetch(fleet, "xa-a-1", token)
+        etag = headers["ETag"]
+        matches = [fetch(fleet, "xa-a-1", token, {"If-None-Match": tag})[0] for tag in (f"W/{etag}", "*", f'"other", W/{etag}')]
+        other = fetch(fleet, "xa-a-1", token, {"If-None-Match": '"other", W/"other"'})[0]
+        head = fetch(fleet, "xa-a-1", token, method="HEAD")
+        head_unchanged = fetch(fleet, "xa-a-1", token, {"If-None-Match": etag}, method="HEAD")[0]
+        head_anonymous = fetch(fleet, "nobody-1", None, method="HEAD")[0]
+    assert status == 200 and matches == [304, 304, 304] and other == 200
+    assert head[0] == 200 and head[1] == "" and head[2]["ETag"] == etag and int(head[2]["Content-Length"]) == len(body.encode())
+    assert (head_unchanged, head_anonymous) == (304, 401)
+
+
+@contextmanager
+def agent_refusing_its_served_config(tmp_path: Path) -> Iterator[tuple[Fleet, subprocess.Popen, str]]:
+    """A collector and agent xa-a-1 in sync; then the collector serves xa-a-1 a config valid on its own that its
+    local file cannot use (its local target's module is no longer served) and the agent refuses it. Yields the
+    fleet, the collector and the hash the agent ran before (and still runs)."""
+    fleet = new_fleet(tmp_path)
+    with running_collector(fleet, collector_yaml(fleet)) as collector, running_agent(fleet, "xa-a-1", "xa-a"):
+        wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), 10, "xa-a-1 in sync")
+        before = applied_hash(fleet, "xa-a-1")
+        reload_collector(fleet, collector, collector_yaml(fleet, module="tcp_check"))
+        refused = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 0.0
+        wait_until(refused, REFRESH + 4, "the agent refusing the served config")
+        yield fleet, collector, before
+
+
+def test_a_refused_served_config_that_is_reverted_sets_the_last_reload_successful_again(tmp_path):
+    with agent_refusing_its_served_config(tmp_path) as (fleet, collector, before):
+        reload_collector(fleet, collector, collector_yaml(fleet))  # the template reverted: 304 for what it runs
+        recovered = lambda: metric_value(agent_metrics(fleet, "xa-a-1"), "netmon_agent_config_last_reload_successful") == 1.0
+        wait_until(recovered, REFRESH + 4, "the agent's reload metric back to 1")
+        wait_until(lambda: collector_sees_current(fleet, "xa-a-1"), REFRESH + 4, "the collector seeing xa-a-1 current")
+        after = applied_hash(fleet, "xa-a-1")
+    assert after == before
+    assert "the config it refused is withdrawn" in (fleet.directory / "xa-a-1" / "agent.log").read_text()
+
+
+def test_when_the_collector_is_back_a_failed_fetch_is_retried_within_seconds_not_a_refresh_interval(tmp_path):
+    fleet = new_fleet(tmp_path)
+    fleet.refresh_interval = 300.0
+    agent_log = fleet.directory / "xa-a-1" / "agent.log"
+    with running_collector(fleet, collector_yaml(fleet)):
+        with running_agent(fleet, "xa-a-1", "xa-a"):
+            wait_until(lambda: applied_hash(fleet, "xa-a-1") is not None, 10, "the first fetch (and the cache)")
+    with running_agent(fleet, "xa-a-1", "xa-a"):  # from the cache: its first fetch fails, and the retries after it
+        wait_until(lambda: agent_log.read_text().count("cannot fetch the config") >= 3, 15, "three failed fetches")
+        with running_collector(fleet, collector_yaml(fleet)):
+            back = time.monotonic()
+            wait_until(lambda: applied_hash(fleet, "xa-a-1") is not None, 30, "a fetch after the collector's return")
+            waited = time.monotonic() - back
+    assert waited < 12  # retries 1, 2, 4, 8 s apart (jittered down); without them: the next refresh, 300 s later
+
+
+def test_check_config_without_a_cache_says_no_served_config_was_fetched_yet(tmp_path):
+    fleet = new_fleet(tmp_path)
+    config = fleet.directory / "agent.yml"
+    config.write_text(agent_yaml(fleet, "xa-a-1", "xa-a"), encoding="utf-8")  # its local target uses a served module
+    checked = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "check-config", str(config)], capture_output=True, text=True,
+        env={**os.environ, **ENV}, cwd=str(ROOT), timeout=30,
+    )
+    assert checked.returncode == 2
+    assert "targets[0].module: unknown module 'tcp_connect'" in checked.stderr
+    assert f"no served config has been fetched yet (no cache file {fleet.directory / 'xa-a-1' / 'served.yml'}" in checked.stderr

@@ -206,3 +206,32 @@ def test_a_section_of_the_wrong_shape_is_an_error_not_a_crash(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_agent_config(local_file(tmp_path), served("targets: {a: 1}\n"))
     assert "served config" in str(caught.value) and "targets: must be a list" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "key, entry",
+    [
+        ("config_token_file", '{id: xa-a-2, agency: xa-a, mode: pull, address: "10.2.0.11:9855", config_token_file: FILE}'),
+        ("bearer_token_file", "{id: xa-a-2, agency: xa-a, mode: push, bearer_token_file: FILE}"),
+    ],
+)
+def test_a_duplicated_credential_is_reported_with_the_key_it_was_given_with(tmp_path, key, entry):
+    token_file = tmp_path / "copied.token"
+    token_file.write_text(ENV["FLEET_CFG_TOKEN_2"] + "\n", encoding="utf-8")  # xa-a-1's config_token
+    config = tmp_path / "collector.yml"
+    config.write_text(INVENTORY + f"  - {entry.replace('FILE', str(token_file))}\n", encoding="utf-8")
+    checked = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "check-config", str(config)], capture_output=True, text=True,
+        env={**os.environ, **ENV}, cwd=str(ROOT), timeout=30,
+    )
+    assert checked.returncode == 2
+    assert f"agents[2].{key}: the same credential is already bound to agent 'xa-a-1'" in checked.stderr
+
+
+def test_a_failed_fetch_is_retried_with_backoff_never_later_than_the_refresh_interval():
+    from agents.fleet import FETCH_RETRY_MAX, retry_delay
+
+    delays = [max(retry_delay(failures, 60.0) for _ in range(50)) for failures in range(1, 12)]
+    assert delays[0] <= 1.0 and delays[1] <= 2.0 and delays[2] <= 4.0
+    assert max(delays) <= FETCH_RETRY_MAX and delays[-1] > FETCH_RETRY_MAX / 2
+    assert all(retry_delay(failures, 3.0) <= 3.0 for failures in range(1, 2000))  # no overflow after long outages

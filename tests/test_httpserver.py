@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,6 +22,17 @@ async def server():
     host, port = await srv.start("127.0.0.1", 0)
     yield port
     await srv.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(routes: dict) -> AsyncIterator[int]:
+    """A server with these routes on a free port, closed after."""
+    srv = HttpServer(routes)
+    _, port = await srv.start("127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await srv.close()
 
 
 async def exchange(port: int, raw: bytes, read_all: bool = True) -> bytes:
@@ -153,3 +166,49 @@ async def test_one_address_holding_connections_open_gets_only_its_share_and_the_
     data = await exchange(port, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200")
     await srv.close()
+
+
+async def test_head_is_answered_like_get_without_a_body():
+    async def page(request: Request) -> Response:
+        require_method(request, "GET")
+        return Response.text(200, "a page", ETag='"v1"')
+
+    async with serving({"/page": page}) as port:
+        get = await exchange(port, b"GET /page HTTP/1.1\r\nConnection: close\r\n\r\n")
+        head = await exchange(port, b"HEAD /page HTTP/1.1\r\nConnection: close\r\n\r\n")
+    get_head, _, get_body = get.partition(b"\r\n\r\n")
+    assert get_body == b"a page" and head == get_head + b"\r\n\r\n"  # the same head, Content-Length included
+
+
+async def test_head_of_a_streamed_body_and_of_a_refusal_sends_no_body():
+    async def stream(request: Request) -> Response:
+        require_method(request, "GET")
+        return Response(200, (f"line {i}\n".encode() for i in range(100)))
+
+    async def post_only(request: Request) -> Response:
+        require_method(request, "POST")
+        return Response(204)
+
+    async with serving({"/stream": stream, "/post": post_only}) as port:
+        # keep-alive: a body sent by mistake would be read as the start of the next reply
+        streamed = await exchange(port, b"HEAD /stream HTTP/1.1\r\n\r\nHEAD /post HTTP/1.1\r\nConnection: close\r\n\r\n")
+    first, refused, rest = streamed.split(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in first
+    assert refused.startswith(b"HTTP/1.1 405") and rest == b""
+
+
+async def test_a_prefix_route_serves_every_path_under_it_that_no_exact_route_serves():
+    def answering(text: str):
+        async def handler(request: Request) -> Response:
+            return Response.text(200, text)
+
+        return handler
+
+    routes = {"/a/*": answering("a"), "/a/b/*": answering("a/b"), "/a/exact": answering("exact")}
+    async with serving(routes) as port:
+        bodies = [
+            (await exchange(port, f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())).partition(b"\r\n\r\n")[2]
+            for path in ("/a/x/y", "/a/b/c", "/a/exact", "/a", "/ab")
+        ]
+    assert bodies[:3] == [b"a", b"a/b", b"exact"]
+    assert all(body.startswith(b"no such path") for body in bodies[3:])
