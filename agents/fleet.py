@@ -19,21 +19,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Any, Awaitable, Literal
+from typing import Any, Awaitable, Literal
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric as Family
 from prometheus_client.registry import Collector
 
 from foundation import __version__
+from agents import USER_AGENT
 from agents.config.loader import config_from_sections
 from foundation.config.base import ConfigContext, ConfigError, read_config_file, yaml_sections
 from foundation.fleet_protocol import CONFIG_PATH, HASH_HEADER, KEYED_SECTIONS, NAMED_SECTIONS, SERVED_SECTIONS, VERSION_HEADER, WHOLE_SECTIONS, config_hash
 from agents.config.model import AgentConfig, AgentIdentity, FleetConfig
-from foundation.config.types import Secret
 from foundation.config.yamlpos import Path, PositionedData
-
-if TYPE_CHECKING:
-    from agents.push import Endpoint
+from foundation.httpclient import Endpoint, HttpClient, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -339,82 +337,23 @@ def retry_delay(failures: int, refresh_interval: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def _endpoint(fleet: FleetConfig, agent_id: str) -> "Endpoint":
-    from agents.push import Endpoint, push_ssl_context  # the push client's URL and TLS handling, one definition
-
-    token = fleet.bearer_token or fleet.bearer_token_file
-    authorization = Secret(f"Bearer {token.reveal()}", token.source) if token is not None else None
+def _endpoint(fleet: FleetConfig, agent_id: str) -> Endpoint:
     url = fleet.url.rstrip("/") + CONFIG_PATH.format(agent=agent_id)
-    context = push_ssl_context(fleet.tls) if url.startswith("https:") else None
-    return Endpoint.from_url(url, float(fleet.timeout), context, fleet.tls.server_name, authorization)
+    return Endpoint.configured(url, float(fleet.timeout), fleet.tls, fleet.bearer_token or fleet.bearer_token_file)
 
 
-async def fetch(endpoint: "Endpoint", applied_hash: str | None) -> FetchReply:
+async def fetch(endpoint: Endpoint, applied_hash: str | None) -> FetchReply:
     """One GET of the served config, on a connection of its own, bounded by the endpoint's timeout."""
-    async with asyncio.timeout(endpoint.timeout):
-        reader, writer = await asyncio.open_connection(
-            endpoint.host, endpoint.port, ssl=endpoint.ssl_context, server_hostname=endpoint.server_hostname
-        )
-        try:
-            writer.write(_request(endpoint, applied_hash))
-            await writer.drain()
-            return _parse_reply(await _read_all(reader))
-        finally:
-            writer.transport.abort()
-
-
-def _request(endpoint: "Endpoint", applied_hash: str | None) -> bytes:
-    lines = [
-        f"GET {endpoint.target} HTTP/1.1",
-        f"Host: {endpoint.host_header}",
-        f"User-Agent: netmon-agent/{__version__}",
-        f"{VERSION_HEADER}: {__version__}",
-        "Accept: application/yaml",
-        "Connection: close",
-    ]
+    headers = [(VERSION_HEADER, __version__), ("Accept", "application/yaml")]
     if applied_hash is not None:
-        lines += [f'If-None-Match: "{applied_hash}"', f"{HASH_HEADER}: {applied_hash}"]
-    if endpoint.authorization is not None:
-        lines.append(f"Authorization: {endpoint.authorization.reveal()}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-async def _read_all(reader: asyncio.StreamReader) -> bytes:
-    data = bytearray()
-    while chunk := await reader.read(65536):
-        data += chunk
-        if len(data) > MAX_CONFIG_BYTES:
-            raise FetchError(f"reply larger than {MAX_CONFIG_BYTES} bytes")
-    return bytes(data)
-
-
-def _parse_reply(data: bytes) -> FetchReply:
-    head, separator, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if not separator or len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise FetchError(f"not an HTTP reply: {data[:60]!r}")
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = _unchunk(body)
-    elif headers.get("content-length", "").isdigit():
-        body = body[: int(headers["content-length"])]
+        headers += [("If-None-Match", f'"{applied_hash}"'), (HASH_HEADER, applied_hash)]
+    client = HttpClient(endpoint, USER_AGENT, keep_alive=False)
     try:
-        text = body.decode("utf-8")
+        reply = await client.get(tuple(headers), max_body=MAX_CONFIG_BYTES)
+    except ProtocolError as exc:
+        raise FetchError(str(exc)) from exc
+    try:
+        text = reply.body.decode("utf-8")
     except UnicodeDecodeError:
         raise FetchError("the served config is not UTF-8") from None
-    return FetchReply(int(parts[1]), text, headers.get("etag"))
-
-
-def _unchunk(body: bytes) -> bytes:
-    out = bytearray()
-    while True:
-        size_line, _, rest = body.partition(b"\r\n")
-        try:
-            size = int(size_line.split(b";")[0].strip(), 16)
-        except ValueError:
-            raise FetchError("bad chunked encoding") from None
-        if size == 0:
-            return bytes(out)
-        out += rest[:size]
-        body = rest[size + 2:]
+    return FetchReply(reply.status, text, reply.headers.get("etag"))

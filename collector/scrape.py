@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from foundation.httpclient import Endpoint, HttpClient, ProtocolError
 from foundation.remote_write import METRIC_NAME, BlockSeries, Series
 from collector.store import AgentState, Rejected, SeriesStore
 
@@ -29,54 +30,17 @@ class ScrapeError(Exception):
 
 
 async def fetch_metrics(address: str, timeout: float) -> str:
-    """GET http://address/metrics with `Connection: close`: the reply ends with the connection."""
-    host, _, port = address.rpartition(":")
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        try:
-            request = f"GET /metrics HTTP/1.1\r\nHost: {address}\r\nUser-Agent: {USER_AGENT}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-            writer.write(request.encode("latin-1"))
-            await writer.drain()
-            reply = await reader.read(MAX_SCRAPE_BYTES + 1)
-            while True:
-                more = await reader.read(1 << 20)
-                if not more:
-                    break
-                reply += more
-                if len(reply) > MAX_SCRAPE_BYTES:
-                    raise ScrapeError(f"reply larger than {MAX_SCRAPE_BYTES} bytes")
-        finally:
-            writer.close()
-    head, separator, body = reply.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if not separator or len(parts) < 2 or parts[1] != "200":
-        raise ScrapeError(f"unexpected reply {status_line[:60]!r}")
-    if b"content-encoding: gzip" in head.lower():
+    """GET http://address/metrics with `Connection: close`, plain text only, within the timeout."""
+    client = HttpClient(Endpoint.from_url(f"http://{address}/metrics", timeout), USER_AGENT, keep_alive=False)
+    try:
+        reply = await client.get((("Accept", "text/plain"),), max_body=MAX_SCRAPE_BYTES)
+    except ProtocolError as exc:
+        raise ScrapeError(str(exc)) from exc
+    if reply.status != 200:
+        raise ScrapeError(f"unexpected reply {reply.status_line[:60]!r}")
+    if "gzip" in reply.headers.get("content-encoding", "").lower():
         raise ScrapeError("gzip reply to a request that did not accept it")
-    if b"transfer-encoding: chunked" in head.lower():
-        body = dechunk(body)
-    return body.decode("utf-8")
-
-
-def dechunk(body: bytes) -> bytes:
-    """The payload of a complete chunked body (trailers ignored)."""
-    parts, position = [], 0
-    while True:
-        line_end = body.find(b"\r\n", position)
-        if line_end < 0:
-            raise ScrapeError("truncated chunked reply")
-        try:
-            size = int(body[position:line_end].split(b";")[0], 16)
-        except ValueError:
-            raise ScrapeError(f"bad chunk size {body[position:line_end][:20]!r}") from None
-        if size == 0:
-            return b"".join(parts)
-        start = line_end + 2
-        if start + size + 2 > len(body):
-            raise ScrapeError("truncated chunked reply")
-        parts.append(body[start:start + size])
-        position = start + size + 2
+    return reply.body.decode("utf-8")
 
 
 def parse_exposition(text: str, timestamp_ms: int) -> list[Series]:

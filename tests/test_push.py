@@ -16,8 +16,9 @@ import pytest
 
 from foundation import remote_write as rw
 from agents.config import ConfigError, parse_config
-from agents.push import Endpoint, HttpClient, RemoteWriteSender, SendPolicy
+from foundation.httpclient import Endpoint, HttpClient
 from foundation.queue import DurableQueue, QueueLimits
+from foundation.sender import RemoteWriteSender, SendPolicy
 from tests.support.certs import make_ca, make_leaf
 from tests.support.httpd import HttpServer, Reply
 from tests.support.ports import free_port

@@ -36,7 +36,7 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from agents.push import Endpoint, HttpClient  # noqa: E402
+from foundation.httpclient import Endpoint, HttpClient  # noqa: E402
 from foundation.remote_write import HEADERS, Encoder, Series  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.procs import running, wait_for_port  # noqa: E402

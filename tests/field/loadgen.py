@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from foundation.config.types import Secret
-from agents.push import Endpoint, HttpClient, ProtocolError
+from foundation.httpclient import Endpoint, HttpClient, ProtocolError
 from foundation.remote_write import HEADERS, STALE_NAN, Encoder, Labels, Series, compress, encode, make_series
 
 WRITE_PATH = "/api/v1/write"
@@ -243,7 +243,7 @@ async def _run_agent(
 async def _push(client: HttpClient, body: bytes, stats: PushStats) -> tuple[int, float]:
     began = time.perf_counter()
     try:
-        reply = await client.post(body)
+        reply = await client.post(body, HEADERS)
     except (OSError, TimeoutError, ProtocolError) as exc:
         stats.errors[type(exc).__name__] += 1
         return 0, time.perf_counter() - began
@@ -443,7 +443,7 @@ async def _garbage(host: str, port: int, end: float, token: str) -> Counter:
         while time.time() < end:
             for body in bodies:
                 try:
-                    outcome[str((await client.post(body)).status)] += 1
+                    outcome[str((await client.post(body, HEADERS)).status)] += 1
                 except (OSError, TimeoutError, ProtocolError) as exc:
                     outcome[type(exc).__name__] += 1
     finally:

@@ -1,8 +1,9 @@
-"""Real HTTP/HTTPS servers for the HTTP prober's tests.
+"""Real HTTP/HTTPS servers for the HTTP prober's and the HTTP client's tests.
 
 `HttpServer` is the standard library's threaded http.server on 127.0.0.1 (or ::1), with routes the test
 sets; it records every request and the TLS server name (SNI) clients send. `raw_server` is a bare TCP
-server on the test's event loop for servers that misbehave: never answering, or answering garbage.
+server on the test's event loop for servers that misbehave: never answering, or answering garbage;
+`scripted_server` runs the test's own coroutine on each connection (stalls, replies over several writes).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import socket
 import ssl
 import threading
 import time
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -132,20 +134,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
 @asynccontextmanager
-async def raw_server(reply: bytes | None) -> AsyncIterator[int]:
-    """A TCP server on 127.0.0.1 that reads a request head, then sends reply and hangs up; with reply None
-    it never answers and holds the connection until the client leaves. Yields the port."""
+async def scripted_server(script: Script) -> AsyncIterator[int]:
+    """A TCP server on 127.0.0.1 that runs `script` on each connection, then hangs up. Yields the port."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if reply is None:
-                while await reader.read(4096):
-                    pass
-                return
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(reply)
-            await writer.drain()
+            await script(reader, writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -157,3 +155,19 @@ async def raw_server(reply: bytes | None) -> AsyncIterator[int]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def raw_server(reply: bytes | None) -> AbstractAsyncContextManager[int]:
+    """A TCP server on 127.0.0.1 that reads a request head, then sends reply and hangs up; with reply None
+    it never answers and holds the connection until the client leaves. Yields the port."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if reply is None:
+            while await reader.read(4096):
+                pass
+            return
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+
+    return scripted_server(answer)
