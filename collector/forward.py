@@ -19,8 +19,7 @@ METRICS_PREFIX = "netmon_collector_remote_write"
 METRICS_FAMILIES = (
     "samples_sent", "samples_dropped", "requests", "queue_pending_samples", "queue_bytes", "oldest_unsent_age_seconds",
 )
-# What the forwarder has sent since it was the agent's sender; naming the collector instead is a change of its own.
-USER_AGENT = f"netmon-agent/{__version__}"
+USER_AGENT = f"netmon-collector/{__version__}"
 
 
 class Forwarder:

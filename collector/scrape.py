@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from foundation import __version__
 from foundation.httpclient import Endpoint, HttpClient, ProtocolError
 from foundation.remote_write import METRIC_NAME, BlockSeries, Series
 from collector.store import AgentState, Rejected, SeriesStore
@@ -22,7 +23,7 @@ from collector.store import AgentState, Rejected, SeriesStore
 log = logging.getLogger(__name__)
 
 MAX_SCRAPE_BYTES = 32 << 20
-USER_AGENT = "netmon-collector"
+USER_AGENT = f"netmon-collector/{__version__}"
 
 
 class ScrapeError(Exception):
