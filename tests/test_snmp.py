@@ -169,6 +169,27 @@ async def test_v1_walks_the_table_with_getnext(snmpd):
     assert gauge(old, "probe_snmp_pdus_sent") >= len(names)  # one row per GETNEXT
 
 
+@pytest.mark.parametrize(
+    "spelling, auth, version",
+    [("1", "v1", 1), ('"1"', "v1", 1), ("2", "v2c", "2c"), ('"2"', "v2c", "2c"), ("2c", "v2c", "2c"),
+     ('"2c"', "v2c", "2c"), ("3", "v3", 3), ('"3"', "v3", 3)],
+)
+async def test_every_spelling_of_the_version_is_accepted_and_polls(snmpd, spelling, auth, version):
+    """YAML users quote numbers; snmp_exporter's configs write v2c as `2`."""
+    written = {"v1": "version: 1,", "v2c": "version: 2c,", "v3": "version: 3,"}[auth]
+    config = agent_config(device(snmpd, auth=auth, profiles="[system]")).replace(written, f"version: {spelling},")
+    target = parse_config(config).target("sw")
+    assert target.module.settings.auth.version == version
+    (result,) = await poll(target)
+    assert result.success, result.detail
+    assert by_label(result, "sysName", "sysName") == {socket.gethostname(): 1.0}
+
+
+def test_an_unknown_version_is_refused_with_its_key():
+    with pytest.raises(ConfigError, match=r"snmp_auths\.v2c\.version: .*'2d'"):
+        parse_config(agent_config("").replace("version: 2c,", 'version: "2d",'))
+
+
 async def test_wrong_community_is_a_timeout(snmpd, monkeypatch):
     monkeypatch.setenv("SNMPD_COMMUNITY", "not-the-community")
     (result,) = await poll(targets(device(snmpd, options=FAST))["sw"])

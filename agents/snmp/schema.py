@@ -42,12 +42,16 @@ AuthProtocol = Literal["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512", "SH
 PrivProtocol = Literal["DES", "AES", "AES192", "AES256", "AES192C", "AES256C", "AES-192", "AES-256", "AES-192-C", "AES-256-C"]
 SecurityLevel = Literal["noAuthNoPriv", "authNoPriv", "authPriv"]
 MIN_PASSPHRASE = 8  # RFC 3414 11.2: shorter passphrases are refused by agents
+# Spellings of the version users write: YAML gives `1` and `"1"` different types, and snmp_exporter's configs
+# say `2` for v2c. After load every one is 1, "2c" or 3.
+Version = Literal[1, 2, 3, "1", "2", "2c", "3"]
+_CANONICAL_VERSION = {"1": 1, 2: "2c", "2": "2c", "3": 3}
 
 
 class SnmpAuth(_Spec, kw_only=True):
     """One entry of `snmp_auths`: a v1/v2c community or a v3 USM user. Secrets only by reference."""
 
-    version: Literal[1, "2c", 3] = "2c"
+    version: Version = "2c"  # quoted or not; `2` is v2c, as snmp_exporter writes it
     community: SecretRef | None = None
     community_file: SecretFile | None = None
     username: str | None = None
@@ -59,6 +63,9 @@ class SnmpAuth(_Spec, kw_only=True):
     priv_password: SecretRef | None = None
     priv_password_file: SecretFile | None = None
     context_name: str = ""
+
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "version", _CANONICAL_VERSION.get(self.version, self.version))
 
     @property
     def community_secret(self) -> Secret | None:
