@@ -39,6 +39,10 @@ IF_HC_IN_OCTETS = "1.3.6.1.2.1.31.1.1.1.6"
 IF_HIGH_SPEED = "1.3.6.1.2.1.31.1.1.1.15"
 IF_NAME = "1.3.6.1.2.1.31.1.1.1.1"
 IF_DESCR = "1.3.6.1.2.1.2.2.1.2"
+IF_IN_OCTETS = "1.3.6.1.2.1.2.2.1.10"
+IF_SPEED = "1.3.6.1.2.1.2.2.1.5"
+HC_COLUMNS = {"ifHCInOctets", "ifHCOutOctets", "ifHCInUcastPkts", "ifHCOutUcastPkts"}
+FALLBACKS = {"ifInOctets", "ifOutOctets", "ifInUcastPkts", "ifOutUcastPkts"}  # and ifSpeed for ifHighSpeed
 FAST = "timeout: 3s, request_timeout: 300ms, retries: 1"
 
 
@@ -188,6 +192,54 @@ async def test_every_spelling_of_the_version_is_accepted_and_polls(snmpd, spelli
 def test_an_unknown_version_is_refused_with_its_key():
     with pytest.raises(ConfigError, match=r"snmp_auths\.v2c\.version: .*'2d'"):
         parse_config(agent_config("").replace("version: 2c,", 'version: "2d",'))
+
+
+def metric_names(result: ProbeResult) -> set[str]:
+    return {sample.metric.name for sample in result.samples}
+
+
+async def test_a_device_with_64_bit_counters_is_not_asked_for_the_32_bit_ones(snmpd):
+    (result,) = await poll(targets(device(snmpd))["sw"])
+    assert result.success, result.detail
+    assert HC_COLUMNS | {"ifHighSpeed"} <= metric_names(result)
+    assert not metric_names(result) & (FALLBACKS | {"ifSpeed"})
+
+
+async def test_a_device_without_ifxtable_reports_32_bit_counters_and_ifspeed_with_the_same_labels(snmpd):
+    target = targets(device(snmpd, "old", "no_ifx"))["old"]
+    before = walk(snmpd, IF_IN_OCTETS)
+    resources = ProbeResources()
+    try:
+        first, second = await poll(target, 2, resources)
+    finally:
+        resources.close()
+    after = walk(snmpd, IF_IN_OCTETS)
+    for result in (first, second):
+        assert result.success, result.detail
+        assert FALLBACKS | {"ifSpeed"} <= metric_names(result)
+        assert not metric_names(result) & (HC_COLUMNS | {"ifHighSpeed"})
+    ours = by_label(second, "ifInOctets", "ifIndex")
+    assert ours.keys() == before.keys() == after.keys()
+    for index, value in ours.items():  # loopback counters move with our own SNMP traffic
+        assert int(before[index]) <= value <= int(after[index])
+    assert by_label(second, "ifSpeed", "ifIndex") == {i: float(v) for i, v in walk(snmpd, IF_SPEED).items()}
+    descriptions = walk(snmpd, IF_DESCR)
+    for labels in series(second, "ifOutOctets"):
+        label = dict(labels)
+        assert list(label) == ["ifAlias", "ifDescr", "ifIndex", "ifName"]
+        assert (label["ifDescr"], label["ifName"], label["ifAlias"]) == (descriptions[label["ifIndex"]], "", "")
+    # the first poll found the lack and walked the fallbacks once more; the second walks them with the others
+    assert gauge(second, "probe_snmp_pdus_sent") < gauge(first, "probe_snmp_pdus_sent")
+
+
+async def test_v1_falls_back_to_the_32_bit_counters_and_keeps_ifhighspeed(snmpd):
+    (old,) = await poll(targets(device(snmpd, "old", "v1", profiles="[if_mib]"))["old"])
+    assert old.success, old.detail
+    indexes = set(walk(snmpd, IF_DESCR))
+    for name in FALLBACKS:
+        assert set(by_label(old, name, "ifIndex")) == indexes, name
+    assert set(by_label(old, "ifHighSpeed", "ifIndex")) == indexes  # Gauge32: readable over v1
+    assert "ifSpeed" not in metric_names(old)
 
 
 async def test_wrong_community_is_a_timeout(snmpd, monkeypatch):
@@ -414,6 +466,15 @@ def test_counter64_keeps_every_bit_and_stays_exact_below_2_53():
          "snmp_profiles.bad.scalars[0].oid", "not a numeric OID"),
         ("  - {name: a, address: 10.0.0.1, auth: v2c, profiles: [if_mib]}\n",
          "snmp_profiles:\n  if_mib: {scalars: []}\n", "snmp_profiles.if_mib", "built-in profile"),
+        ("  - {name: a, address: 10.0.0.1, auth: v2c, profiles: [ups]}\n",
+         "snmp_profiles:\n  ups:\n    tables:\n      - name: t\n        index: [{name: i}]\n        metrics:\n"
+         "          - {name: a, oid: 1.3.6.1.4.1.9.1, type: counter}\n"
+         "          - {name: b, oid: 1.3.6.1.4.1.9.2, type: counter, refresh: slow, fallback_for: a}\n",
+         "snmp_profiles.ups.tables[0].metrics[1].fallback_for", "walked on the cadence of 'a'"),
+        ("  - {name: a, address: 10.0.0.1, auth: v2c, profiles: [ups]}\n",
+         "snmp_profiles:\n  ups:\n    tables:\n      - name: t\n        index: [{name: i}]\n        metrics:\n"
+         "          - {name: b, oid: 1.3.6.1.4.1.9.2, type: counter, fallback_for: nope}\n",
+         "snmp_profiles.ups.tables[0].metrics[0].fallback_for", "'nope' is not another metric of this table"),
     ],
 )
 def test_config_errors_name_file_line_and_key(devices, extra, where, message):

@@ -26,6 +26,7 @@ class TableCache:
     values: dict[str, Values] = field(default_factory=dict)  # last walk of each non-`poll` column, by name
     known_rows: frozenset[bytes] = frozenset()  # rows that existed at the last label or slow walk
     triggers: dict[str, Values] = field(default_factory=dict)  # last values of refresh_slow_on_change columns
+    fallbacks: frozenset[str] = frozenset()  # fallback columns in use: some row lacked their primary column
     _row_labels: dict[bytes, Labels | None] = field(default_factory=dict)
 
     def invalidate(self) -> None:
@@ -38,17 +39,43 @@ class TableCache:
         self.row_count = row_count
 
     def store_labels(self, columns: tuple[Column, ...], walked: dict[str, Values], rows: list[bytes], now: float) -> None:
-        for column in columns:
-            self.values[column.name] = walked[column.name]
+        self._keep(columns, walked)
         self.known_rows = frozenset(rows)
         self._row_labels.clear()
         self.labels_at = now
 
     def store_slow(self, columns: tuple[Column, ...], walked: dict[str, Values], rows: list[bytes], now: float) -> None:
-        for column in columns:
-            self.values[column.name] = walked[column.name]
+        self._keep(columns, walked)
         self.known_rows = frozenset(rows)
         self.slow_at = now
+
+    def _keep(self, columns: tuple[Column, ...], walked: dict[str, Values]) -> None:
+        for column in columns:
+            if column.name in walked:
+                self.values[column.name] = walked[column.name]
+            else:  # a fallback not in use: its old values must not be served
+                self.values.pop(column.name, None)
+
+    def in_use(self, columns: tuple[Column, ...]) -> tuple[Column, ...]:
+        """The columns to walk: fallbacks only while some row lacks their primary column."""
+        return tuple(column for column in columns if column.fallback_for is None or column.name in self.fallbacks)
+
+    def fallbacks_due(self, table: TablePlan, walked: dict[str, Values], rows: list[bytes]) -> tuple[Column, ...]:
+        """Note which fallbacks the rows need, judged on the primary columns just walked; those still to walk now."""
+        using = set(self.fallbacks)
+        due = []
+        for column in table.columns:
+            primary = walked.get(column.fallback_for) if column.fallback_for is not None else None
+            if primary is None:
+                continue
+            if any(row not in primary for row in rows):
+                using.add(column.name)
+                if column.name not in walked:
+                    due.append(column)
+            else:
+                using.discard(column.name)
+        self.fallbacks = frozenset(using)
+        return tuple(due)
 
     def triggers_changed(self, table: TablePlan, walked: dict[str, Values]) -> bool:
         """Whether a refresh_slow_on_change column changed for a known row since the last poll; remembers them."""

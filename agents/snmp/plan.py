@@ -22,6 +22,7 @@ class Column:
     metric: Metric | None = None
     enum: dict[int, str] = field(default_factory=dict)
     refresh_slow_on_change: bool = False
+    fallback_for: str | None = None  # the column this one stands in for where a row lacks it
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ def compile_profiles(profiles: tuple[Profile, ...]) -> Plan:
             columns = [Column(encode_oid(lookup.oid), lookup.name, "lookup", "labels") for lookup in table.lookups]
             columns += [
                 Column(encode_oid(spec.oid), spec.name, spec.type, spec.refresh, _metric(spec), _enum(spec),
-                       spec.refresh_slow_on_change)
+                       spec.refresh_slow_on_change, spec.fallback_for)
                 for spec in table.metrics
             ]
             row_count = encode_oid(table.row_count_oid) if table.row_count_oid else None

@@ -3,7 +3,9 @@
 Which columns a table walk covers depends on the device's caches: `poll` columns always, label and `slow`
 columns when their cadence is due, the device rebooted or the row count changed. Rows the label cache has
 never seen, or a change in a `refresh_slow_on_change` column (ifOperStatus), add one follow-up walk of
-just the missing columns, so no series is ever emitted with stale or missing labels.
+just the missing columns, so no series is ever emitted with stale or missing labels. A `fallback_for` column
+(ifInOctets for ifHCInOctets) is walked only while some row lacks its primary column: on the poll that finds
+the lack, in one more walk; on later polls, with the others.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ async def _poll_table(walker: Walker, table: TablePlan, cache: TableCache, caden
     labels_due = bool(label_columns) and now - cache.labels_at >= cadence.label_refresh
     slow_due = bool(slow_columns) and now - cache.slow_at >= cadence.slow_refresh
     columns = table.group("poll") + (label_columns if labels_due else ()) + (slow_columns if slow_due else ())
-    fresh = await _walk(walker, columns)
+    fresh = await _walk(walker, cache.in_use(columns))
     rows = _rows(table, cache, fresh)
     new_rows = not cache.known_rows.issuperset(rows)
     triggered = cache.triggers_changed(table, fresh)
@@ -74,7 +76,10 @@ async def _poll_table(walker: Walker, table: TablePlan, cache: TableCache, caden
     if slow_columns and not slow_due and (triggered or new_rows):
         slow_due, follow_up = True, follow_up + slow_columns
     if follow_up:
-        fresh.update(await _walk(walker, follow_up))
+        fresh.update(await _walk(walker, cache.in_use(follow_up)))
+    fallbacks = cache.fallbacks_due(table, fresh, rows)
+    if fallbacks:  # rows lack a column (no ifXTable, SNMPv1): its fallback joins the walks from this poll on
+        fresh.update(await _walk(walker, fallbacks))
     if labels_due:
         cache.store_labels(label_columns, fresh, rows, now)
     if slow_due:
@@ -91,7 +96,7 @@ async def _walk(walker: Walker, columns: tuple[Column, ...]) -> dict[str, Values
 
 def _rows(table: TablePlan, cache: TableCache, fresh: dict[str, Values]) -> list[bytes]:
     """The table's rows now: those of the columns walked every poll (or, without any, of the cached ones)."""
-    sources = [fresh[column.name] for column in table.group("poll")]
+    sources = [fresh[column.name] for column in table.group("poll") if column.name in fresh]
     if not sources:
         sources = [fresh.get(column.name) or cache.values.get(column.name, {}) for column in table.columns
                    if column.type != "lookup"]

@@ -161,6 +161,7 @@ class MetricSpec(_Spec, kw_only=True):
     refresh: Refresh = "poll"
     refresh_slow_on_change: bool = False  # a change in this column re-walks the table's slow columns at once
     enum: dict[str, str] = {}  # value -> name, for enum_info (keys are integers written as YAML keys)
+    fallback_for: str | None = None  # walked only while a row of the table lacks this metric (ifInOctets for ifHCInOctets)
 
 
 class IndexSpec(_Spec, kw_only=True):
@@ -243,6 +244,18 @@ def _check_table(table: TableSpec, where: str) -> None:
         _check_metric(metric, f"{where}.metrics[{number}]")
         if metric.type in ("string", "enum_info") and metric.name in label_names:
             raise ValueError(f"{where}.metrics[{number}].name: {metric.name!r} is already a label of this table")
+        if metric.fallback_for is not None:
+            _check_fallback(table, metric, f"{where}.metrics[{number}].fallback_for")
+
+
+def _check_fallback(table: TableSpec, metric: MetricSpec, where: str) -> None:
+    primary = next((other for other in table.metrics if other.name == metric.fallback_for), None)
+    if primary is None or primary is metric:
+        raise ValueError(f"{where}: {metric.fallback_for!r} is not another metric of this table")
+    if primary.fallback_for is not None:
+        raise ValueError(f"{where}: {primary.name!r} is itself a fallback")
+    if primary.refresh != metric.refresh:
+        raise ValueError(f"{where}: a fallback is walked on the cadence of {primary.name!r} (refresh: {primary.refresh})")
 
 
 def load_builtin_profiles() -> dict[str, Profile]:

@@ -44,7 +44,7 @@ from agents.config.model import Target  # noqa: E402
 from agents.exposition import ResultCollector  # noqa: E402
 from agents.probes.resources import ProbeResources  # noqa: E402
 from agents.runner import run_target  # noqa: E402
-from agents.snmp.schema import Profile, load_builtin_profiles  # noqa: E402
+from agents.snmp.schema import MetricSpec, Profile, TableSpec, load_builtin_profiles  # noqa: E402
 from agents.store import ResultStore  # noqa: E402
 from tests.bench.bench_host import process_cpu_seconds, series  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
@@ -75,6 +75,11 @@ class Figure:
 # --- snmp_exporter -----------------------------------------------------------------------------------------------
 
 
+def walked_metrics(table: TableSpec) -> list[MetricSpec]:
+    """The columns the agent walks on this device (it has ifXTable): the 32-bit fallbacks are left out."""
+    return [spec for spec in table.metrics if spec.fallback_for is None]
+
+
 def exporter_module(profile: Profile, auth: dict) -> dict:
     """snmp_exporter 0.21's module for the same data: every column walked, lookups as labels, auth inside."""
     table = profile.tables[0]
@@ -83,13 +88,13 @@ def exporter_module(profile: Profile, auth: dict) -> dict:
                for lookup in table.lookups]
     metrics = [{"name": scalar.name, "oid": scalar.oid.removesuffix(".0"), "type": "gauge", "help": scalar.help}
                for scalar in profile.scalars]
-    for spec in table.metrics:
+    for spec in walked_metrics(table):
         metric = {"name": spec.name, "oid": spec.oid, "type": "EnumAsInfo" if spec.type == "enum_info" else spec.type,
                   "help": spec.help, "indexes": indexes, "lookups": lookups}
         if spec.enum:
             metric["enum_values"] = {int(key): value for key, value in spec.enum.items()}
         metrics.append(metric)
-    walk = [spec.oid for spec in table.metrics] + [lookup.oid for lookup in table.lookups]
+    walk = [spec.oid for spec in walked_metrics(table)] + [lookup.oid for lookup in table.lookups]
     return {"walk": walk, "get": [scalar.oid for scalar in profile.scalars], "metrics": metrics,
             "max_repetitions": 25, "timeout": "5s", "retries": 3, **auth}
 
@@ -184,7 +189,7 @@ async def bench_agent(server: Snmpd, polls: int) -> list[Figure]:
 def bench_snmpbulkwalk(server: Snmpd, polls: int) -> Figure:
     profile = load_builtin_profiles()["if_mib"]
     table = profile.tables[0]
-    columns = [spec.oid for spec in table.metrics] + [lookup.oid for lookup in table.lookups]
+    columns = [spec.oid for spec in walked_metrics(table)] + [lookup.oid for lookup in table.lookups]
     env = {**os.environ, "MIBS": ""}
     auth = ["-v2c", "-c", server.community, "-On", "-Cr25", server.address]
     commands = [[require_binary("snmpbulkwalk", "snmp"), *auth, column] for column in columns]

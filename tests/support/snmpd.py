@@ -26,6 +26,8 @@ from tests.support.procs import stop
 from tests.support.require import require_binary
 
 COMMUNITY = "c0mmunity-s3cret"  # distinctive, so tests can prove it never leaks
+# this community sees no ifXTable (a view excludes 1.3.6.1.2.1.31), like a cheap switch with 32-bit counters only
+NO_IFX_COMMUNITY = "0ld-sw1tch-s3cret"
 V3_USER = "testuser"
 V3_AUTH_PASSWORD = "authpass123"
 V3_PRIV_PASSWORD = "privpass123"
@@ -120,25 +122,32 @@ class Snmpd:
 
 
 def agent_config(devices: str, extra: str = "") -> str:
-    """An agent config with auths `v1`, `v2c` and `v3` (secrets from AGENT_ENV's variables) and these snmp_devices."""
+    """An agent config with auths `v1`, `v2c`, `v3` and `no_ifx` (v2c without ifXTable; secrets from AGENT_ENV's
+    variables) and these snmp_devices."""
     return (
         "agent: {id: snmp-test, agency: so-tttt}\n"
         "snmp_auths:\n"
         '  v1: {version: 1, community: "${SNMPD_COMMUNITY}"}\n'
         '  v2c: {version: 2c, community: "${SNMPD_COMMUNITY}"}\n'
+        '  no_ifx: {version: 2c, community: "${SNMPD_NO_IFX_COMMUNITY}"}\n'
         f'  v3: {{version: 3, username: {V3_USER}, auth_protocol: SHA, auth_password: "${{SNMPD_AUTH}}", '
         'priv_protocol: AES, priv_password: "${SNMPD_PRIV}"}\n'
         f"snmp_devices:\n{devices}{extra}"
     )
 
 
-AGENT_ENV = {"SNMPD_COMMUNITY": COMMUNITY, "SNMPD_AUTH": V3_AUTH_PASSWORD, "SNMPD_PRIV": V3_PRIV_PASSWORD}
+AGENT_ENV = {
+    "SNMPD_COMMUNITY": COMMUNITY, "SNMPD_NO_IFX_COMMUNITY": NO_IFX_COMMUNITY,
+    "SNMPD_AUTH": V3_AUTH_PASSWORD, "SNMPD_PRIV": V3_PRIV_PASSWORD,
+}
 
 
 def _config(host: str, port: int) -> str:
     users = {V3_USER: ("SHA", "AES"), **V3_PROTOCOL_USERS}
     return (
         f"agentAddress udp:{host}:{port}\nrocommunity {COMMUNITY} 127.0.0.1\n"
+        f"view noifxtable included .1\nview noifxtable excluded .1.3.6.1.2.1.31\n"
+        f"rocommunity {NO_IFX_COMMUNITY} 127.0.0.1 -V noifxtable\n"
         + "".join(
             f'createUser {user} {auth} "{V3_AUTH_PASSWORD}" {priv} "{V3_PRIV_PASSWORD}"\nrouser {user} priv\n'
             for user, (auth, priv) in users.items()
