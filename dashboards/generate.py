@@ -30,6 +30,18 @@ UP_DOWN = [
 RED_BELOW_ONE = {"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]}
 
 
+def bits_per_second(direction: str, selector: str) -> str:
+    """Interface traffic: the 64-bit counter where the interface has one, else the 32-bit one (old devices, SNMPv1);
+    `or` picks per interface, and rate() takes a 32-bit wrap for a counter reset (docs/snmp.md)."""
+    return (f"(rate(ifHC{direction}Octets{{{selector}}}[$__rate_interval])"
+            f" or rate(if{direction}Octets{{{selector}}}[$__rate_interval])) * 8")
+
+
+def link_bits_per_second(selector: str) -> str:
+    """Interface speed: ifHighSpeed (Mbit/s) where the device has it, else ifSpeed (bit/s); 0 means unknown."""
+    return f"((ifHighSpeed{{{selector}}} > 0) * 1e6 or (ifSpeed{{{selector}}} > 0))"
+
+
 @dataclass(frozen=True)
 class Query:
     expr: str
@@ -181,31 +193,40 @@ def province_overview() -> dict:
     )
 
 
+# One variable per prober on the agency page: each lists only the targets its panels can show, so any choice
+# shows data. A target is the prober's by a series only that prober emits.
+ICMP_TARGET = Variable("icmp_target", "ICMP target (Đích ping)", 'label_values(probe_icmp_packets_sent_total{agency="$agency"}, target)')
+HTTP_TARGET = Variable("http_target", "Web target (Trang web)", 'label_values(probe_http_status_code{agency="$agency"}, target)')
+DNS_TARGET = Variable("dns_target", "DNS target (Truy vấn DNS)", 'label_values(probe_dns_answer_rrs{agency="$agency"}, target)')
+
+
 def agency_detail() -> dict:
     agency = 'agency="$agency"'
-    target = 'agency="$agency", target=~"$target"'
+    icmp, http, dns = (f'agency="$agency", target=~"${variable.name}"' for variable in (ICMP_TARGET, HTTP_TARGET, DNS_TARGET))
     return dashboard(
         "netmon-agency", "Agency detail (Chi tiết cơ quan)",
         "One agency: its probes, its LAN devices and its agent host.",
-        [DISTRICT, ONE_AGENCY, Variable("target", "Target (Đối tượng)", 'label_values(probe_success{agency="$agency"}, target)')],
+        [DISTRICT, ONE_AGENCY, ICMP_TARGET, HTTP_TARGET, DNS_TARGET],
         [
             stat("Agency (Cơ quan)", "none", [Query(f"netmon_agency_info{{{agency}}}", "{{name}}", instant=True)], width=12),
             stat("Agents up", "none", [Query(f"netmon_agent_up{{{agency}}}", "{{agent}}", instant=True)], width=12,
                  defaults={"mappings": UP_DOWN, "thresholds": RED_BELOW_ONE}),
             Panel("state-timeline", "Probe results (Kết quả đo)", "none",
-                  [Query(f"probe_success{{{target}}}", "{{target}} ({{module}})")], width=24,
+                  [Query(f"probe_success{{{agency}}}", "{{target}} ({{module}})")], width=24,
+                  description="Every target of the agency, whatever its prober.",
                   defaults={"mappings": UP_DOWN, "thresholds": RED_BELOW_ONE}),
-            heatmap("RTT to the data center, all replies (Phân bố độ trễ)", "s",
-                    f"sum by (le) (rate(probe_icmp_rtt_seconds_bucket{{{target}}}[$__rate_interval]))"),
-            timeseries("Packet loss (Mất gói)", "percentunit",
-                       [Query(f"target:probe_icmp_packet_loss:ratio_rate5m{{{target}}}", "{{target}}")]),
-            timeseries("HTTP phases (Thời gian truy cập web)", "s",
-                       [Query(f"probe_http_duration_seconds{{{target}}}", "{{target}} {{phase}}")], stacked=True),
-            timeseries("DNS lookup time (Phân giải tên miền)", "s",
-                       [Query(f"probe_dns_lookup_time_seconds{{{target}}}", "{{target}}")]),
+            heatmap("RTT to $icmp_target, all replies (Phân bố độ trễ)", "s",
+                    f"sum by (le) (rate(probe_icmp_rtt_seconds_bucket{{{icmp}}}[$__rate_interval]))"),
+            timeseries("Packet loss to $icmp_target (Mất gói)", "percentunit",
+                       [Query(f"target:probe_icmp_packet_loss:ratio_rate5m{{{icmp}}}", "{{target}}")]),
+            timeseries("HTTP phases of $http_target (Thời gian truy cập web)", "s",
+                       [Query(f"probe_http_duration_seconds{{{http}}}", "{{target}} {{phase}}")], stacked=True),
+            timeseries("DNS lookup time of $dns_target (Phân giải tên miền)", "s",
+                       [Query(f"probe_dns_lookup_time_seconds{{{dns}}}", "{{target}}")]),
             timeseries("LAN device traffic (Lưu lượng thiết bị mạng)", "bps",
-                       [Query(f"rate(ifHCInOctets{{{agency}}}[$__rate_interval]) * 8", "{{target}} {{ifName}} in"),
-                        Query(f"rate(ifHCOutOctets{{{agency}}}[$__rate_interval]) * 8", "{{target}} {{ifName}} out")]),
+                       [Query(bits_per_second("In", agency), "{{target}} {{ifName}} in"),
+                        Query(bits_per_second("Out", agency), "{{target}} {{ifName}} out")],
+                       description="64-bit counters where the device has them, else the 32-bit ifInOctets/ifOutOctets."),
             table("LAN device interfaces (Cổng thiết bị)", "none",
                   [Query(f"ifOperStatus{{{agency}}}", "{{target}} {{ifName}}", instant=True)],
                   defaults={"mappings": UP_DOWN}),
@@ -262,13 +283,15 @@ def network_devices() -> dict:
         [DISTRICT, AGENCY, Variable("device", "Device (Thiết bị)", 'label_values(ifOperStatus{agency=~"$agency"}, target)')],
         [
             timeseries("Traffic in (Lưu lượng vào)", "bps",
-                       [Query(f"rate(ifHCInOctets{{{device}}}[$__rate_interval]) * 8", "{{target}} {{ifName}} {{ifAlias}}")]),
+                       [Query(bits_per_second("In", device), "{{target}} {{ifName}} {{ifAlias}}")],
+                       description="ifHCInOctets, or the 32-bit ifInOctets on devices without 64-bit counters."),
             timeseries("Traffic out (Lưu lượng ra)", "bps",
-                       [Query(f"rate(ifHCOutOctets{{{device}}}[$__rate_interval]) * 8", "{{target}} {{ifName}} {{ifAlias}}")]),
+                       [Query(bits_per_second("Out", device), "{{target}} {{ifName}} {{ifAlias}}")],
+                       description="ifHCOutOctets, or the 32-bit ifOutOctets on devices without 64-bit counters."),
             timeseries("Utilization (Mức sử dụng băng thông)", "percentunit", [
-                Query(f"rate(ifHCInOctets{{{device}}}[$__rate_interval]) * 8 / (ifHighSpeed{{{device}}} > 0) / 1e6", "{{target}} {{ifName}} in"),
-                Query(f"rate(ifHCOutOctets{{{device}}}[$__rate_interval]) * 8 / (ifHighSpeed{{{device}}} > 0) / 1e6", "{{target}} {{ifName}} out"),
-            ], description="Bits per second against ifHighSpeed (Mbit/s)."),
+                Query(f"{bits_per_second('In', device)} / {link_bits_per_second(device)}", "{{target}} {{ifName}} in"),
+                Query(f"{bits_per_second('Out', device)} / {link_bits_per_second(device)}", "{{target}} {{ifName}} out"),
+            ], description="Bits per second against ifHighSpeed (Mbit/s), or ifSpeed (bit/s) where the device has no ifHighSpeed."),
             timeseries("Errors and discards (Lỗi gói)", "pps", [
                 Query(f"rate(ifInErrors{{{device}}}[$__rate_interval])", "{{target}} {{ifName}} in errors"),
                 Query(f"rate(ifOutErrors{{{device}}}[$__rate_interval])", "{{target}} {{ifName}} out errors"),

@@ -1,11 +1,9 @@
 """Every dashboard query against live data. Agency so-y-te runs two agents: a pull agent probing real peers (ICMP,
-an HTTPS portal, Postfix and Dovecot, sshd listing a second Postfix's queue, its own host) and a push agent polling
-snmpd. Both report to the real collector (whose remote_write target is down); real Prometheus scrapes it with the
-project's rules. Every panel query and every variable query, with the template variables set to real values, must
-return at least one series.
-
-The SNMP device is polled by the push agent because, scraped by the collector, the agent's raw SNMP counters
-arrive renamed `ifHCInOctets_total` (the agent types them `counter`; prometheus_client's parser adds `_total`)."""
+an HTTPS portal, dnsmasq, Postfix and Dovecot, sshd listing a second Postfix's queue, snmpd, its own host) and a
+push agent polling snmpd as two old devices (one community that sees no ifXTable, one over SNMPv1) and pushing its
+host's series. Both report to the real collector (whose remote_write target is down); real Prometheus scrapes it
+with the project's rules. Every panel query and every variable query, with the template variables set to real
+values, must return at least one series; so must every Network devices panel for each old device."""
 
 from __future__ import annotations
 
@@ -18,9 +16,11 @@ import urllib.parse
 from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support.certs import make_ca, make_leaf
+from tests.support.dnsmasq import running_dnsmasq
 from tests.support.httpd import HttpServer, Reply
 from tests.support.mailserver import PROBE, USER, running_mail_system
 from tests.support.ports import free_port
@@ -36,8 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_FILES = sorted((ROOT / "dashboards").glob("*.json"))
 RULE_FILES = sorted((ROOT / "config" / "prometheus" / "rules").glob("*.yml"))
 PUSH_TOKEN = "live-dashboards-push-token-5c1e"
-VALUES = {"district": "tp-my-tho", "agency": "so-y-te", "device": "sw-core"}
-TARGET_BY_DASHBOARD = {"netmon-agency": ".*", "netmon-portals": "cong-tinh"}  # agency detail: "All"
+# one value per variable; the agency page has one target variable per prober, so no "All" is needed
+VALUES = {
+    "district": "tp-my-tho", "agency": "so-y-te", "device": "sw-core",
+    "icmp_target": "dc-core", "http_target": "cong-tinh", "dns_target": "dns-tinh",
+}
+TARGET_BY_DASHBOARD = {"netmon-portals": "cong-tinh"}
+OLD_DEVICES = ("sw-old", "sw-v1")  # no ifXTable; SNMPv1 (no Counter64)
 GRAFANA_INTERVALS = {"$__rate_interval": "10s", "$__interval": "2s", "$__range": "1m"}
 
 
@@ -61,7 +66,8 @@ def collector_extra(directory: Path) -> str:
     )
 
 
-def pull_agent_config(port: int, portal_url: str, portal_ca: Path, mail, held_mail, sshd, ssh_key: Path, wrong_password: Path) -> str:
+def pull_agent_config(port: int, portal_url: str, portal_ca: Path, mail, held_mail, sshd, ssh_key: Path, wrong_password: Path,
+                      dns_server: str, snmp_port: int) -> str:
     mail_tls = f"tls: starttls, tls_config: {{ca_file: '{mail.ca.cert}'}}"
     probe_auth = f"auth: {{username: '{PROBE.address}', password_file: '{mail.password_file(PROBE)}'}}"
     return f"""\
@@ -75,6 +81,7 @@ modules:
   smtp_starttls: {{prober: smtp, smtp: {{{mail_tls}}}}}
   imap_login: {{prober: imap, imap: {{{mail_tls}, auth: {{username: '{USER.address}', password_file: '{wrong_password}'}}}}}}
   pop3_login: {{prober: pop3, pop3: {{{mail_tls}, stat: true, {probe_auth}}}}}
+  dns_a: {{prober: dns, dns: {{query_name: portal.test.lan, query_type: A}}}}
   roundtrip:
     prober: mail_roundtrip
     mail_roundtrip:
@@ -89,11 +96,16 @@ targets:
   - {{name: imap-tinh, address: '{mail.address("imap")}', module: imap_login}}
   - {{name: pop3-tinh, address: '{mail.address("pop3")}', module: pop3_login}}
   - {{name: mail-roundtrip, address: '{mail.address("smtp")}', module: roundtrip}}
+  - {{name: dns-tinh, address: '{dns_server}', module: dns_a}}
 ssh_hosts:
   mail: {{address: 127.0.0.1, port: {sshd.port}, user: root, key_file: '{ssh_key}', host_key_fingerprint: '{sshd.host_key_fingerprint}'}}
 ssh_checks:
   - {{name: mail-queue, host: mail, command: 'postqueue_json {held_mail.postfix_config}'}}
   - {{name: mail-disk, host: mail, command: 'df /'}}
+snmp_auths:
+  lan: {{version: 2c, community: "${{SNMPD_COMMUNITY}}"}}
+snmp_devices:
+  - {{name: sw-core, address: 127.0.0.1, port: {snmp_port}, auth: lan, interval: 2s, timeout: 1s}}
 """
 
 
@@ -102,6 +114,7 @@ def push_agent_config(port: int, collector_port: int, token_file: Path, queue: P
 agent: {{id: so-y-te-2, agency: so-y-te}}
 listen: 127.0.0.1:{port}
 defaults: {{interval: 1s, timeout: 500ms}}
+host: {{enabled: true}}
 modules:
   tcp_connect: {{prober: tcp}}
 targets:
@@ -110,11 +123,14 @@ push:
   url: http://127.0.0.1:{collector_port}/api/v1/write
   bearer_token_file: {token_file}
   interval: 1s
+  self_metrics_interval: 1s
   queue: {{directory: '{queue}'}}
 snmp_auths:
-  lan: {{version: 2c, community: "${{SNMPD_COMMUNITY}}"}}
+  no_ifx: {{version: 2c, community: "${{SNMPD_NO_IFX_COMMUNITY}}"}}
+  v1: {{version: "1", community: "${{SNMPD_COMMUNITY}}"}}
 snmp_devices:
-  - {{name: sw-core, address: 127.0.0.1, port: {snmp_port}, auth: lan, interval: 2s, timeout: 1s}}
+  - {{name: sw-old, address: 127.0.0.1, port: {snmp_port}, auth: no_ifx, interval: 2s, timeout: 1s}}
+  - {{name: sw-v1, address: 127.0.0.1, port: {snmp_port}, auth: v1, interval: 2s, timeout: 1s}}
 """
 
 
@@ -141,27 +157,40 @@ def substituted(expr: str, values: dict[str, str]) -> str:
     return re.sub(r"\$(\w+)", lambda match: values[match.group(1)], expr)
 
 
-def dashboard_queries() -> list[tuple[str, str, str]]:
-    """(dashboard uid, what, PromQL) for every panel target and every variable, variables set to real values."""
+def dashboard_queries(values: dict[str, str] = VALUES, uids: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """(dashboard uid, what, PromQL) for every panel target and every variable (of the dashboards `uids`, default
+    all), variables set to real values."""
     found = []
     for path in DASHBOARD_FILES:
         board = json.loads(path.read_text(encoding="utf-8"))
-        values = {**VALUES, "target": TARGET_BY_DASHBOARD.get(board["uid"], "")}
+        if uids and board["uid"] not in uids:
+            continue
+        board_values = {**values, "target": TARGET_BY_DASHBOARD.get(board["uid"], "")}
         for panel in board["panels"]:
-            found += [(board["uid"], panel["title"], substituted(target["expr"], values)) for target in panel["targets"]]
+            found += [(board["uid"], panel["title"], substituted(target["expr"], board_values)) for target in panel["targets"]]
         for variable in board["templating"]["list"]:
             if variable["type"] == "query":
                 selector = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"]).group(1)
-                found.append((board["uid"], f"variable {variable['name']}", substituted(selector, values)))
+                found.append((board["uid"], f"variable {variable['name']}", substituted(selector, board_values)))
     return found
 
 
-def empty_queries(prometheus_url: str) -> list[tuple[str, str, str]]:
-    return [entry for entry in dashboard_queries() if not query(prometheus_url, entry[2])]
+def empty_queries(prometheus_url: str, queries: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    return [entry for entry in queries if not query(prometheus_url, entry[2])]
+
+
+def wait_for_series(prometheus_url: str, queries: list[tuple[str, str, str]], timeout: float = 60.0) -> list[tuple[str, str, str]]:
+    """The queries still empty after waiting up to `timeout` for all of them to return a series."""
+    deadline = time.monotonic() + timeout
+    missing = empty_queries(prometheus_url, queries)
+    while missing and time.monotonic() < deadline:
+        time.sleep(2)
+        missing = empty_queries(prometheus_url, missing)
+    return missing
 
 
 def queue_one_message(mail) -> None:
-    """The mail-queue check needs a queue to list: one message accepted and held back (defer_transports)."""
+    """One message accepted and held back (defer_transports), so the queue panel shows a depth above zero."""
     with smtplib.SMTP("127.0.0.1", mail.ports["smtp"], timeout=10) as client:
         client.sendmail(USER.address, [PROBE.address], f"From: <{USER.address}>\r\nSubject: queued\r\n\r\nhello\r\n")
 
@@ -173,9 +202,10 @@ def portal_server(directory: Path) -> tuple[HttpServer, Path]:
     return server, ca.cert
 
 
-def test_every_dashboard_query_returns_a_series_from_live_data(tmp_path: Path, monkeypatch) -> None:
-    for name, value in AGENT_ENV.items():
-        monkeypatch.setenv(name, value)  # the agent reads the community from the environment
+@pytest.fixture(scope="module")
+def prometheus_url(tmp_path_factory) -> str:
+    """The whole live setup, started once for this module's tests; Prometheus' URL."""
+    tmp_path = tmp_path_factory.mktemp("live")
     pull_port, push_port = free_port(), free_port()
     token_file = tmp_path / "push.token"
     token_file.write_text(PUSH_TOKEN + "\n", encoding="utf-8")
@@ -183,11 +213,15 @@ def test_every_dashboard_query_returns_a_series_from_live_data(tmp_path: Path, m
     wrong_password.write_text("not-the-password\n", encoding="utf-8")
     ssh_key = make_key(tmp_path / "ssh-key")
     with ExitStack() as stack:
+        environment = stack.enter_context(pytest.MonkeyPatch.context())
+        for name, value in AGENT_ENV.items():
+            environment.setenv(name, value)  # the agents read the communities from the environment
         mail = stack.enter_context(running_mail_system())
         held_mail = stack.enter_context(running_mail_system(defer_delivery=True))
         queue_one_message(held_mail)
         snmpd = stack.enter_context(running_snmpd(tmp_path / "snmpd"))
         sshd = stack.enter_context(running_sshd(tmp_path / "sshd", [ssh_key]))
+        dns = stack.enter_context(running_dnsmasq(tmp_path / "dnsmasq", ["host-record=portal.test.lan,127.0.0.1"]))
         server, portal_ca = portal_server(tmp_path / "portal")
         portal = stack.enter_context(server)
         collector = stack.enter_context(
@@ -196,16 +230,36 @@ def test_every_dashboard_query_returns_a_series_from_live_data(tmp_path: Path, m
         prometheus = stack.enter_context(running_prometheus(tmp_path / "prometheus", config=prometheus_config(collector.port)))
         pull_context, _ = start_agent(
             tmp_path / "pull-agent",
-            pull_agent_config(pull_port, portal.url("/"), portal_ca, mail, held_mail, sshd, ssh_key, wrong_password),
+            pull_agent_config(pull_port, portal.url("/"), portal_ca, mail, held_mail, sshd, ssh_key, wrong_password,
+                              dns.address, snmpd.port),
         )
         pull_agent = stack.enter_context(pull_context)
         push_context, _ = start_agent(tmp_path / "push-agent", push_agent_config(push_port, collector.port, token_file, tmp_path / "push-queue", snmpd.port))
         push_agent = stack.enter_context(push_context)
         wait_for_port("127.0.0.1", pull_port, proc=pull_agent)
         wait_for_port("127.0.0.1", push_port, proc=push_agent)
-        deadline = time.monotonic() + 60
-        missing = empty_queries(prometheus.url)
-        while missing and time.monotonic() < deadline:
-            time.sleep(2)
-            missing = empty_queries(prometheus.url)
-        assert missing == [], "\n".join(map(str, missing))
+        yield prometheus.url
+
+
+def test_every_dashboard_query_returns_a_series_from_live_data(prometheus_url: str) -> None:
+    missing = wait_for_series(prometheus_url, dashboard_queries())
+    assert missing == [], "\n".join(map(str, missing))
+
+
+@pytest.mark.parametrize("device", OLD_DEVICES)
+def test_every_device_panel_shows_an_old_device_from_its_32_bit_counters(prometheus_url: str, device: str) -> None:
+    """Traffic and utilization of a switch without ifXTable (ifInOctets, ifSpeed) or polled over v1 (ifInOctets,
+    ifHighSpeed): the same panels, falling back per interface."""
+    missing = wait_for_series(prometheus_url, dashboard_queries({**VALUES, "device": device}, ("netmon-devices",)))
+    assert missing == [], "\n".join(map(str, missing))
+    assert query(prometheus_url, f'ifHCInOctets{{target="{device}"}}') == []
+
+
+def test_snmp_series_of_a_scraped_agent_keep_snmp_exporter_names(prometheus_url: str) -> None:
+    """The collector scrapes the pull agent's SNMP counters (typed gauge) without renaming them `_total`."""
+    assert wait_for_series(prometheus_url, [("", "pulled", 'ifHCInOctets{agent="so-y-te-1", target="sw-core"}')]) == []
+    assert query(prometheus_url, '{__name__=~"ifHC.*_total"}') == []
+
+
+def test_host_series_of_a_pushing_agent_reach_prometheus(prometheus_url: str) -> None:
+    assert wait_for_series(prometheus_url, [("", "pushed", 'node_cpu_seconds_total{agent="so-y-te-2"}')]) == []
