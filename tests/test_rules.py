@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 import urllib.parse
 from contextlib import contextmanager
@@ -32,6 +33,10 @@ RULE_TEST_FILES = sorted((RULES_DIR / "tests").glob("*.yml"))
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 PROMETHEUS_EXAMPLE = ROOT / "config" / "prometheus" / "prometheus.example.yml"
 ALERTMANAGER_EXAMPLE = ROOT / "config" / "alertmanager.example.yml"
+GENERATOR = ROOT / "config" / "prometheus" / "generate.py"
+DEFAULT_RUNBOOK_BASE = "https://git.stttt.tiengiang.gov.vn/netmon/egov-netmon/-/blob/main/docs/runbooks.md"
+ANNOTATIONS = {"summary", "description", "summary_en", "description_en", "runbook_url"}
+VIETNAMESE_LETTERS = re.compile("[ăâđêôơưĂÂĐÊÔƠƯàáảãạằắẳẵặầấẩẫậèéẻẽẹềếểễệìíỉĩịòóỏõọồốổỗộờớởỡợùúủũụừứửữựỳýỷỹỵ]")
 # Series Prometheus makes itself, not the agent or the collector.
 PROMETHEUS_OWN_SERIES = {"up"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -74,6 +79,31 @@ def markdown_anchors(text: str) -> set[str]:
     return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
 
 
+def generate(out_dir: Path, *options: str) -> dict[str, str]:
+    subprocess.run([sys.executable, str(GENERATOR), *options, str(out_dir)], check=True, timeout=60)
+    return {path.name: path.read_text(encoding="utf-8") for path in sorted(out_dir.glob("*.yml"))}
+
+
+def test_committed_rules_are_what_the_generator_writes_for_the_default_runbook_base(tmp_path: Path) -> None:
+    committed = {path.name: path.read_text(encoding="utf-8") for path in RULE_FILES}
+    assert generate(tmp_path) == committed
+
+
+def test_the_runbook_base_url_is_a_parameter_of_the_generator(tmp_path: Path) -> None:
+    base = "https://wiki.so-tttt.example/netmon/runbooks.html"
+    generated = generate(tmp_path, "--runbook-base", base)
+    urls = {
+        rule["alert"]: rule["annotations"]["runbook_url"]
+        for text in generated.values()
+        for group in yaml.safe_load(text)["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    assert urls and all(url == f"{base}#{alert.lower()}" for alert, url in urls.items())
+    committed = {path.name: path.read_text(encoding="utf-8") for path in RULE_FILES}
+    assert {name: text.replace(base, DEFAULT_RUNBOOK_BASE) for name, text in generated.items()} == committed
+
+
 def test_rule_files_pass_promtool_check_rules() -> None:
     result = run([promtool(), "check", "rules", *map(str, RULE_FILES)])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -103,21 +133,32 @@ def test_every_firing_unit_test_checks_the_rendered_annotations() -> None:
         case["alertname"]
         for case in alert_test_cases()
         for expected in case["exp_alerts"]
-        if set(expected.get("exp_annotations", {})) != {"summary", "description", "runbook"}
+        if set(expected.get("exp_annotations", {})) != ANNOTATIONS
     ]
     assert unchecked == []
 
 
-def test_every_alert_has_for_severity_summary_description_and_runbook() -> None:
+def test_every_alert_has_for_severity_scope_and_its_annotations_in_both_languages() -> None:
     incomplete = [
         rule["alert"]
         for rule in alerting_rules()
         if "for" not in rule
         or rule["labels"].get("severity") not in {"warning", "critical"}
         or rule["labels"].get("scope") not in {"agency", "agent", "target", "collector"}
-        or not {"summary", "description", "runbook"} <= set(rule["annotations"])
+        or set(rule["annotations"]) != ANNOTATIONS
     ]
     assert incomplete == []
+
+
+def test_summaries_and_descriptions_are_vietnamese_with_the_english_beside() -> None:
+    untranslated = [
+        (rule["alert"], key)
+        for rule in alerting_rules()
+        for key in ("summary", "description")
+        if rule["annotations"][key] == rule["annotations"][f"{key}_en"]
+        or not VIETNAMESE_LETTERS.search(rule["annotations"][key])
+    ]
+    assert untranslated == []
 
 
 def test_every_agency_alert_joins_and_names_the_agency() -> None:
@@ -128,17 +169,18 @@ def test_every_agency_alert_joins_and_names_the_agency() -> None:
         and (
             "group_left (name) netmon_agency_info" not in rule["expr"]
             or "{{ $labels.name }}" not in rule["annotations"]["description"]
+            or "{{ $labels.name }}" not in rule["annotations"]["description_en"]
         )
     ]
     assert unnamed == []
 
 
-def test_every_runbook_annotation_points_at_a_section_of_the_runbooks() -> None:
+def test_every_runbook_url_links_to_the_section_of_its_alert_in_the_runbooks() -> None:
     anchors = markdown_anchors(RUNBOOKS.read_text(encoding="utf-8"))
-    expected = {f"docs/runbooks.md#{rule['alert'].lower()}" for rule in alerting_rules()}
-    runbooks = {rule["annotations"]["runbook"] for rule in alerting_rules()}
-    assert runbooks == expected
-    assert {link.split("#")[1] for link in runbooks} <= anchors
+    for rule in alerting_rules():
+        base, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert (base, anchor) == (DEFAULT_RUNBOOK_BASE, rule["alert"].lower())
+        assert anchor in anchors
 
 
 def test_every_metric_the_unit_tests_feed_is_emitted_by_the_agent_or_the_collector() -> None:
@@ -306,5 +348,7 @@ def test_a_stopped_agent_reaches_the_webhook_as_agency_offline_with_its_vietname
         "alertname": "NetmonAgencyOffline", "agency": AGENCY, "name": AGENCY_NAME, "district": "tp-my-tho",
         "level": "department", "severity": "critical", "scope": "agency", "province": "tien-giang",
     }
-    assert alert["annotations"]["summary"] == f"Agency offline: {AGENCY_NAME}"
-    assert alert["annotations"]["description"].startswith(f"No agent of {AGENCY_NAME} ({AGENCY}, district tp-my-tho)")
+    assert alert["annotations"]["summary"] == f"Cơ quan mất kết nối: {AGENCY_NAME}"
+    assert alert["annotations"]["description"].startswith(f"Không agent nào của {AGENCY_NAME} ({AGENCY}, huyện tp-my-tho)")
+    assert alert["annotations"]["summary_en"] == f"Agency offline: {AGENCY_NAME}"
+    assert alert["annotations"]["runbook_url"] == f"{DEFAULT_RUNBOOK_BASE}#netmonagencyoffline"
