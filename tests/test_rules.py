@@ -217,7 +217,7 @@ def test_prometheus_example_scrapes_the_collector_with_honor_labels() -> None:
 def test_alertmanager_example_config_passes_amtool_check_config() -> None:
     result = run([amtool(), "check-config", str(ALERTMANAGER_EXAMPLE)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 inhibit rules" in result.stdout
+    assert "2 inhibit rules" in result.stdout and "1 templates" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -267,9 +267,16 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
         server.server_close()
 
 
+def example_alertmanager_config() -> dict:
+    """The example config as data, its template globs made absolute (they are relative to the example's directory)."""
+    config = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text(encoding="utf-8"))
+    config["templates"] = [str(ALERTMANAGER_EXAMPLE.parent / glob) for glob in config["templates"]]
+    return config
+
+
 def alertmanager_config(webhook_url: str) -> str:
     """The example config, with the chat bridge replaced by the test's receiver and no waiting before sending."""
-    config = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text(encoding="utf-8"))
+    config = example_alertmanager_config()
     config["global"]["smtp_smarthost"] = f"127.0.0.1:{free_port()}"  # nothing listens: e-mail fails fast
     for route in config["route"]["routes"]:
         route["group_wait"] = "1s"
