@@ -81,6 +81,10 @@ def series(result: ProbeResult, name: str) -> dict[tuple[tuple[str, str], ...], 
     return {sample.labels: sample.value for sample in result.samples if sample.metric.name == name}
 
 
+def metric_names(result: ProbeResult) -> set[str]:
+    return {sample.metric.name for sample in result.samples}
+
+
 def by_label(result: ProbeResult, name: str, label: str) -> dict[str, float]:
     return {dict(labels)[label]: value for labels, value in series(result, name).items()}
 
@@ -97,6 +101,19 @@ def walk(server: Snmpd, oid: str) -> dict[str, str]:
         name, _, value = line.partition(" = ")
         out[name.removeprefix(f".{oid}.")] = value.split(": ", 1)[1].strip('"') if ": " in value else ""
     return out
+
+
+def assert_read_between(result: ProbeResult, name: str, before: dict[str, str], after: dict[str, str]) -> None:
+    """Each interface's counter as polled lies between walks taken before and after the poll (loopback counters
+    move with our own SNMP traffic)."""
+    ours = by_label(result, name, "ifIndex")
+    assert ours.keys() == before.keys() == after.keys()
+    for index, value in ours.items():
+        assert int(before[index]) <= value <= int(after[index])
+
+
+def walked_numbers(server: Snmpd, oid: str) -> dict[str, float]:
+    return {index: float(value) for index, value in walk(server, oid).items()}
 
 
 def server_value(server: Snmpd, oid: str) -> float:
@@ -125,12 +142,8 @@ async def test_v2c_poll_emits_snmp_exporter_names_and_labels(snmpd):
 async def test_values_equal_snmpbulkwalk(snmpd):
     before = walk(snmpd, IF_HC_IN_OCTETS)
     (result,) = await poll(targets(device(snmpd))["sw"])
-    after = walk(snmpd, IF_HC_IN_OCTETS)
-    ours = by_label(result, "ifHCInOctets", "ifIndex")
-    assert ours.keys() == before.keys() == after.keys()
-    for index, value in ours.items():  # loopback counters move with our own SNMP traffic
-        assert int(before[index]) <= value <= int(after[index])
-    assert by_label(result, "ifHighSpeed", "ifIndex") == {i: float(v) for i, v in walk(snmpd, IF_HIGH_SPEED).items()}
+    assert_read_between(result, "ifHCInOctets", before, walk(snmpd, IF_HC_IN_OCTETS))
+    assert by_label(result, "ifHighSpeed", "ifIndex") == walked_numbers(snmpd, IF_HIGH_SPEED)
     descriptions = walk(snmpd, IF_DESCR)
     assert {dict(labels)["ifIndex"]: dict(labels)["ifDescr"] for labels in series(result, "ifHCInOctets")} == descriptions
 
@@ -194,10 +207,6 @@ def test_an_unknown_version_is_refused_with_its_key():
         parse_config(agent_config("").replace("version: 2c,", 'version: "2d",'))
 
 
-def metric_names(result: ProbeResult) -> set[str]:
-    return {sample.metric.name for sample in result.samples}
-
-
 async def test_a_device_with_64_bit_counters_is_not_asked_for_the_32_bit_ones(snmpd):
     (result,) = await poll(targets(device(snmpd))["sw"])
     assert result.success, result.detail
@@ -218,11 +227,8 @@ async def test_a_device_without_ifxtable_reports_32_bit_counters_and_ifspeed_wit
         assert result.success, result.detail
         assert FALLBACKS | {"ifSpeed"} <= metric_names(result)
         assert not metric_names(result) & (HC_COLUMNS | {"ifHighSpeed"})
-    ours = by_label(second, "ifInOctets", "ifIndex")
-    assert ours.keys() == before.keys() == after.keys()
-    for index, value in ours.items():  # loopback counters move with our own SNMP traffic
-        assert int(before[index]) <= value <= int(after[index])
-    assert by_label(second, "ifSpeed", "ifIndex") == {i: float(v) for i, v in walk(snmpd, IF_SPEED).items()}
+    assert_read_between(second, "ifInOctets", before, after)
+    assert by_label(second, "ifSpeed", "ifIndex") == walked_numbers(snmpd, IF_SPEED)
     descriptions = walk(snmpd, IF_DESCR)
     for labels in series(second, "ifOutOctets"):
         label = dict(labels)
