@@ -44,7 +44,7 @@ from foundation.remote_write import HEADERS, Encoder, RemoteWriteError, Series, 
 if TYPE_CHECKING:
     from agents.config.model import Target
     from foundation.config.remote_write import PushConfig, PushTls
-    from agents.probes.base import ProbeResult
+    from agents.results import ProbeResult
     from agents.store import ResultStore, TargetState
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from foundation import remote_write as rw
-from agents.config import ConfigError, parse_config
+from agents.catalog import parse_config
+from agents.config import ConfigError
 from agents.push import Endpoint, HttpClient, RemoteWriteSender, SendPolicy
 from foundation.queue import DurableQueue, QueueLimits
 from tests.support.certs import make_ca, make_leaf
