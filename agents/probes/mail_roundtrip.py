@@ -81,6 +81,10 @@ CLEANUP_RESERVE_RATIO, CLEANUP_RESERVE_MAX = 0.1, 2.0  # of the timeout, kept fo
 QUIT_GRACE = 1.0  # seconds to wait for the answer to QUIT once the message is accepted
 
 
+class RoundtripFailure(MailFailure):
+    NOT_DELIVERED = Reason("not_delivered")  # the message did not reach the mailbox in time
+
+
 class ImapMailbox(imap.ImapSettings, tag_field="protocol", tag="imap"):
     server: str | None = None  # host or host:port of the mailbox server; default the target's host
     poll_interval: Duration = Duration(0.025)  # a look is NOOP + UID SEARCH on one session: cheap
@@ -122,10 +126,6 @@ class RoundtripState:
     pending: dict[str, float] = field(default_factory=dict)  # token -> when the SMTP server accepted it (unixtime)
     last_delivery_seconds: float | None = None
     last_success_at: float | None = None
-
-
-class RoundtripFailure(MailFailure):
-    NOT_DELIVERED = Reason("not_delivered")  # the message did not reach the mailbox in time
 
 
 class RoundtripStates:
