@@ -20,10 +20,11 @@ from foundation.config.remote_write import PushConfig
 from agents.exposition import FamiliesCollector, render_chunks, result_families
 from agents.fleet import ConfigInfoCollector, FleetSync, Served, load_agent_config
 from agents.host.collector import HostCollector
+from agents.host.config import host_config
 from foundation.httpserver import HttpError, HttpServer, Request, Response, require_method
 from foundation.logs import protect_secrets
-from agents.probes.base import ProbeResult, ProbeTarget
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
 from agents.runner import run_probe
 from agents.scheduler import Scheduler
 from agents.selfmetrics import AgentMetrics
@@ -46,7 +47,7 @@ class Agent:
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = AgentMetrics(self.registry)
         self.store = ResultStore()
-        self.registry.register(HostCollector(lambda: self.config.host))  # follows reloads
+        self.registry.register(HostCollector(lambda: host_config(self.config)))  # follows reloads
         self.resources = ProbeResources()
         self._scheduler: Scheduler | None = None
         self._server: HttpServer | None = None
@@ -134,7 +135,7 @@ class Agent:
             protect_secrets(new_config)  # secrets new in this config (a served SNMP community) are masked in logs too
             self.config, self.served, self.local_hash = new_config, loaded.served, loaded.local_hash
             push_ok = await self._reload_push(new_config)
-            self.resources.tls.clear()  # CA bundles and client certs may have been replaced on disk
+            self.resources.reload()  # state built from files (CA bundles, client certs): they may have been replaced
             assert self._scheduler is not None
             await self._scheduler.apply(new_config.targets, new_config.max_concurrent_probes)
             self.metrics.apply_config(new_config)

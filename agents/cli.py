@@ -13,7 +13,7 @@ from agents.config import AgentConfig, ConfigError
 from agents.fleet import LoadedConfig, load_at_start
 from foundation.config.base import listen_argument
 from foundation.logs import protect_secrets, setup_logging
-from agents.probes.base import ProbeResult
+from agents.results import ProbeResult
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -97,7 +97,7 @@ def unsupported_here(config: AgentConfig, platform: str = sys.platform) -> list[
 
 
 async def _probe_once(config: AgentConfig, names: list[str] | None, as_json: bool) -> int:
-    from agents.probes.resources import ProbeResources
+    from agents.resources import ProbeResources
     from agents.runner import run_target
 
     targets = list(config.targets)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.registry import Collector
 
-from agents.probes.base import Metric, ProbeResult, Sample
+from agents.results import Metric, ProbeResult, Sample
 from foundation.textformat import family_header, format_value, label_pairs
 from agents.store import Histogram, ResultStore, TargetState
 

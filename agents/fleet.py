@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from foundation import __version__
 from agents import USER_AGENT
-from agents.config.loader import config_from_sections
+from agents.catalog import config_from_sections
 from foundation.config.base import ConfigContext, ConfigError, read_config_file, yaml_sections
 from foundation.fleet_protocol import CONFIG_PATH, HASH_HEADER, KEYED_SECTIONS, NAMED_SECTIONS, SERVED_SECTIONS, VERSION_HEADER, WHOLE_SECTIONS, config_hash
 from agents.config.model import AgentConfig, AgentIdentity, FleetConfig

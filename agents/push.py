@@ -22,7 +22,7 @@ from foundation.sender import REASON_INVALID, QueuedSender, SenderMetrics, Sende
 
 if TYPE_CHECKING:
     from agents.config.model import Target
-    from agents.probes.base import ProbeResult
+    from agents.results import ProbeResult
     from agents.store import ResultStore, TargetState
     from foundation.config.remote_write import PushConfig
 

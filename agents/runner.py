@@ -10,11 +10,11 @@ import asyncio
 import logging
 import time
 
+from agents.catalog import PROBERS
 from agents.config.model import ModuleConfig, Target
-from agents.probes.table import PROBERS
-from agents.probes.base import Failure, Metric, ProbeResult, ProbeTarget, Sample
 from agents.probes.resolve import ResolveError, resolve_all
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
+from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Sample
 
 log = logging.getLogger(__name__)
 

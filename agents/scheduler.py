@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 
 from agents.config.model import Target
-from agents.probes.base import ProbeResult
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
+from agents.results import ProbeResult
 from agents.runner import run_target
 from agents.selfmetrics import AgentMetrics
 from agents.store import ResultStore

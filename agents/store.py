@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 from agents.config.model import Target
-from agents.probes.base import Metric, ProbeResult
+from agents.results import Metric, ProbeResult
 
 SeriesKey = tuple[Metric, tuple[tuple[str, str], ...]]
 

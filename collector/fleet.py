@@ -22,7 +22,7 @@ import yaml
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric as Family
 from prometheus_client.registry import Collector
 
-from agents.config.loader import config_from_sections
+from agents.catalog import config_from_sections
 from foundation.config.base import ConfigContext, ConfigError, format_path, unresolved_references_hook
 from foundation.config.yamlpos import Path, PositionedData
 from foundation.httpserver import Request, Response

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import ConfigError, load_config, parse_config
+from agents.catalog import load_config, parse_config
+from agents.config import ConfigError
 from foundation.config.types import Duration
 
 ROOT = Path(__file__).resolve().parent.parent

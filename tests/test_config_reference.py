@@ -40,7 +40,7 @@ def test_a_row_carries_key_type_default_and_the_fields_source_comment(generated)
 
 
 def test_every_prober_configurable_as_a_module_has_a_section(generated):
-    from agents.probes.table import PROBERS
+    from agents.catalog import PROBERS
 
     text = (generated / "agent.md").read_text(encoding="utf-8")
     for name in set(PROBERS) - {"snmp", "ssh"}:  # those two are configured by snmp_devices and ssh_checks

@@ -28,8 +28,8 @@ from typing import Iterator, Sequence
 import pytest
 
 from agents.cli import unsupported_here
-from agents.config import parse_config
-from agents.probes.base import Failure
+from agents.catalog import parse_config
+from agents.results import Failure
 from tests.support.netns import REPO_ROOT, NetnsPair, netns_pair, ns_exec, ns_popen
 from tests.support.ports import free_port
 from tests.support.procs import stop

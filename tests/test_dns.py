@@ -14,11 +14,13 @@ from typing import Iterator
 
 import pytest
 
-from agents.config import ConfigError, parse_config
+from agents.catalog import parse_config
+from agents.config import ConfigError
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, ProbeResult, ProbeTarget
+from agents.probes.dns import DnsFailure as Failure
+from agents.results import ProbeResult, ProbeTarget
 from agents.probes.dns import probe
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
 from tests.support.dnsmasq import Dnsmasq, free_udp_and_tcp_port, running_dnsmasq
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port

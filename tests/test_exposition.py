@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agents.config import parse_config
+from agents.catalog import parse_config
 from agents.exposition import FamiliesCollector, ResultCollector, result_families
-from agents.probes.base import Metric, ProbeResult
+from agents.results import Metric, ProbeResult
 from agents.store import ResultStore
 
 SENT = Metric("probe_test_packets_sent_total", "Packets sent", "counter")

@@ -15,7 +15,7 @@ def test_loading_the_agent_and_its_config_imports_no_heavy_library():
     script = (
         "import json, sys\n"
         "import agents.app, agents.cli\n"
-        "from agents.config import load_config\n"
+        "from agents.catalog import load_config\n"
         "load_config('config/agent.example.yml')\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {[h.split('.')[0] for h in HEAVY]!r})\n"
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) forking pytest process

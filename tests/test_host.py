@@ -19,10 +19,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.config import ConfigError, parse_config
+from agents.catalog import parse_config
+from agents.config import ConfigError
 from agents.host import COLLECTORS
 from agents.host.base import CollectorSpec
 from agents.host.collector import HostCollector
+from agents.host.config import host_config
 from agents.host.diskstats import DEFAULT_DEVICE_EXCLUDE
 from agents.host.filesystem import (
     DEFAULT_FS_TYPES_EXCLUDE,
@@ -226,7 +228,7 @@ def test_promtool_flags_only_the_camel_case_meminfo_names_node_exporter_uses(age
 def exposition(host_yaml: str, table: dict[str, CollectorSpec] | None = None) -> Series:
     config = parse_config(agent_config(1, host_yaml))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HostCollector(lambda: config.host, table) if table else HostCollector(lambda: config.host))
+    registry.register(HostCollector(lambda: host_config(config), table) if table else HostCollector(lambda: host_config(config)))
     return parse(generate_latest(registry).decode())[0]
 
 
@@ -284,7 +286,7 @@ def test_collector_not_available_on_this_platform_is_skipped():
 def test_reload_with_new_host_settings_applies_on_next_scrape():
     holder = {"config": parse_config(agent_config(1, "{enabled: true}"))}
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HostCollector(lambda: holder["config"].host))
+    registry.register(HostCollector(lambda: host_config(holder["config"])))
     assert values(parse(generate_latest(registry).decode())[0], "node_load1")
     holder["config"] = parse_config(agent_config(1, "{enabled: true, collectors: {loadavg: false}}"))
     assert not values(parse(generate_latest(registry).decode())[0], "node_load1")
@@ -293,7 +295,7 @@ def test_reload_with_new_host_settings_applies_on_next_scrape():
 def test_reloads_leave_no_idle_statfs_worker_threads_behind():
     holder = {"config": parse_config(agent_config(1, "{enabled: true}"))}
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HostCollector(lambda: holder["config"].host))
+    registry.register(HostCollector(lambda: host_config(holder["config"])))
     for timeout in ("200ms", "300ms", "400ms", "500ms"):
         holder["config"] = parse_config(agent_config(1, f"{{enabled: true, filesystem: {{mount_timeout: {timeout}}}}}"))
         generate_latest(registry)
@@ -339,13 +341,14 @@ os.execv(sys.executable, [sys.executable, "-m", "agents.cli", "run", "--config",
 """
 GUARD_IN_HUNG_NAMESPACE = HUNG_MOUNT + """\
 import json, logging, time
-from agents.config import parse_config
+from agents.catalog import parse_config
+from agents.host.config import host_config
 from agents.host.filesystem import FilesystemCollector
 released = []
 logging.getLogger("agents.host.stall").addHandler(logging.Handler())
 logging.getLogger("agents.host.stall").handlers[0].emit = lambda record: released.append(record.getMessage())
 config = parse_config("agent: {id: a, agency: b}\\nhost: {filesystem: {mount_timeout: 300ms}}\\n")
-collector = FilesystemCollector(config.host.filesystem)
+collector = FilesystemCollector(host_config(config).filesystem)
 def scrape():
     started = time.monotonic()
     readings = [(r.desc.name, r.label_values[1], r.value) for r in collector.collect()]

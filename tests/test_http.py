@@ -15,11 +15,13 @@ from typing import Iterator
 
 import pytest
 
-from agents.config import ConfigError, parse_config
+from agents.catalog import parse_config
+from agents.config import ConfigError
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, ProbeResult, ProbeTarget
+from agents.probes.http import HttpFailure as Failure
+from agents.results import ProbeResult, ProbeTarget
 from agents.probes.http import PHASES, USER_AGENT, probe
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
 from tests.support.certs import CertFiles, make_ca, make_leaf, make_self_signed
 from tests.support.httpd import HttpServer, Reply, raw_server
 from tests.support.ports import free_port

@@ -23,11 +23,13 @@ from typing import Iterator, Sequence
 
 import pytest
 
-from agents.config import ConfigError, parse_config
+from agents.catalog import parse_config
+from agents.config import ConfigError
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, ProbeResult, ProbeTarget
+from agents.net.icmp_engine import ICMP_ENGINE
 from agents.probes.icmp import probe
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
+from agents.results import Failure, ProbeResult, ProbeTarget
 from tests.support.netns import REPO_ROOT, netns, netns_pair, ns_exec, ns_popen
 from tests.support.procs import stop
 from tests.support.require import require_root
@@ -287,10 +289,11 @@ async def test_cancelled_probe_stops_sending(resources: ProbeResources, capture:
 
 async def test_engine_close_ends_a_round_in_flight(resources: ProbeResources) -> None:
     loop = asyncio.get_running_loop()
-    running = asyncio.ensure_future(resources.icmp.ping("127.0.0.1", socket.AF_INET, 5, 1.0, 56, 10.0))
+    engine = resources.get(ICMP_ENGINE)
+    running = asyncio.ensure_future(engine.ping("127.0.0.1", socket.AF_INET, 5, 1.0, 56, 10.0))
     await asyncio.sleep(0.1)
     started = loop.time()
-    resources.icmp.close()
+    engine.close()
     echo = await asyncio.wait_for(running, 1.0)
     assert loop.time() - started < 0.1
     assert (echo.sent, len(echo.rtts)) == (1, 1)

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from agents.probes.base import Failure
+from agents.probes.icmp import IcmpFailure as Failure
 from tests.support.netns import REPO_ROOT, NetnsPair, egress_delay, netns_pair, ns_exec, packet_loss
 from tests.support.require import require_root
 from tests.test_icmp import cli_value, icmp_config, run_cli_probe

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from agents.config import parse_config
+from agents.catalog import parse_config
 from foundation.logs import MASK, protect_secrets, setup_logging
 from tests.support.httpd import HttpServer, Reply
 from tests.support.ports import free_port

@@ -7,9 +7,11 @@ from typing import Iterator
 
 import pytest
 
-from agents.config import AgentConfig, parse_config
-from agents.probes.base import Failure, ProbeResult
-from agents.probes.resources import ProbeResources
+from agents.catalog import parse_config
+from agents.config import AgentConfig
+from agents.probes.dns import DnsFailure as Failure
+from agents.results import ProbeResult
+from agents.resources import ProbeResources
 from agents.runner import run_target
 from tests.support.dnsmasq import Dnsmasq, running_dnsmasq
 

@@ -15,9 +15,10 @@ from typing import Iterator
 import pytest
 
 from agents.config import ConfigError
-from agents.probes.base import Failure, ProbeResult, ProbeTarget
+from agents.probes.mail_roundtrip import RoundtripFailure as Failure
+from agents.results import ProbeResult, ProbeTarget
 from agents.probes.mail_roundtrip import probe
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
 from tests.support.mailserver import (
     PROBE,
     USER,

@@ -10,9 +10,10 @@ from typing import Iterator
 import pytest
 
 from agents.config import ConfigError
-from agents.probes.base import Failure, ProbeResult, ProbeTarget
+from agents.probes.mailproto import MailFailure as Failure
+from agents.results import ProbeResult, ProbeTarget
 from agents.probes.pop3 import probe
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
 from tests.support.mailserver import (
     NON_ASCII,
     USER,

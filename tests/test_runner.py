@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from agents.config import parse_config
-from agents.probes.resources import ProbeResources
+from agents.catalog import parse_config
+from agents.resources import ProbeResources
 from agents.runner import run_target
 
 

@@ -7,8 +7,8 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from agents.config import parse_config
-from agents.probes.resources import ProbeResources
+from agents.catalog import parse_config
+from agents.resources import ProbeResources
 from agents.scheduler import Scheduler, first_slot, stable_offset
 from agents.selfmetrics import AgentMetrics
 from agents.store import ResultStore

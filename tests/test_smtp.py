@@ -10,8 +10,9 @@ from typing import Iterator
 import pytest
 
 from agents.config import ConfigError
-from agents.probes.base import Failure, ProbeResult, ProbeTarget
-from agents.probes.resources import ProbeResources
+from agents.probes.mailproto import MailFailure as Failure
+from agents.results import ProbeResult, ProbeTarget
+from agents.resources import ProbeResources
 from agents.probes.smtp import probe
 from tests.support.mailserver import (
     USER,

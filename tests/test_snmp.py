@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import ConfigError, parse_config
+from agents.catalog import parse_config
+from agents.config import ConfigError
 from agents.config.model import Target
-from agents.probes.base import Failure, ProbeResult
-from agents.probes.resources import ProbeResources
+from agents.snmp.failures import SnmpFailure as Failure
+from agents.results import ProbeResult
+from agents.resources import ProbeResources
 from agents.runner import run_target
 from agents.snmp import ber
 from agents.snmp.device import Uptime

@@ -10,10 +10,10 @@ from typing import Awaitable, Callable, TypeVar
 
 import pytest
 
-from agents.config import parse_config
+from agents.catalog import parse_config
 from agents.config.model import Target
-from agents.probes.base import ProbeResult
-from agents.probes.resources import ProbeResources
+from agents.results import ProbeResult
+from agents.resources import ProbeResources
 from agents.runner import run_target
 from tests.support.require import require_root
 from tests.support.snmpd import AGENT_ENV, Snmpd, add_veth_pairs, agent_config, call_in_netns, snmpd_with_interfaces

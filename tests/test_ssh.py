@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import ConfigError, parse_config
+from agents.catalog import parse_config
+from agents.config import ConfigError
 from agents.config.model import Target
-from agents.probes.base import Failure, ProbeResult
-from agents.probes.resources import ProbeResources
+from agents.ssh.failures import SshFailure as Failure
+from agents.results import ProbeResult
+from agents.resources import ProbeResources
 from agents.runner import run_target
 from agents.ssh.parsers import ParseError, parse_systemd_unit
 from tests.support.mailserver import running_mail_system

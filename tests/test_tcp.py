@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import ConfigError, parse_config
+from agents.catalog import parse_config
+from agents.config import ConfigError
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, ProbeResult, ProbeTarget
-from agents.probes.resources import ProbeResources
+from agents.probes.tcp import TcpFailure as Failure
+from agents.results import ProbeResult, ProbeTarget
+from agents.resources import ProbeResources
 from agents.probes.tcp import probe
 from tests.support.certs import CertFiles, make_ca, make_leaf, make_self_signed
 from tests.support.ports import free_port

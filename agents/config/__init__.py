@@ -1,6 +1,10 @@
-"""Agent configuration: parsed once, validated once, immutable afterwards."""
+"""Agent configuration: parsed once, validated once, immutable afterwards.
 
-from agents.config.loader import ConfigError, load_config, parse_config
+This package knows the agent's own keys; the entry points that read a file with every prober and section
+registered (`load_config`, `parse_config`) are in agents/catalog.py.
+"""
+
+from foundation.config.base import ConfigError
 from agents.config.model import AgentConfig, ModuleConfig, Target
 
-__all__ = ["AgentConfig", "ConfigError", "ModuleConfig", "Target", "load_config", "parse_config"]
+__all__ = ["AgentConfig", "ConfigError", "ModuleConfig", "Target"]

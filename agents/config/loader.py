@@ -1,41 +1,117 @@
-"""Read an agent config file once into typed, immutable objects, or fail with file:line: key: reason."""
+"""Read an agent config file once into typed, immutable objects, or fail with file:line: key: reason.
+
+The loader knows the agent's own keys only. What probers exist and which top-level keys domains own comes from
+the table it is built with (`AgentConfigSchema(probers, sections)`, see agents/catalog.py), so it imports no
+prober and no domain.
+"""
 
 from __future__ import annotations
 
-import functools
-import re
 import types
 from pathlib import Path as FsPath
-from typing import Any, Union
+from typing import Any, Iterable, Protocol, Sequence, Union
 
 import msgspec
 
-from agents.config.model import (
-    AgentConfig,
-    IpProtocol,
-    ModuleConfig,
-    RawAgentConfig,
-    Target,
-    TargetConfig,
-)
-from foundation.config.base import (  # noqa: F401  (ConfigError and ConfigContext: re-exported for the agent's modules)
+from agents.config.model import AgentConfig, AgentSections, IpProtocol, ModuleConfig, Target
+from agents.config.sections import SectionContext, SectionSpec
+from foundation.config.base import (
     ConfigContext,
-    ConfigError,
     check_interval,
-    format_path,
     parse_listen,
     read_config_file,
     yaml_sections,
 )
 from foundation.config.types import Duration
 from foundation.config.yamlpos import Path
-from agents.host import validate_host
-from agents.ssh.targets import build_ssh_targets
-from agents.snmp.targets import build_snmp_targets
 
-LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-RESERVED_LABELS = {"target", "module", "ip", "job", "instance", "le", "quantile", "reason", "phase"}
 DEFAULT_PORT = 9855
+RAW_DOC = (
+    "The file's shape: the agent's own keys and those each domain registers. Modules are decoded one by one "
+    "(see loader) so errors keep their key."
+)
+
+
+class ModuleKind(Protocol):
+    """What the loader needs of a prober: the name `prober:` selects it by, and its settings struct."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> type: ...
+
+
+class AgentConfigSchema:
+    """The config's shape for one table of probers and sections, and the reading of a file into AgentConfig."""
+
+    def __init__(self, probers: Iterable[ModuleKind], sections: Sequence[SectionSpec[Any]]) -> None:
+        self.module_types: dict[str, type] = {prober.name: _module_type(prober.name, prober.settings) for prober in probers}
+        self.sections = tuple(sections)
+        self.raw_type = _raw_type(self.sections)
+
+    def load(self, path: str | FsPath) -> AgentConfig:
+        return self.parse(read_config_file(path), str(path))
+
+    def parse(self, text: str, file: str = "<config>") -> AgentConfig:
+        ctx, sections = yaml_sections(text, file, "at least an 'agent' section")
+        return self.from_sections(ctx, sections)
+
+    def from_sections(self, ctx: ConfigContext, sections: dict[str, Any]) -> AgentConfig:
+        """The typed config of already-parsed top-level sections (e.g. a local file merged with a served one)."""
+        raw = ctx.convert(sections, self.raw_type, ())
+        context = SectionContext(ctx, raw.defaults, raw.agent.labels)
+        context.check_labels(raw.agent.labels, ("agent", "labels"))
+        if raw.max_concurrent_probes < 1:
+            raise ctx.error(("max_concurrent_probes",), "must be at least 1")
+        host, port = parse_listen(ctx, raw.listen, DEFAULT_PORT)
+        modules = {name: self._build_module(ctx, name, body, raw.defaults.timeout) for name, body in raw.modules.items()}
+        targets = _build_targets(context, raw, modules)
+        decoded: dict[type, Any] = {}
+        for section in self.sections:
+            keys = decoded[section.keys] = _keys_of(raw, section.keys)
+            targets += section.expand(keys, context)
+        if raw.push is not None:
+            ctx.check(raw.push.validate, ("push",))
+        if raw.fleet is not None:
+            ctx.check(raw.fleet.validate, ("fleet",))
+        return AgentConfig(
+            source=ctx.file,
+            agent=raw.agent,
+            listen_host=host,
+            listen_port=port,
+            default_interval=float(raw.defaults.interval),
+            max_concurrent_probes=raw.max_concurrent_probes,
+            modules=types.MappingProxyType(modules),
+            targets=tuple(targets),
+            push=raw.push,
+            fleet=raw.fleet,
+            sections=types.MappingProxyType(decoded),
+        )
+
+    def _build_module(self, ctx: ConfigContext, name: str, body: Any, default_timeout: float) -> ModuleConfig[Any]:
+        path: Path = ("modules", name)
+        if not isinstance(body, dict):
+            raise ctx.error(path, "a module must be a mapping with at least 'prober'")
+        prober = body.get("prober")
+        known = ", ".join(sorted(self.module_types))
+        if prober is None:
+            raise ctx.error(path, f"missing required key 'prober' (one of: {known})")
+        if prober not in self.module_types:
+            raise ctx.error(path + ("prober",), f"unknown prober {prober!r}; known probers: {known}")
+        decoded = ctx.convert(body, self.module_types[prober], path)
+        timeout = float(decoded.timeout) if decoded.timeout is not None else default_timeout
+        if timeout <= 0:
+            raise ctx.error(path + ("timeout",), "must be greater than 0")
+        settings = getattr(decoded, prober)
+        check = getattr(settings, "validate", None)
+        if check is not None:
+            try:
+                check(timeout)
+            except ValueError as exc:
+                key, _, message = str(exc).partition(": ")
+                raise ctx.error(path + (prober, key) if message else path + (prober,), message or key) from None
+        return ModuleConfig(name, prober, timeout, decoded.preferred_ip_protocol, decoded.ip_protocol_fallback, settings)
 
 
 def _module_type(name: str, settings: type) -> type:
@@ -55,112 +131,47 @@ def _module_type(name: str, settings: type) -> type:
     )
 
 
-@functools.cache
-def _module_types() -> dict[str, type]:
-    """Prober name -> module struct. Built on first use: probers import the config model, so the
-    prober table cannot be imported while this package initializes."""
-    from agents.probes.table import PROBERS
-
-    return {name: _module_type(name, spec.settings) for name, spec in PROBERS.items()}
-
-
-def load_config(path: str | FsPath) -> AgentConfig:
-    return parse_config(read_config_file(path), str(path))
-
-
-def parse_config(text: str, file: str = "<config>") -> AgentConfig:
-    ctx, sections = yaml_sections(text, file, "at least an 'agent' section")
-    return config_from_sections(ctx, sections)
+def _raw_type(sections: Sequence[SectionSpec[Any]]) -> type:
+    """The whole file's struct: the agent's own keys and every section's, decoded in one pass (so the first
+    error in the file is the one reported, wherever it is)."""
+    taken = set(AgentSections.__struct_fields__)
+    fields: list[tuple[str, Any, Any]] = []
+    for section in sections:
+        for info in msgspec.structs.fields(section.keys):
+            if info.encode_name in taken:
+                raise TypeError(f"{section.keys.__name__}: top-level key {info.encode_name!r} is already taken")
+            taken.add(info.encode_name)
+            fields.append((info.name, info.type, _default(info)))
+    return msgspec.defstruct("RawAgentConfig", fields, bases=(AgentSections,), module=__name__, namespace={"__doc__": RAW_DOC})
 
 
-def config_from_sections(ctx: ConfigContext, sections: dict[str, Any]) -> AgentConfig:
-    """The typed config of already-parsed top-level sections (e.g. a local file merged with a served one)."""
-    raw: RawAgentConfig = ctx.convert(sections, RawAgentConfig, ())
-    _check_labels(ctx, raw.agent.labels, ("agent", "labels"))
-    if raw.max_concurrent_probes < 1:
-        raise ctx.error(("max_concurrent_probes",), "must be at least 1")
-    host, port = parse_listen(ctx, raw.listen, DEFAULT_PORT)
-    modules = {name: _build_module(ctx, name, body, raw.defaults.timeout) for name, body in raw.modules.items()}
-    targets = _build_targets(ctx, raw, modules)
-    targets += build_ssh_targets(ctx, raw, _check_labels)
-    targets += build_snmp_targets(ctx, raw, _check_labels)
-    ctx.check(lambda: validate_host(raw.host), ("host",))
-    if raw.push is not None:
-        ctx.check(raw.push.validate, ("push",))
-    if raw.fleet is not None:
-        ctx.check(raw.fleet.validate, ("fleet",))
-    return AgentConfig(
-        source=ctx.file,
-        agent=raw.agent,
-        listen_host=host,
-        listen_port=port,
-        default_interval=float(raw.defaults.interval),
-        max_concurrent_probes=raw.max_concurrent_probes,
-        modules=types.MappingProxyType(modules),  # type: ignore[arg-type]
-        targets=tuple(targets),
-        push=raw.push,
-        host=raw.host,
-        fleet=raw.fleet,
-    )
+def _default(info: msgspec.structs.FieldInfo) -> Any:
+    if info.default_factory is not msgspec.NODEFAULT:
+        return msgspec.field(default_factory=info.default_factory)
+    return info.default  # NODEFAULT: a required key
 
 
-def _build_module(ctx: ConfigContext, name: str, body: Any, default_timeout: float) -> ModuleConfig:
-    path: Path = ("modules", name)
-    if not isinstance(body, dict):
-        raise ctx.error(path, "a module must be a mapping with at least 'prober'")
-    prober = body.get("prober")
-    module_types = _module_types()
-    if prober is None:
-        raise ctx.error(path, f"missing required key 'prober' (one of: {', '.join(sorted(module_types))})")
-    if prober not in module_types:
-        raise ctx.error(path + ("prober",), f"unknown prober {prober!r}; known probers: {', '.join(sorted(module_types))}")
-    decoded = ctx.convert(body, module_types[prober], path)
-    timeout = float(decoded.timeout) if decoded.timeout is not None else default_timeout
-    if timeout <= 0:
-        raise ctx.error(path + ("timeout",), "must be greater than 0")
-    settings = getattr(decoded, prober)
-    check = getattr(settings, "validate", None)
-    if check is not None:
-        try:
-            check(timeout)
-        except ValueError as exc:
-            key, _, message = str(exc).partition(": ")
-            raise ctx.error(path + (prober, key) if message else path + (prober,), message or key) from None
-    return ModuleConfig(name, prober, timeout, decoded.preferred_ip_protocol, decoded.ip_protocol_fallback, settings)
+def _keys_of(raw: Any, keys: type[msgspec.Struct]) -> Any:
+    return keys(**{name: getattr(raw, name) for name in keys.__struct_fields__})
 
 
-def _build_targets(ctx: ConfigContext, raw: RawAgentConfig, modules: dict[str, ModuleConfig]) -> list[Target]:
-    seen: dict[str, int] = {}
+def _build_targets(context: SectionContext, raw: AgentSections, modules: dict[str, ModuleConfig[Any]]) -> list[Target]:
     targets = []
     for index, target in enumerate(raw.targets):
         path: Path = ("targets", index)
         if not target.name.strip():
-            raise ctx.error(path + ("name",), "must not be empty")
-        if target.name in seen:
-            raise ctx.error(path + ("name",), f"duplicate target name {target.name!r} (first defined in targets[{seen[target.name]}])")
-        seen[target.name] = index
+            raise context.error(path + ("name",), "must not be empty")
+        context.claim_name(target.name, path)
         if target.module not in modules:
             known = ", ".join(sorted(modules)) or "none defined"
-            raise ctx.error(path + ("module",), f"unknown module {target.module!r}; modules: {known}")
-        _check_labels(ctx, target.labels, path + ("labels",))
+            raise context.error(path + ("module",), f"unknown module {target.module!r}; modules: {known}")
+        context.check_labels(target.labels, path + ("labels",))
         if not target.enabled:
             continue
         module = modules[target.module]
-        interval = float(target.interval) if target.interval is not None else float(raw.defaults.interval)
+        interval = context.interval(target.interval)
         blame = path + ("interval",) if target.interval is not None else path + ("module",)
-        check_interval(ctx, interval, module.timeout, f"module {module.name!r}", (path + ("interval",), ("modules", module.name, "timeout"), blame))
-        targets.append(_make_target(target, module, interval, raw.agent.labels))
+        check_interval(context.ctx, interval, module.timeout, f"module {module.name!r}",
+                       (path + ("interval",), ("modules", module.name, "timeout"), blame))
+        targets.append(context.target(target.name, target.address, module, interval, target.labels, target.all_addresses))
     return targets
-
-
-def _make_target(target: TargetConfig, module: ModuleConfig, interval: float, agent_labels: dict[str, str]) -> Target:
-    labels = {**agent_labels, **target.labels}
-    return Target(target.name, target.address, module, interval, tuple(sorted(labels.items())), target.all_addresses)
-
-
-def _check_labels(ctx: ConfigContext, labels: dict[str, str], path: Path) -> None:
-    for name in labels:
-        if not LABEL_NAME.match(name) or name.startswith("__"):
-            raise ctx.error(path + (name,), f"invalid label name {name!r}: use letters, digits and '_', not starting with a digit or '__'")
-        if name in RESERVED_LABELS:
-            raise ctx.error(path + (name,), f"label name {name!r} is reserved by the agent")

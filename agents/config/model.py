@@ -1,16 +1,18 @@
-"""Typed, immutable configuration of the agent. Built once by `agents.config.load`."""
+"""Typed, immutable configuration of the agent: its own top-level keys and what the loader builds from them.
+
+Domains that own top-level keys (ssh_*, snmp_*, host) declare them in their own package and register them
+(agents/config/sections.py); nothing here knows them. Built once by the loader (agents/config/loader.py).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Mapping, TypeVar, cast
 from urllib.parse import urlsplit
 
 from foundation.config.base import Strict as _Strict
 from foundation.config.remote_write import PushConfig, PushTls
 from foundation.config.types import Duration, SecretFile, SecretRef
-from agents.ssh.config import SshCheckConfig, SshHostConfig
-from agents.snmp.schema import SnmpDevice
 
 IpProtocol = Literal["ip4", "ip6"]
 
@@ -37,26 +39,6 @@ class TargetConfig(_Strict):
     labels: dict[str, str] = {}
     enabled: bool = True
     all_addresses: bool = False  # probe every A/AAAA the name resolves to, each with label `ip`
-
-
-class HostFilesystem(_Strict):
-    mount_points_exclude: str | None = None  # regex; None = node_exporter's default (agents/host/filesystem.py)
-    fs_types_exclude: str | None = None  # regex; None = node_exporter's default
-    mount_timeout: Duration = Duration(0.5)  # longest wait for a statfs (a hung NFS mount) per scrape
-
-
-class HostDevices(_Strict):
-    device_exclude: str | None = None  # regex; None = node_exporter's default for that collector
-
-
-class HostConfig(_Strict):
-    """`host:` node_exporter-named metrics of the machine the agent runs on (docs/host.md)."""
-
-    enabled: bool = False
-    collectors: dict[str, bool] = {}  # collector name -> on/off, over its default (agents/host/__init__.py)
-    filesystem: HostFilesystem = HostFilesystem()
-    diskstats: HostDevices = HostDevices()
-    netdev: HostDevices = HostDevices()
 
 
 class FleetConfig(_Strict):
@@ -87,8 +69,9 @@ class FleetConfig(_Strict):
             raise ValueError("cache_file: must not be empty")
 
 
-class RawAgentConfig(_Strict):
-    """The file's shape; modules are decoded one by one (see loader) so errors keep their key."""
+class AgentSections(_Strict):
+    """The agent's own top-level keys. The loader adds the keys domains register, decodes the whole file into
+    that struct (`RawAgentConfig`), and decodes modules one by one so errors keep their key."""
 
     agent: AgentIdentity
     listen: str = DEFAULT_LISTEN
@@ -97,34 +80,30 @@ class RawAgentConfig(_Strict):
     modules: dict[str, dict[str, Any]] = {}
     targets: list[TargetConfig] = []
     push: PushConfig | None = None
-    host: HostConfig = HostConfig()
-    ssh_hosts: dict[str, SshHostConfig] = {}  # servers without an agent, checked over SSH (docs/ssh.md)
-    ssh_checks: list[SshCheckConfig] = []  # expanded into targets of the ssh prober by the loader
-    # snmp_auths and snmp_profiles are decoded entry by entry (agents/snmp/targets.py) so errors keep their key
-    snmp_auths: dict[str, dict[str, Any]] = {}  # v1/v2c communities and v3 users, secrets by reference (docs/snmp.md)
-    snmp_profiles: dict[str, dict[str, Any]] = {}  # custom numeric-OID profiles, next to the built-in ones
-    snmp_devices: list[SnmpDevice] = []  # expanded into targets of the snmp prober by the loader
-    snmp_max_concurrent_polls: int = 32
     fleet: FleetConfig | None = None  # fetch more of this config from the collector (docs/fleet.md)
 
 
+S = TypeVar("S")
+K = TypeVar("K")
+
+
 @dataclass(frozen=True, slots=True)
-class ModuleConfig:
-    """A named prober setting, in the spirit of blackbox_exporter's modules."""
+class ModuleConfig(Generic[S]):
+    """A named prober setting, in the spirit of blackbox_exporter's modules; `settings` is the prober's own struct."""
 
     name: str
     prober: str
     timeout: float
     preferred_ip_protocol: IpProtocol
     ip_protocol_fallback: bool
-    settings: Any  # the prober's own settings struct
+    settings: S
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     name: str
     address: str
-    module: ModuleConfig
+    module: ModuleConfig[Any]
     interval: float
     labels: tuple[tuple[str, str], ...]
     all_addresses: bool
@@ -138,11 +117,15 @@ class AgentConfig:
     listen_port: int
     default_interval: float
     max_concurrent_probes: int
-    modules: dict[str, ModuleConfig]
+    modules: Mapping[str, ModuleConfig[Any]]
     targets: tuple[Target, ...]
     push: PushConfig | None = None
-    host: HostConfig = HostConfig()
     fleet: FleetConfig | None = None
+    sections: Mapping[type, Any] = field(default_factory=dict)  # a domain's keys struct -> its decoded keys
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
+
+    def section(self, keys: type[K]) -> K:
+        """The decoded top-level keys a domain registered (e.g. `host`), for the domain that runs with them."""
+        return cast(K, self.sections[keys])

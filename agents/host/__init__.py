@@ -1,20 +1,20 @@
-"""Host collectors: the table of node_exporter-style collectors, name -> spec.
+"""Host collectors: the table of node_exporter-style collectors, name -> spec, and the `host:` section they run by.
 
 Adding a collector is one file here, its test, and one line in this table. Which ones run is the
 config's `host.collectors` (name: true/false) over each spec's default, like node_exporter's
---collector.<name> / --no-collector.<name> flags.
+--collector.<name> / --no-collector.<name> flags. The section is registered in agents/catalog.py.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
+from agents.config.model import Target
+from agents.config.sections import SectionContext, SectionSpec
 from agents.host import clock, cpu, diskstats, filesystem, loadavg, meminfo, netclass, netdev, stat, uname
 from agents.host.base import CollectorSpec
-
-if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+from agents.host.config import HostConfig, HostSections
 
 COLLECTORS: dict[str, CollectorSpec] = {
     spec.name: spec
@@ -33,11 +33,11 @@ COLLECTORS: dict[str, CollectorSpec] = {
 }
 
 
-def enabled_collectors(host: "HostConfig", table: Mapping[str, CollectorSpec] = COLLECTORS) -> list[CollectorSpec]:
+def enabled_collectors(host: HostConfig, table: Mapping[str, CollectorSpec] = COLLECTORS) -> list[CollectorSpec]:
     return [spec for name, spec in table.items() if host.collectors.get(name, spec.enabled_by_default)]
 
 
-def validate_host(host: "HostConfig") -> None:
+def validate_host(host: HostConfig) -> None:
     """Raise ValueError("key.path: message") for the first problem of a `host:` section."""
     for name in host.collectors:
         if name not in COLLECTORS:
@@ -55,3 +55,11 @@ def validate_host(host: "HostConfig") -> None:
             raise ValueError(f"{key}: invalid regular expression {pattern!r}: {exc}") from None
     if host.filesystem.mount_timeout <= 0:
         raise ValueError("filesystem.mount_timeout: must be greater than 0")
+
+
+def _check_section(keys: HostSections, context: SectionContext) -> list[Target]:
+    context.ctx.check(lambda: validate_host(keys.host), ("host",))
+    return []
+
+
+SECTION = SectionSpec(HostSections, _check_section)

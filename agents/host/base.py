@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Literal, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 IS_LINUX = sys.platform.startswith("linux")
 

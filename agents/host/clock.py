@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterator
 from agents.host.base import CollectorSpec, Desc, Reading
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 NOW = Desc("node_time_seconds", "System time in seconds since epoch (1970).")
 ZONE_OFFSET = Desc("node_time_zone_offset_seconds", "System time zone offset in seconds.", labels=("time_zone",))

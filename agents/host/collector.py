@@ -22,7 +22,7 @@ from agents.host import COLLECTORS, enabled_collectors
 from agents.host.base import Collector, CollectorSpec, Desc, Reading
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import psutil
 from agents.host.base import CollectorSpec, Desc, Reading
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 SECONDS = Desc("node_cpu_seconds_total", "Seconds the CPUs spent in each mode.", "counter", ("cpu", "mode"))
 GUEST_SECONDS = Desc(

@@ -11,7 +11,7 @@ import psutil
 from agents.host.base import CollectorSpec, Desc, Reading, excluded, exclusion
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 # node_exporter's default: skip RAM disks, loop devices, floppies and partitions of whole disks
 DEFAULT_DEVICE_EXCLUDE = r"^(ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"

@@ -13,7 +13,7 @@ import psutil
 from agents.host.base import CollectorSpec, Desc, Reading
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 LOADS = (
     Desc("node_load1", "1m load average."),

@@ -16,7 +16,7 @@ import psutil
 from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 MEMINFO_PATH = "/proc/meminfo"
 _PARENS = re.compile(r"\((.*)\)")

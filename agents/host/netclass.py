@@ -15,7 +15,7 @@ import psutil
 from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 SYS_CLASS_NET = "/sys/class/net"
 

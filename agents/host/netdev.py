@@ -11,7 +11,7 @@ import psutil
 from agents.host.base import CollectorSpec, Desc, Reading, excluded, exclusion
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 
 def _statistic(name: str) -> Desc:

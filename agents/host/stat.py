@@ -9,7 +9,7 @@ import psutil
 from agents.host.base import CollectorSpec, Desc, Reading
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 BOOT_TIME = Desc("node_boot_time_seconds", "Node boot time, in unixtime.")
 CONTEXT_SWITCHES = Desc("node_context_switches_total", "Total number of context switches.", "counter")

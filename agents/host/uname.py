@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Iterator
 from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading
 
 if TYPE_CHECKING:
-    from agents.config.model import HostConfig
+    from agents.host.config import HostConfig
 
 DOMAINNAME_PATH = "/proc/sys/kernel/domainname"
 INFO = Desc(

@@ -25,7 +25,8 @@ import struct
 import sys
 import time
 
-from agents.probes.base import Failure
+from agents.resources import Resource
+from agents.results import Failure, Reason
 
 SO_TIMESTAMPNS = 35  # also the cmsg type (SCM_TIMESTAMPNS)
 SO_RCVBUFFORCE = 33
@@ -74,7 +75,7 @@ SEND_ERROR_FAILURES = {
 ROUND_ENDING_SEND_ERRORS = frozenset({errno.ENETUNREACH, errno.EINVAL, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EACCES})
 
 
-def unreachable_failure(family: int, code: int) -> Failure:
+def unreachable_failure(family: int, code: int) -> Reason:
     network_codes = IPV4_NETWORK_CODES if family == socket.AF_INET else IPV6_NETWORK_CODES
     return Failure.NETWORK_UNREACHABLE if code in network_codes else Failure.HOST_UNREACHABLE
 
@@ -115,7 +116,7 @@ class EchoRound:
         self.sent = 0
         self.rtts: list[float] = []
         self.hop_limit: int | None = None
-        self.failure: Failure | None = None
+        self.failure: Reason | None = None
         self.error_detail = ""
         self.slack = min(SEND_SLACK_SECONDS, interval / 4)  # how far a send or the end may move to share a wakeup
         self.finished: asyncio.Future[None] = channel.loop.create_future()
@@ -161,7 +162,7 @@ class EchoRound:
             self.hop_limit = hop_limit
         self._packet_done()
 
-    def on_error(self, failure: Failure | None, detail: str, counted: bool = True) -> None:
+    def on_error(self, failure: Reason | None, detail: str, counted: bool = True) -> None:
         """Note the first error that names a failure (or, until one does, the first error at all)."""
         if self.failure is None and (failure is not None or not self.error_detail):
             self.failure, self.error_detail = failure, detail
@@ -513,3 +514,9 @@ class IcmpEngine:
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
+
+
+# The process's one ICMP engine: its sockets are shared by every icmp target
+ICMP_ENGINE: Resource[IcmpEngine] = Resource(
+    "icmp_engine", lambda resources: IcmpEngine(asyncio.get_running_loop()), close=lambda engine: engine.close()
+)

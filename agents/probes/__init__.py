@@ -1,5 +1,6 @@
-"""Probers: one file per protocol behind one interface (base.py); the name -> prober table is table.py.
+"""Probers: one file per protocol behind one interface (base.py), and their building blocks (resolve, tlsinfo,
+mailproto).
 
-The table is a module of its own so that importing one prober's building blocks (base, tlsinfo, resolve)
-does not import every prober.
+Nothing here imports every prober: the name -> prober table is agents/catalog.py, above the probers and the
+domains (ssh, snmp) whose probers live in their own packages.
 """

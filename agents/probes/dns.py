@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample, socket_failure
+from agents.probes.base import ProberSpec
 from agents.probes.resolve import DNS_LOOKUP_TIME, ResolveError, resolve, resolve_all, split_host_port
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
+from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample, socket_failure
 
 if TYPE_CHECKING:
     import dns.message
@@ -67,6 +68,12 @@ RcodeName = Literal[
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
     "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "BADVERS",
 ]
+
+
+class DnsFailure(Failure):
+    DNS_RCODE = Reason("dns_rcode")  # the answer's rcode is not one of valid_rcodes
+    DNS_ANSWER_MISMATCH = Reason("dns_answer_mismatch")  # a validate_*_rrs rule failed
+    DNS_NO_ANSWER = Reason("dns_no_answer")  # the answer section is empty where an answer was required
 
 
 class RRValidator(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -205,8 +212,8 @@ class _Phases:
         ]
 
 
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
-    settings: DnsSettings = module.settings
+async def probe(target: ProbeTarget, module: ModuleConfig[DnsSettings], resources: ProbeResources) -> ProbeResult:
+    settings = module.settings
     name = settings.query_name if settings.query_name is not None else target.address
     if settings.resolver == SYSTEM:
         return await _probe_system(name, module, settings)
@@ -223,7 +230,7 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
 
 
 async def _probe_resolver(
-    query: dns.message.Message, host: str, port: int, module: ModuleConfig, settings: DnsSettings
+    query: dns.message.Message, host: str, port: int, module: ModuleConfig[DnsSettings], settings: DnsSettings
 ) -> ProbeResult:
     import dns.exception
 
@@ -254,7 +261,7 @@ async def _probe_resolver(
     return _judge(response, settings, samples)
 
 
-def _no_reply(failure: Failure, detail: str, samples: list[Sample], phases: _Phases) -> ProbeResult:
+def _no_reply(failure: Reason, detail: str, samples: list[Sample], phases: _Phases) -> ProbeResult:
     return ProbeResult.failed(failure, detail, samples + phases.samples() + [QUERY_SUCCEEDED(0)])
 
 
@@ -331,7 +338,7 @@ def _judge(response: dns.message.Message, settings: DnsSettings, samples: list[S
             samples.append(SERIAL(soas[-1].serial))
     if rcode not in {dns.rcode.from_text(name) for name in settings.valid_rcodes}:
         detail = f"rcode {dns.rcode.to_text(rcode)} is not one of {', '.join(settings.valid_rcodes)}"
-        return ProbeResult.failed(Failure.DNS_RCODE, detail, samples)
+        return ProbeResult.failed(DnsFailure.DNS_RCODE, detail, samples)
     sections = {
         "validate_answer_rrs": response.answer,
         "validate_authority_rrs": response.authority,
@@ -342,7 +349,7 @@ def _judge(response: dns.message.Message, settings: DnsSettings, samples: list[S
         if failed is not None:
             return failed
     if settings.fail_if_no_answer and not response.answer:
-        return ProbeResult.failed(Failure.DNS_NO_ANSWER, "the answer section is empty", samples)
+        return ProbeResult.failed(DnsFailure.DNS_NO_ANSWER, "the answer section is empty", samples)
     return ProbeResult(success=True, samples=samples)
 
 
@@ -350,7 +357,7 @@ def _validate(key: str, validator: RRValidator, lines: list[str], samples: list[
     problem = validator.problem(lines)
     if problem is None:
         return None
-    failure = Failure.DNS_NO_ANSWER if key == "validate_answer_rrs" and not lines else Failure.DNS_ANSWER_MISMATCH
+    failure = DnsFailure.DNS_NO_ANSWER if key == "validate_answer_rrs" and not lines else DnsFailure.DNS_ANSWER_MISMATCH
     return ProbeResult.failed(failure, f"{key}: {problem}", samples)
 
 
@@ -370,7 +377,7 @@ def _rr_lines(section: list[dns.rrset.RRset]) -> list[str]:
     ]
 
 
-async def _probe_system(name: str, module: ModuleConfig, settings: DnsSettings) -> ProbeResult:
+async def _probe_system(name: str, module: ModuleConfig[DnsSettings], settings: DnsSettings) -> ProbeResult:
     if settings.query_type == "A":
         preferred, fallback = "ip4", False
     elif settings.query_type == "AAAA":
@@ -392,4 +399,4 @@ async def _probe_system(name: str, module: ModuleConfig, settings: DnsSettings) 
     return failed or ProbeResult(success=True, samples=samples)
 
 
-SPEC = ProberSpec("dns", DnsSettings, probe)
+SPEC = ProberSpec("dns", DnsSettings, probe, failures=DnsFailure)

@@ -29,10 +29,10 @@ import msgspec
 from foundation import __version__
 from agents.config.model import ModuleConfig
 from foundation.config.types import Duration, SecretFile, SecretRef
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample, socket_failure
+from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve
-from agents.probes.resources import ProbeResources
 from agents.probes.tlsinfo import (
+    TLS_CONTEXTS,
     TlsSettings,
     classify_tls_error,
     TlsContexts,
@@ -40,6 +40,8 @@ from agents.probes.tlsinfo import (
     session_samples,
     version_ok,
 )
+from agents.resources import ProbeResources
+from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample, socket_failure
 
 DURATION = Metric("probe_http_duration_seconds", "Duration of http request by phase, summed over all redirects")
 CONTENT_LENGTH = Metric("probe_http_content_length", "Length of http content response")
@@ -56,6 +58,14 @@ CONTENT_AGE = Metric(
     "probe_http_content_age_seconds",
     "Age of the content: the response's Date header (or the agent's clock without one) minus Last-Modified",
 )
+
+
+class HttpFailure(Failure):
+    HTTP_STATUS = Reason("http_status")  # the final status is not one of valid_status_codes
+    HTTP_BODY_MISMATCH = Reason("http_body_mismatch")  # fail_if_body_(not_)matches_regexp
+    HTTP_TOO_MANY_REDIRECTS = Reason("http_too_many_redirects")
+    HTTP_CONTENT_TOO_OLD = Reason("http_content_too_old")  # max_content_age exceeded, or no Last-Modified
+
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 USER_AGENT = f"egov-netmon/{__version__}"
@@ -147,7 +157,7 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
 class _HopFailure(Exception):
     """Ends the probe with this failure; raised where the cause is known."""
 
-    def __init__(self, failure: Failure, detail: str) -> None:
+    def __init__(self, failure: Reason, detail: str) -> None:
         super().__init__(detail)
         self.failure = failure
         self.detail = detail
@@ -215,8 +225,8 @@ class _Run:
     regex_failed: bool = False
 
 
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
-    settings: HttpSettings = module.settings
+async def probe(target: ProbeTarget, module: ModuleConfig[HttpSettings], resources: ProbeResources) -> ProbeResult:
+    settings = module.settings
     run = _Run()
     try:
         async with asyncio.timeout(module.timeout):
@@ -251,26 +261,26 @@ class _Chain:
 
 
 async def _exchange_chain(
-    target: ProbeTarget, module: ModuleConfig, settings: HttpSettings, run: _Run, resources: ProbeResources
+    target: ProbeTarget, module: ModuleConfig[HttpSettings], settings: HttpSettings, run: _Run, resources: ProbeResources
 ) -> None:
     try:
         first = parse_url(target.address)
     except ValueError as exc:
         raise _HopFailure(Failure.RESOLVE, f"invalid target URL {target.address!r}: {exc}") from None
-    chain = _Chain(first, target.ip, time.monotonic() + module.timeout, resources.tls)
+    chain = _Chain(first, target.ip, time.monotonic() + module.timeout, resources.get(TLS_CONTEXTS))
     url, method, body = first, settings.method, settings.body
     while (redirect := await _exchange(url, method, body, chain, module, settings, run)) is not None:
         location = _location(redirect) or ""
         if run.redirects > settings.max_redirects:
             raise _HopFailure(
-                Failure.HTTP_TOO_MANY_REDIRECTS, f"more than {settings.max_redirects} redirects (last to {location})"
+                HttpFailure.HTTP_TOO_MANY_REDIRECTS, f"more than {settings.max_redirects} redirects (last to {location})"
             )
         url = _redirect_url(url, location)
         method, body = _redirect_request(redirect.status, method, body)
 
 
 async def _exchange(
-    url: Url, method: str, body: str | None, chain: _Chain, module: ModuleConfig, settings: HttpSettings, run: _Run
+    url: Url, method: str, body: str | None, chain: _Chain, module: ModuleConfig[HttpSettings], settings: HttpSettings, run: _Run
 ) -> Response | None:
     """One request on its own connection: the redirect to follow next, or None once the final body is read."""
     trace = HopTrace(tls=url.https, start=time.perf_counter())
@@ -632,18 +642,18 @@ class _BodySink:
 # --- judging the response and reporting ----------------------------------------------------------
 
 
-def _check_response(run: _Run, settings: HttpSettings) -> tuple[Failure, str] | None:
+def _check_response(run: _Run, settings: HttpSettings) -> tuple[Reason, str] | None:
     """blackbox_exporter's order: status, body regexes, HTTP version, SSL policy; then content age."""
     response, body = run.response, run.body
     assert response is not None and body is not None
     valid = response.status in settings.valid_status_codes if settings.valid_status_codes else 200 <= response.status < 300
     if not valid:
         wanted = ", ".join(map(str, settings.valid_status_codes)) or "2xx"
-        return Failure.HTTP_STATUS, f"status {response.status}, wanted {wanted}"
+        return HttpFailure.HTTP_STATUS, f"status {response.status}, wanted {wanted}"
     regex_failure = _check_body(body, settings)
     if regex_failure is not None:
         run.regex_failed = True
-        return Failure.HTTP_BODY_MISMATCH, regex_failure
+        return HttpFailure.HTTP_BODY_MISMATCH, regex_failure
     if settings.valid_http_versions and response.version not in settings.valid_http_versions:
         return Failure.EXPECT_MISMATCH, f"{response.version} is not one of {', '.join(settings.valid_http_versions)}"
     if settings.fail_if_ssl and run.final_https:
@@ -664,15 +674,15 @@ def _check_body(body: Body, settings: HttpSettings) -> str | None:
     return None
 
 
-def _check_content_age(response: Response, settings: HttpSettings) -> tuple[Failure, str] | None:
+def _check_content_age(response: Response, settings: HttpSettings) -> tuple[Reason, str] | None:
     if settings.max_content_age is None:
         return None
     last_modified = _http_date(response.first("last-modified"))
     if last_modified is None:
-        return Failure.HTTP_CONTENT_TOO_OLD, "no valid Last-Modified header: content age is unknown"
+        return HttpFailure.HTTP_CONTENT_TOO_OLD, "no valid Last-Modified header: content age is unknown"
     age = _content_age(response, last_modified)
     if age > settings.max_content_age:
-        return Failure.HTTP_CONTENT_TOO_OLD, f"content is {age:.0f}s old, more than max_content_age {settings.max_content_age:g}s"
+        return HttpFailure.HTTP_CONTENT_TOO_OLD, f"content is {age:.0f}s old, more than max_content_age {settings.max_content_age:g}s"
     return None
 
 
@@ -746,4 +756,4 @@ def _samples(run: _Run) -> list[Sample]:
     return samples + run.tls_samples
 
 
-SPEC = ProberSpec("http", HttpSettings, probe, host_of=lambda address: parse_url(address).host)
+SPEC = ProberSpec("http", HttpSettings, probe, host_of=lambda address: parse_url(address).host, failures=HttpFailure)

@@ -17,10 +17,11 @@ import msgspec
 
 from agents.config.model import ModuleConfig
 from foundation.config.types import Duration
-from agents.net.icmp_engine import MIN_PAYLOAD_BYTES, EchoRound
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
+from agents.net.icmp_engine import ICMP_ENGINE, MIN_PAYLOAD_BYTES, EchoRound
+from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
+from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample
 
 MAX_COUNT = 10_000
 MAX_PAYLOAD_BYTES = 65_507  # the largest ICMP payload an IPv4 datagram can carry
@@ -45,6 +46,10 @@ JITTER = Metric(
 RTT = Metric("probe_icmp_rtt_seconds", "Round-trip times of ICMP echo replies", "histogram", RTT_BUCKETS)
 DURATION = Metric("probe_icmp_duration_seconds", "Duration of icmp request by phase")
 REPLY_HOP_LIMIT = Metric("probe_icmp_reply_hop_limit", "Replied packet hop limit (TTL for ipv4)")
+
+
+class IcmpFailure(Failure):
+    PACKET_LOSS = Reason("packet_loss")  # more of the round's requests unanswered than max_loss_ratio allows
 
 
 class IcmpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -72,8 +77,8 @@ class IcmpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
             )
 
 
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
-    settings: IcmpSettings = module.settings
+async def probe(target: ProbeTarget, module: ModuleConfig[IcmpSettings], resources: ProbeResources) -> ProbeResult:
+    settings = module.settings
     deadline = time.monotonic() + module.timeout
     try:
         resolved = await resolve(
@@ -84,8 +89,9 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
     samples: list[Sample] = resolved.samples()
     samples.append(DURATION(resolved.seconds, phase="resolve"))
     started = time.perf_counter()
+    engine = resources.get(ICMP_ENGINE)
     try:
-        socket_kind = resources.icmp.open(resolved.family)
+        socket_kind = engine.open(resolved.family)
     except OSError as exc:
         detail = (
             f"cannot open an ICMP socket: {exc.strerror}; allow datagram ICMP for this group with "
@@ -93,7 +99,7 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
         )
         return ProbeResult.failed(Failure.PERMISSION, detail, samples)
     samples.append(DURATION(time.perf_counter() - started, phase="setup"))
-    echo = await resources.icmp.ping(
+    echo = await engine.ping(
         resolved.ip,
         resolved.family,
         settings.count,
@@ -134,8 +140,8 @@ def verdict(echo: EchoRound, max_loss_ratio: float, via: str, samples: list[Samp
         return ProbeResult.failed(echo.failure or Failure.TIMEOUT, summary, samples)
     loss_ratio = 1 - received / echo.count
     if loss_ratio > max_loss_ratio:
-        return ProbeResult.failed(Failure.PACKET_LOSS, f"{summary}; loss {loss_ratio:.1%} above {max_loss_ratio:.1%}", samples)
+        return ProbeResult.failed(IcmpFailure.PACKET_LOSS, f"{summary}; loss {loss_ratio:.1%} above {max_loss_ratio:.1%}", samples)
     return ProbeResult(success=True, detail=summary, samples=samples)
 
 
-SPEC = ProberSpec("icmp", IcmpSettings, probe)
+SPEC = ProberSpec("icmp", IcmpSettings, probe, failures=IcmpFailure)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
+from agents.probes.base import ProberSpec
+from agents.probes.mailproto import MailFailure as Failure  # the mail probers' reasons and the common ones
 from agents.probes.mailproto import (
     Connection,
     Endpoint,
@@ -36,9 +37,10 @@ from agents.probes.mailproto import (
     target_endpoint,
 )
 from agents.probes.resolve import split_host_port
-from agents.probes.resources import ProbeResources
 from agents.probes.tcp import FAILED_DUE_TO_REGEX
-from agents.probes.tlsinfo import TlsContexts, TlsSettings
+from agents.probes.tlsinfo import TLS_CONTEXTS, TlsContexts, TlsSettings
+from agents.resources import ProbeResources
+from agents.results import Metric, ProbeResult, ProbeTarget, Sample
 
 DURATION = Metric("probe_imap_duration_seconds", "Duration of the IMAP conversation by phase")
 MAILBOX_MESSAGES = Metric("probe_imap_mailbox_messages", "Messages in the examined mailbox (EXISTS)")
@@ -250,15 +252,15 @@ async def _starttls(session: ImapSession) -> None:
         raise MailError(Failure.NO_STARTTLS, f"STARTTLS answered {response}")
 
 
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
-    settings: ImapSettings = module.settings
+async def probe(target: ProbeTarget, module: ModuleConfig[ImapSettings], resources: ProbeResources) -> ProbeResult:
+    settings = module.settings
     deadline = time.monotonic() + module.timeout
     phases = Phases(DURATION)
     samples: list[Sample] = []
     try:
         endpoint = await target_endpoint(target, settings.default_port, module, settings.tls_config.server_name)
         samples += endpoint.samples
-        session = await open_session(endpoint, settings, resources.tls, deadline, phases, samples)
+        session = await open_session(endpoint, settings, resources.get(TLS_CONTEXTS), deadline, phases, samples)
         try:
             if settings.mailbox is not None:
                 with phases.timed("select"):
@@ -273,4 +275,4 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
     return ProbeResult(success=True, detail=detail, samples=samples + phases.samples())
 
 
-SPEC = ProberSpec("imap", ImapSettings, probe, host_of=lambda address: split_host_port(address, 0)[0])
+SPEC = ProberSpec("imap", ImapSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure)

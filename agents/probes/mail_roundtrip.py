@@ -10,7 +10,7 @@ One run, bounded by the module timeout:
 3. Look every `poll_interval` until it is there or the time left is only the cleanup reserve. Delivery time is
    from the SMTP server's 250 after DATA to the reply of the look that first shows the message, so it is
    late by at most one poll interval plus one round trip.
-4. A message still missing stays pending in `ProbeResources.mail_roundtrips`: a later run that finds it counts
+4. A message still missing stays pending in the ROUNDTRIP_STATES resource: a later run that finds it counts
    it late (never lost) and deletes it; after `lost_after` it is counted lost. Probe messages older than
    `lost_after` that no pending entry knows (an agent restart, or a message already counted lost) are deleted
    uncounted, so the mailbox never fills; younger ones are left alone, since they may belong to a run in
@@ -32,11 +32,12 @@ import msgspec
 from agents.config.model import ModuleConfig
 from foundation.config.types import Duration
 from agents.probes import imap, pop3, smtp
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
-from agents.probes.mailproto import Endpoint, MailError, Phases, resolve_endpoint, target_endpoint
+from agents.probes.base import ProberSpec
+from agents.probes.mailproto import Endpoint, MailError, MailFailure, Phases, resolve_endpoint, target_endpoint
 from agents.probes.resolve import split_host_port
-from agents.probes.resources import ProbeResources
-from agents.probes.tlsinfo import TlsContexts
+from agents.probes.tlsinfo import TLS_CONTEXTS, TlsContexts
+from agents.resources import ProbeResources, Resource
+from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample
 
 SEND_SUCCESS = Metric("probe_mail_roundtrip_send_success", "1 if the SMTP server accepted this run's probe message, else 0")
 DELIVERY_SUCCESS = Metric(
@@ -78,6 +79,10 @@ _UID = re.compile(r"\bUID (\d+)", re.IGNORECASE)
 _ADDRESS = re.compile(r"^[^\s<>@]+@[^\s<>@]+$")
 CLEANUP_RESERVE_RATIO, CLEANUP_RESERVE_MAX = 0.1, 2.0  # of the timeout, kept for deleting and logging out
 QUIT_GRACE = 1.0  # seconds to wait for the answer to QUIT once the message is accepted
+
+
+class RoundtripFailure(MailFailure):
+    NOT_DELIVERED = Reason("not_delivered")  # the message did not reach the mailbox in time
 
 
 class ImapMailbox(imap.ImapSettings, tag_field="protocol", tag="imap"):
@@ -124,13 +129,17 @@ class RoundtripState:
 
 
 class RoundtripStates:
-    """Every mail_roundtrip target's state, reachable from ProbeResources."""
+    """Every mail_roundtrip target's state (the ROUNDTRIP_STATES resource)."""
 
     def __init__(self) -> None:
         self._states: dict[tuple[str, str, str | None], RoundtripState] = {}
 
     def get(self, target: ProbeTarget, module: ModuleConfig) -> RoundtripState:
         return self._states.setdefault((target.name, module.name, target.ip), RoundtripState())
+
+
+# Messages mail_roundtrip sent and still waits for, per target: they outlive one probe run
+ROUNDTRIP_STATES: Resource[RoundtripStates] = Resource("mail_roundtrips", lambda resources: RoundtripStates())
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +222,11 @@ async def send(endpoint: Endpoint, settings: RoundtripSettings, contexts: TlsCon
         ):
             reply = await smtp.command(connection, line, step)
             if reply.code not in accepted:
-                raise MailError(Failure.MAIL_REJECTED, f"{step} answered {reply}")
+                raise MailError(MailFailure.MAIL_REJECTED, f"{step} answered {reply}")
         await connection.send(data, "the message")
         reply = await smtp.read_reply(connection)
         if reply.code != 250:
-            raise MailError(Failure.MAIL_REJECTED, f"the message was refused: {reply}")
+            raise MailError(MailFailure.MAIL_REJECTED, f"the message was refused: {reply}")
         sent = Sent(token, message_id, time.perf_counter() - started, time.time(), time.monotonic())
         connection.deadline = min(connection.deadline, time.monotonic() + QUIT_GRACE)
         try:
@@ -356,7 +365,7 @@ class Pop3Watcher:
 
 
 async def _open_watcher(
-    target: ProbeTarget, module: ModuleConfig, settings: RoundtripSettings, contexts: TlsContexts, deadline: float
+    target: ProbeTarget, module: ModuleConfig[RoundtripSettings], settings: RoundtripSettings, contexts: TlsContexts, deadline: float
 ) -> Watcher:
     mailbox = settings.mailbox
     server = mailbox.server or split_host_port(target.address, settings.smtp.default_port)[0]
@@ -379,20 +388,20 @@ class Errors:
     mailbox: MailError | None = None
 
 
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
-    settings: RoundtripSettings = module.settings
-    state = resources.mail_roundtrips.get(target, module)
+async def probe(target: ProbeTarget, module: ModuleConfig[RoundtripSettings], resources: ProbeResources) -> ProbeResult:
+    settings = module.settings
+    state = resources.get(ROUNDTRIP_STATES).get(target, module)
     run = Run(new_token(), state.pending, settings.lost_after)
     state.pending = {}  # claimed by this run; whatever it does not find goes back in _settle, whatever happens
     try:
-        errors = await _roundtrip(run, target, module, resources.tls)
+        errors = await _roundtrip(run, target, module, resources.get(TLS_CONTEXTS))
     finally:
         lost = _settle(state, run)
     return _result(run, errors, _samples(run, state, lost), _earlier_runs(run.late, lost))
 
 
-async def _roundtrip(run: Run, target: ProbeTarget, module: ModuleConfig, contexts: TlsContexts) -> Errors:
-    settings: RoundtripSettings = module.settings
+async def _roundtrip(run: Run, target: ProbeTarget, module: ModuleConfig[RoundtripSettings], contexts: TlsContexts) -> Errors:
+    settings = module.settings
     deadline = time.monotonic() + module.timeout
     looks_until = deadline - min(module.timeout * CLEANUP_RESERVE_RATIO, CLEANUP_RESERVE_MAX)
     errors = Errors()
@@ -427,7 +436,7 @@ def _result(run: Run, errors: Errors, samples: list[Sample], earlier: str) -> Pr
     assert run.sent is not None
     if run.delivery_seconds is None:
         detail = f"{run.sent.message_id} not in the mailbox within the timeout; it stays pending{earlier}"
-        return ProbeResult.failed(Failure.NOT_DELIVERED, detail, samples)
+        return ProbeResult.failed(RoundtripFailure.NOT_DELIVERED, detail, samples)
     sent_ms, delivered_ms = run.sent.seconds * 1000, run.delivery_seconds * 1000
     detail = f"{run.sent.message_id} sent in {sent_ms:.0f} ms, delivered in {delivered_ms:.0f} ms{earlier}"
     return ProbeResult(success=True, detail=detail, samples=samples)
@@ -475,4 +484,6 @@ def _samples(run: Run, state: RoundtripState, lost: int) -> list[Sample]:
     return samples
 
 
-SPEC = ProberSpec("mail_roundtrip", RoundtripSettings, probe, host_of=lambda address: split_host_port(address, 0)[0])
+SPEC = ProberSpec(
+    "mail_roundtrip", RoundtripSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=RoundtripFailure
+)

@@ -20,7 +20,7 @@ import msgspec
 
 from agents.config.model import ModuleConfig
 from foundation.config.types import SecretFile, SecretRef
-from agents.probes.base import Failure, Metric, ProbeTarget, Sample, socket_failure
+from agents.results import Failure, Metric, ProbeTarget, Reason, Sample, socket_failure
 from agents.probes.resolve import ResolveError, resolve, split_host_port
 from agents.probes.tlsinfo import (
     TlsContexts,
@@ -70,8 +70,17 @@ def check_common(port: int | None, banner_regexp: str | None, auth: MailAuth | N
         auth.check("auth")
 
 
+class MailFailure(Failure):
+    """The reasons of the mail probers (smtp, imap, pop3, mail_roundtrip), over the common ones."""
+
+    AUTH_UNSUPPORTED = Reason("auth_unsupported")  # the required AUTH mechanism or login is not offered
+    BAD_BANNER = Reason("bad_banner")  # greeting not 220 / OK / +OK, or not matching the expected regexp
+    NO_STARTTLS = Reason("no_starttls")  # STARTTLS / STLS required but not offered
+    MAIL_REJECTED = Reason("mail_rejected")  # the SMTP server refused the sender, recipient or message
+
+
 class MailError(Exception):
-    def __init__(self, failure: Failure, detail: str) -> None:
+    def __init__(self, failure: Reason, detail: str) -> None:
         super().__init__(detail)
         self.failure = failure
         self.detail = detail
@@ -295,7 +304,7 @@ async def secure_and_log_in(
         with phases.timed("capability"):
             await session.refresh_capabilities()  # RFC 3501 / RFC 2595: what was said before TLS no longer counts
     elif settings.tls == "starttls":
-        raise MailError(Failure.NO_STARTTLS, f"the server does not offer {keyword}")
+        raise MailError(MailFailure.NO_STARTTLS, f"the server does not offer {keyword}")
     if settings.auth is not None:
         with phases.timed("auth"):
             await session.login(settings.auth)

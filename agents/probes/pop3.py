@@ -14,7 +14,8 @@ import time
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
+from agents.probes.base import ProberSpec
+from agents.probes.mailproto import MailFailure as Failure  # the mail probers' reasons and the common ones
 from agents.probes.mailproto import (
     Connection,
     Endpoint,
@@ -32,9 +33,10 @@ from agents.probes.mailproto import (
     target_endpoint,
 )
 from agents.probes.resolve import split_host_port
-from agents.probes.resources import ProbeResources
 from agents.probes.tcp import FAILED_DUE_TO_REGEX
-from agents.probes.tlsinfo import TlsContexts, TlsSettings
+from agents.probes.tlsinfo import TLS_CONTEXTS, TlsContexts, TlsSettings
+from agents.resources import ProbeResources
+from agents.results import Metric, ProbeResult, ProbeTarget, Sample
 
 DURATION = Metric("probe_pop3_duration_seconds", "Duration of the POP3 conversation by phase")
 MAILBOX_MESSAGES = Metric("probe_pop3_mailbox_messages", "Messages in the maildrop (STAT)")
@@ -177,15 +179,15 @@ async def _stls(session: Pop3Session) -> None:
         raise MailError(Failure.NO_STARTTLS, f"STLS answered {excerpt(status)}")
 
 
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
-    settings: Pop3Settings = module.settings
+async def probe(target: ProbeTarget, module: ModuleConfig[Pop3Settings], resources: ProbeResources) -> ProbeResult:
+    settings = module.settings
     deadline = time.monotonic() + module.timeout
     phases = Phases(DURATION)
     samples: list[Sample] = []
     try:
         endpoint = await target_endpoint(target, settings.default_port, module, settings.tls_config.server_name)
         samples += endpoint.samples
-        session = await open_session(endpoint, settings, resources.tls, deadline, phases, samples)
+        session = await open_session(endpoint, settings, resources.get(TLS_CONTEXTS), deadline, phases, samples)
         try:
             if settings.stat:
                 with phases.timed("stat"):
@@ -201,4 +203,4 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
     return ProbeResult(success=True, detail=detail, samples=samples + phases.samples())
 
 
-SPEC = ProberSpec("pop3", Pop3Settings, probe, host_of=lambda address: split_host_port(address, 0)[0])
+SPEC = ProberSpec("pop3", Pop3Settings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure)

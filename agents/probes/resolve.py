@@ -8,7 +8,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from agents.probes.base import Failure, Metric, Sample
+from agents.results import Failure, Metric, Reason, Sample
 
 DEFAULT_GATEWAY = "default_gateway"  # address keyword: the host's IPv4 default route
 
@@ -18,7 +18,7 @@ IP_ADDR_HASH = Metric("probe_ip_addr_hash", "Specifies the hash of IP address. I
 
 
 class ResolveError(Exception):
-    def __init__(self, failure: Failure, detail: str) -> None:
+    def __init__(self, failure: Reason, detail: str) -> None:
         super().__init__(detail)
         self.failure = failure
         self.detail = detail

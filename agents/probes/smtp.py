@@ -19,7 +19,8 @@ from typing import Literal
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
+from agents.probes.base import ProberSpec
+from agents.probes.mailproto import MailFailure as Failure  # the mail probers' reasons and the common ones
 from agents.probes.mailproto import (
     Connection,
     Endpoint,
@@ -36,9 +37,10 @@ from agents.probes.mailproto import (
     target_endpoint,
 )
 from agents.probes.resolve import split_host_port
-from agents.probes.resources import ProbeResources
 from agents.probes.tcp import FAILED_DUE_TO_REGEX
-from agents.probes.tlsinfo import TlsContexts, TlsSettings
+from agents.probes.tlsinfo import TLS_CONTEXTS, TlsContexts, TlsSettings
+from agents.resources import ProbeResources
+from agents.results import Metric, ProbeResult, ProbeTarget, Sample
 
 DURATION = Metric("probe_smtp_duration_seconds", "Duration of the SMTP conversation by phase")
 BANNER_CODE = Metric("probe_smtp_banner_status_code", "Status code of the server's greeting (220 when ready)")
@@ -241,15 +243,15 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
-    settings: SmtpSettings = module.settings
+async def probe(target: ProbeTarget, module: ModuleConfig[SmtpSettings], resources: ProbeResources) -> ProbeResult:
+    settings = module.settings
     deadline = time.monotonic() + module.timeout
     phases = Phases(DURATION)
     samples: list[Sample] = []
     try:
         endpoint = await target_endpoint(target, settings.default_port, module, settings.tls_config.server_name)
         samples += endpoint.samples
-        connection = await open_session(endpoint, settings, resources.tls, deadline, phases, samples)
+        connection = await open_session(endpoint, settings, resources.get(TLS_CONTEXTS), deadline, phases, samples)
         try:
             with phases.timed("quit"):
                 await quit_session(connection)
@@ -261,4 +263,4 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
     return ProbeResult(success=True, detail=detail, samples=samples + phases.samples())
 
 
-SPEC = ProberSpec("smtp", SmtpSettings, probe, host_of=lambda address: split_host_port(address, 0)[0])
+SPEC = ProberSpec("smtp", SmtpSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure)

@@ -10,10 +10,10 @@ import time
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample, socket_failure
+from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve, split_host_port
-from agents.probes.resources import ProbeResources
 from agents.probes.tlsinfo import (
+    TLS_CONTEXTS,
     TlsSettings,
     classify_tls_error,
     TlsContexts,
@@ -21,11 +21,17 @@ from agents.probes.tlsinfo import (
     session_samples,
     version_ok,
 )
+from agents.resources import ProbeResources
+from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample, socket_failure
 
 CONNECT_TIME = Metric("probe_tcp_connect_duration_seconds", "Time taken to establish the TCP connection")
 PORT_OPEN = Metric("probe_tcp_port_open", "1 if the TCP port accepted the connection, 0 if refused or filtered")
 FAILED_DUE_TO_REGEX = Metric("probe_failed_due_to_regex", "Indicates if probe failed due to regex")
 TLS_HANDSHAKE_TIME = Metric("probe_tcp_tls_handshake_duration_seconds", "Time taken by the TLS handshake")
+
+
+class TcpFailure(Failure):
+    PORT_OPEN = Reason("port_open")  # must_be_closed, and the port accepted the connection
 
 
 class QueryStep(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -52,8 +58,8 @@ class TcpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
                     raise ValueError(f"query_response: step {index}: invalid regex {step.expect!r}: {exc}") from None
 
 
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
-    settings: TcpSettings = module.settings
+async def probe(target: ProbeTarget, module: ModuleConfig[TcpSettings], resources: ProbeResources) -> ProbeResult:
+    settings = module.settings
     deadline = time.monotonic() + module.timeout
     try:
         host, port = split_host_port(target.address, settings.port)
@@ -77,9 +83,9 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
     samples.append(PORT_OPEN(1))
     try:
         if settings.must_be_closed:
-            return ProbeResult.failed(Failure.PORT_OPEN, f"port {port} is open but must be closed", samples)
+            return ProbeResult.failed(TcpFailure.PORT_OPEN, f"port {port} is open but must be closed", samples)
         return await asyncio.wait_for(
-            _converse(reader, writer, settings, resources.tls, server_name, resolved.ip, port, samples, deadline),
+            _converse(reader, writer, settings, resources.get(TLS_CONTEXTS), server_name, resolved.ip, port, samples, deadline),
             max(deadline - time.monotonic(), 0.001),
         )
     except asyncio.TimeoutError:
@@ -92,7 +98,7 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
         writer.transport.abort()
 
 
-def _closed_result(settings: TcpSettings, samples: list[Sample], failure: Failure, detail: str, state: str) -> ProbeResult:
+def _closed_result(settings: TcpSettings, samples: list[Sample], failure: Reason, detail: str, state: str) -> ProbeResult:
     samples.append(PORT_OPEN(0))
     if settings.must_be_closed and failure in (Failure.CONNECT_REFUSED, Failure.TIMEOUT):
         return ProbeResult(success=True, detail=f"port is {state}, as the policy requires", samples=samples)
@@ -177,4 +183,4 @@ async def _start_tls(
     return None
 
 
-SPEC = ProberSpec("tcp", TcpSettings, probe, host_of=lambda address: split_host_port(address, 0)[0])
+SPEC = ProberSpec("tcp", TcpSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=TcpFailure)

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import msgspec
 
 from foundation.config.types import FilePath
-from agents.probes.base import Failure, Metric, Sample
+from agents.resources import Resource
+from agents.results import Failure, Metric, Reason, Sample
 
 TlsVersionName = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 _VERSION_ORDER = {"TLSv1": 10, "TLSv1.1": 11, "TLSv1.2": 12, "TLSv1.3": 13}
@@ -83,6 +84,10 @@ class TlsContexts:
     def clear(self) -> None:
         """Forget every context (on reload: CA files may have been replaced)."""
         self._contexts.clear()
+
+
+# Every TLS prober's client contexts, forgotten at a config reload
+TLS_CONTEXTS: Resource[TlsContexts] = Resource("tls_contexts", lambda resources: TlsContexts(), reload=TlsContexts.clear)
 
 
 def peer_chain_der(ssl_object: Any) -> list[bytes]:
@@ -164,7 +169,7 @@ def _sans(cert: Any) -> str:
     return ",".join(names)
 
 
-def classify_tls_error(exc: BaseException) -> Failure:
+def classify_tls_error(exc: BaseException) -> Reason:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Failure.TLS_VERIFY
     return Failure.TLS_HANDSHAKE

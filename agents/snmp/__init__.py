@@ -1,4 +1,5 @@
 """SNMP polling: config sections, profiles, the v1/v2c codec, sessions, walker, caches (docs/snmp.md).
 
-Nothing is imported here: agents.config.model imports agents.snmp.schema while agents.config is loading.
+The domain of the `snmp` prober (probe.py): it owns the snmp_* top-level keys (schema.py) and expands them into
+targets (targets.py); the prober's table row (probe.SPEC) registers both.
 """

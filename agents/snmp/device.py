@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from agents.probes.base import Sample
+from agents.results import Sample
 from agents.snmp.labels import TableCache
 from agents.snmp.plan import Plan
 from agents.snmp.usm import UsmPeer

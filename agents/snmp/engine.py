@@ -1,4 +1,4 @@
-"""Process-wide SNMP resources (ProbeResources.snmp): device states and the cap on concurrent polls."""
+"""Process-wide SNMP state (the SNMP_STATE resource): device states and the cap on concurrent polls."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
-from agents.probes.base import Failure
+from agents.resources import Resource
+from agents.results import Failure
 from agents.snmp.device import DeviceState
 from agents.snmp.schema import SnmpAuth
 from agents.snmp.session import CommunitySession, Session, SnmpError, UsmSession
@@ -59,3 +60,7 @@ class SnmpResources:
         if device.usm is None:  # hashing the passphrases takes ~20 ms: once per device, off the event loop
             device.usm = UsmPeer(await asyncio.to_thread(UsmUser, auth))
         return await UsmSession.open(device.usm, ip, port)
+
+
+# Per-device SNMP state (caches, bulk size, v3 engine and keys) and the SNMP poll cap
+SNMP_STATE: Resource[SnmpResources] = Resource("snmp", lambda resources: SnmpResources())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agents.probes.base import Metric
+from agents.results import Metric
 from agents.snmp.ber import encode_oid
 from agents.snmp.schema import IndexSpec, MetricSpec, MetricType, Profile, Refresh
 

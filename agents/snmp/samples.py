@@ -7,7 +7,7 @@ NAME_info{NAME="enum name"} 1. Every table series carries the row's index and lo
 
 from __future__ import annotations
 
-from agents.probes.base import Metric, Sample
+from agents.results import Metric, Sample
 from agents.snmp import ber
 from agents.snmp.labels import Labels, label_text
 from agents.snmp.plan import Column, Plan, Scalar

@@ -1,4 +1,5 @@
-"""The SNMP config sections (snmp_auths, snmp_devices, snmp_profiles) as typed structs, checked at load.
+"""The SNMP config sections (snmp_auths, snmp_devices, snmp_profiles: the SNMP domain's top-level keys) as typed
+structs, checked at load, and the settings one device is polled with.
 
 Profiles are YAML of numeric OIDs with names and types. A profile has `scalars` (fetched with one GET per poll) and `tables` (each walked with one multi-column
 GETBULK walk). Table columns are either `lookups` (label columns such as ifName: cached, and re-walked on
@@ -14,7 +15,7 @@ from __future__ import annotations
 import functools
 import re
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -150,6 +151,16 @@ class SnmpDevice(_Spec, kw_only=True):
                 raise ValueError(f"{key}: must not be shorter than the interval ({interval:g}s)")
 
 
+class SnmpSections(_Spec, kw_only=True):
+    """The top-level keys the SNMP domain owns (registered by agents/snmp/probe.py's SPEC)."""
+
+    # snmp_auths and snmp_profiles are decoded entry by entry (agents/snmp/targets.py) so errors keep their key
+    snmp_auths: dict[str, dict[str, Any]] = {}  # v1/v2c communities and v3 users, secrets by reference (docs/snmp.md)
+    snmp_profiles: dict[str, dict[str, Any]] = {}  # custom numeric-OID profiles, next to the built-in ones
+    snmp_devices: list[SnmpDevice] = []  # expanded into targets of the snmp prober (agents/snmp/targets.py)
+    snmp_max_concurrent_polls: int = 32
+
+
 # --- profiles --------------------------------------------------------------------------------------------------
 
 
@@ -256,6 +267,23 @@ def _check_fallback(table: TableSpec, metric: MetricSpec, where: str) -> None:
         raise ValueError(f"{where}: {primary.name!r} is itself a fallback")
     if primary.refresh != metric.refresh:
         raise ValueError(f"{where}: a fallback is walked on the cadence of {primary.name!r} (refresh: {primary.refresh})")
+
+
+class SnmpSettings(_Spec, kw_only=True):
+    """One device's poll settings, built by the config loader from `snmp_devices` (see docs/snmp.md)."""
+
+    auth: SnmpAuth | None = None
+    profiles: tuple[Profile, ...] = ()
+    request_timeout: float = 2.0
+    retries: int = 2
+    max_repetitions: int = 25
+    label_refresh: float = 1800.0
+    slow_refresh: float = 300.0
+    keep_last_good: float = 0.0
+    max_concurrent_polls: int = 32
+
+    def validate(self, timeout: float) -> None:
+        raise ValueError("SNMP devices are configured under `snmp_devices` (with `snmp_auths`), not as modules")
 
 
 def load_builtin_profiles() -> dict[str, Profile]:

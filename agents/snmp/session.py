@@ -12,8 +12,9 @@ import itertools
 import random
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
-from agents.probes.base import Failure, socket_failure
+from agents.results import Failure, Reason, socket_failure
 from agents.snmp import ber
+from agents.snmp.failures import SnmpFailure
 from agents.snmp.schema import SnmpAuth
 from agents.snmp.usm import (
     NOT_IN_TIME_WINDOW,
@@ -37,7 +38,7 @@ class RequestTimeout(Exception):
 class SnmpError(Exception):
     """A poll-ending error with its bounded class; `detail` is for humans and never holds a secret."""
 
-    def __init__(self, failure: Failure, detail: str) -> None:
+    def __init__(self, failure: Reason, detail: str) -> None:
         super().__init__(detail)
         self.failure = failure
         self.detail = detail
@@ -61,13 +62,13 @@ class _Responses(asyncio.DatagramProtocol, Generic[Payload]):
     def __init__(self, parse: Callable[[bytes], tuple[int, Payload]]) -> None:
         self._parse = parse
         self.waiting: dict[int, asyncio.Future[Payload]] = {}
-        self.dropped: tuple[Failure, str] | None = None
+        self.dropped: tuple[Reason, str] | None = None
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
             key, payload = self._parse(data)
         except ber.DecodeError as exc:
-            self.dropped = (Failure.DECODE_ERROR, f"undecodable response: {exc}")
+            self.dropped = (SnmpFailure.DECODE_ERROR, f"undecodable response: {exc}")
             return
         except AuthenticationError:
             self.dropped = (Failure.AUTH_FAILED, "responses fail authentication: wrong auth password or protocol")

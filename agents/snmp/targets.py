@@ -2,71 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-from agents.config.model import ModuleConfig, RawAgentConfig, Target
+from agents.config.model import ModuleConfig, Target
+from agents.config.sections import SectionContext, SectionSpec
 from foundation.config.base import check_interval
 from foundation.config.yamlpos import Path
-from agents.probes.snmp import SnmpSettings
-from agents.snmp.schema import Profile, SnmpAuth, SnmpDevice, conflicting_names, load_builtin_profiles
+from agents.snmp.schema import Profile, SnmpAuth, SnmpDevice, SnmpSections, SnmpSettings, conflicting_names, load_builtin_profiles
 
 MODULE_NAME = "snmp"  # the `module` label of every device's series
 KEEP_LAST_GOOD_INTERVALS = 3
 
 
-class Context(Protocol):
-    def error(self, path: Path, message: str) -> Exception: ...
-
-    def convert(self, data: Any, type_: Any, path: Path) -> Any: ...
-
-
-CheckLabels = Callable[[Context, dict[str, str], Path], None]
-
-
-def build_snmp_targets(ctx: Context, raw: RawAgentConfig, check_labels: CheckLabels) -> list[Target]:
-    if raw.snmp_max_concurrent_polls < 1:
-        raise ctx.error(("snmp_max_concurrent_polls",), "must be at least 1")
-    auths = _auths(ctx, raw.snmp_auths)
-    profiles = _profiles(ctx, raw.snmp_profiles)
-    seen = {target.name: f"targets[{index}]" for index, target in enumerate(raw.targets)}
-    seen.update({check.name: f"ssh_checks[{index}]" for index, check in enumerate(raw.ssh_checks)})
+def build_snmp_targets(keys: SnmpSections, context: SectionContext) -> list[Target]:
+    if keys.snmp_max_concurrent_polls < 1:
+        raise context.error(("snmp_max_concurrent_polls",), "must be at least 1")
+    auths = _auths(context, keys.snmp_auths)
+    profiles = _profiles(context, keys.snmp_profiles)
     targets = []
-    for index, device in enumerate(raw.snmp_devices):
+    for index, device in enumerate(keys.snmp_devices):
         path: Path = ("snmp_devices", index)
-        if device.name in seen:
-            raise ctx.error(path + ("name",), f"duplicate target name {device.name!r} (first defined in {seen[device.name]})")
-        seen[device.name] = f"snmp_devices[{index}]"
-        target = _target(ctx, path, device, auths, profiles, raw, check_labels)
+        context.claim_name(device.name, path)
+        target = _target(context, path, device, auths, profiles, keys.snmp_max_concurrent_polls)
         if device.enabled:
             targets.append(target)
     return targets
 
 
-def _auths(ctx: Context, raw: dict[str, dict[str, Any]]) -> dict[str, SnmpAuth]:
+SECTION = SectionSpec(SnmpSections, build_snmp_targets)
+
+
+def _auths(context: SectionContext, raw: dict[str, dict[str, Any]]) -> dict[str, SnmpAuth]:
     auths: dict[str, SnmpAuth] = {}
     for name, body in raw.items():
-        auth = auths[name] = ctx.convert(body, SnmpAuth, ("snmp_auths", name))
-        _check(ctx, ("snmp_auths", name), auth.check)
+        auth = auths[name] = context.convert(body, SnmpAuth, ("snmp_auths", name))
+        _check(context, ("snmp_auths", name), auth.check)
     return auths
 
 
-def _profiles(ctx: Context, custom: dict[str, dict[str, Any]]) -> dict[str, Profile]:
+def _profiles(context: SectionContext, custom: dict[str, dict[str, Any]]) -> dict[str, Profile]:
     profiles = load_builtin_profiles()
     for name, body in custom.items():
         if name in profiles:
-            raise ctx.error(("snmp_profiles", name), f"{name!r} is a built-in profile; give yours another name")
-        profile = ctx.convert(body, Profile, ("snmp_profiles", name))
-        _check(ctx, ("snmp_profiles", name), profile.check)
+            raise context.error(("snmp_profiles", name), f"{name!r} is a built-in profile; give yours another name")
+        profile = context.convert(body, Profile, ("snmp_profiles", name))
+        _check(context, ("snmp_profiles", name), profile.check)
         profiles[name] = profile
     return profiles
 
 
-def _check(ctx: Context, path: Path, check: Callable[[], None]) -> None:
+def _check(context: SectionContext, path: Path, check: Callable[[], None]) -> None:
     try:
         check()
     except ValueError as exc:
         key, _, message = str(exc).partition(": ")
-        raise ctx.error(path + _key_path(key), message) from None
+        raise context.error(path + _key_path(key), message) from None
 
 
 def _key_path(key: str) -> Path:
@@ -80,26 +70,25 @@ def _key_path(key: str) -> Path:
     return tuple(parts)
 
 
-def _target(ctx: Context, path: Path, device: SnmpDevice, auths: dict[str, SnmpAuth], profiles: dict[str, Profile],
-            raw: RawAgentConfig, check_labels: CheckLabels) -> Target:
+def _target(context: SectionContext, path: Path, device: SnmpDevice, auths: dict[str, SnmpAuth], profiles: dict[str, Profile],
+            max_concurrent_polls: int) -> Target:
     auth = auths.get(device.auth)
     if auth is None:
-        raise ctx.error(path + ("auth",), f"unknown auth {device.auth!r}; snmp_auths: {', '.join(sorted(auths)) or 'none defined'}")
+        raise context.error(path + ("auth",), f"unknown auth {device.auth!r}; snmp_auths: {', '.join(sorted(auths)) or 'none defined'}")
     for number, name in enumerate(device.profiles):
         if name not in profiles:
-            raise ctx.error(path + ("profiles", number), f"unknown profile {name!r}; profiles: {', '.join(sorted(profiles))}")
+            raise context.error(path + ("profiles", number), f"unknown profile {name!r}; profiles: {', '.join(sorted(profiles))}")
     chosen = {name: profiles[name] for name in dict.fromkeys(device.profiles)}
     conflict = conflicting_names(chosen)
     if conflict:
-        raise ctx.error(path + ("profiles",), conflict)
-    check_labels(ctx, device.labels, path + ("labels",))
-    interval = float(device.interval if device.interval is not None else raw.defaults.interval)
-    timeout = float(device.timeout if device.timeout is not None else raw.defaults.timeout)
-    check_interval(ctx, interval, timeout, "this device", (path + ("interval",), path + ("timeout",), path + ("timeout",)))
-    _check(ctx, path, lambda: device.check(interval))
+        raise context.error(path + ("profiles",), conflict)
+    context.check_labels(device.labels, path + ("labels",))
+    interval, timeout = context.interval(device.interval), context.timeout(device.timeout)
+    check_interval(context.ctx, interval, timeout, "this device", (path + ("interval",), path + ("timeout",), path + ("timeout",)))
+    _check(context, path, lambda: device.check(interval))
     request_timeout = device.request_timeout_within(timeout)
     if request_timeout > timeout:
-        raise ctx.error(path + ("request_timeout",), f"longer than the poll's timeout {timeout:g}s")
+        raise context.error(path + ("request_timeout",), f"longer than the poll's timeout {timeout:g}s")
     keep = device.keep_last_good if device.keep_last_good is not None else KEEP_LAST_GOOD_INTERVALS * interval
     settings = SnmpSettings(
         auth=auth,
@@ -110,9 +99,8 @@ def _target(ctx: Context, path: Path, device: SnmpDevice, auths: dict[str, SnmpA
         label_refresh=float(device.label_refresh),
         slow_refresh=float(device.slow_refresh),
         keep_last_good=float(keep),
-        max_concurrent_polls=raw.snmp_max_concurrent_polls,
+        max_concurrent_polls=max_concurrent_polls,
     )
     module = ModuleConfig(MODULE_NAME, "snmp", timeout, device.preferred_ip_protocol, True, settings)
     host = f"[{device.address}]" if ":" in device.address else device.address
-    labels = {**raw.agent.labels, **device.labels}
-    return Target(device.name, f"{host}:{device.port}", module, interval, tuple(sorted(labels.items())), False)
+    return context.target(device.name, f"{host}:{device.port}", module, interval, device.labels)

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agents.probes.base import Failure
+from agents.results import Failure
 from agents.snmp import ber
+from agents.snmp.failures import SnmpFailure
 from agents.snmp.schema import SnmpAuth
 
 MAX_MESSAGE_SIZE = 65507  # the largest UDP payload: let the agent answer as much as it likes
@@ -31,9 +32,9 @@ REPORTED_FAILURES = {
     ber.encode_oid(f"{_USM_STATS}.1.0"): (
         Failure.AUTH_FAILED, "the agent does not accept this security level for the user (usmStatsUnsupportedSecLevels)"),
     NOT_IN_TIME_WINDOW: (
-        Failure.SNMP_NOT_IN_TIME_WINDOW, "the request stayed outside the agent's time window (usmStatsNotInTimeWindows)"),
+        SnmpFailure.SNMP_NOT_IN_TIME_WINDOW, "the request stayed outside the agent's time window (usmStatsNotInTimeWindows)"),
     ber.encode_oid(f"{_USM_STATS}.3.0"): (
-        Failure.SNMP_UNKNOWN_USER, "the agent does not know this user (usmStatsUnknownUserNames)"),
+        SnmpFailure.SNMP_UNKNOWN_USER, "the agent does not know this user (usmStatsUnknownUserNames)"),
     UNKNOWN_ENGINE_ID: (Failure.PROTOCOL_ERROR, "the agent did not accept its own engine ID (usmStatsUnknownEngineIDs)"),
     ber.encode_oid(f"{_USM_STATS}.5.0"): (
         Failure.AUTH_FAILED, "the agent rejected the authentication key (usmStatsWrongDigests): wrong auth password or protocol"),

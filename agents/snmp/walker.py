@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from agents.probes.base import Failure
+from agents.results import Failure
 from agents.snmp import ber
+from agents.snmp.failures import SnmpFailure
 from agents.snmp.session import RequestTimeout, Session, SnmpError
 
 GROW_AFTER_CLEAN_POLLS = 10
@@ -106,7 +107,7 @@ class Walker:
     @staticmethod
     def _error_position(response: ber.Response, count: int) -> int:
         if not 1 <= response.error_index <= count:
-            raise SnmpError(Failure.SNMP_NO_SUCH_NAME, f"noSuchName with error-index {response.error_index}")
+            raise SnmpError(SnmpFailure.SNMP_NO_SUCH_NAME, f"noSuchName with error-index {response.error_index}")
         return response.error_index - 1
 
     async def _request(self, pdu: int, oids: list[bytes]) -> ber.Response:
@@ -130,7 +131,7 @@ class Walker:
                 continue
             if response.error_status == ber.TOO_BIG:
                 if pdu != ber.GETBULK or repetitions == 1:
-                    raise SnmpError(Failure.SNMP_TOO_BIG, f"tooBig for a request of {len(oids)} varbinds")
+                    raise SnmpError(SnmpFailure.SNMP_TOO_BIG, f"tooBig for a request of {len(oids)} varbinds")
                 self._stats.retries += 1
                 repetitions = self._bulk.shrink(too_big=True)
                 continue

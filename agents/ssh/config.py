@@ -1,4 +1,5 @@
-"""The `ssh_hosts` and `ssh_checks` config sections, and the resolved objects the prober runs with.
+"""The `ssh_hosts` and `ssh_checks` config sections (the SSH domain's top-level keys), and the resolved objects
+the prober runs with.
 
 Key files and known_hosts files are paths read at each new connection (as OpenSSH reads its IdentityFile and
 known_hosts), so keys can be rotated and hosts added without a reload; only the key's passphrase is a secret in
@@ -8,15 +9,12 @@ the config, and only by reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from foundation.config.types import Duration, Secret, SecretFile, SecretRef
 from agents.ssh.hostkeys import HostKeyPolicy, known_hosts_entry
-
-if TYPE_CHECKING:  # the config model imports this module; parsers import the probes package
-    from agents.ssh.parsers import Parse
+from agents.ssh.parsers import Parse
 
 
 class SshHostConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -42,6 +40,13 @@ class SshCheckConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     timeout: Duration | None = None
     labels: dict[str, str] = {}
     enabled: bool = True
+
+
+class SshSections(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The top-level keys the SSH domain owns (registered by agents/ssh/probe.py's SPEC)."""
+
+    ssh_hosts: dict[str, SshHostConfig] = {}  # servers without an agent, checked over SSH (docs/ssh.md)
+    ssh_checks: list[SshCheckConfig] = []  # expanded into targets of the ssh prober (agents/ssh/targets.py)
 
 
 @dataclass(frozen=True, slots=True)

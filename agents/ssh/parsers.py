@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from agents.probes.base import Metric, Sample
+from agents.results import Metric, Sample
 
 Parse = Callable[[str], list[Sample]]
 

@@ -27,9 +27,10 @@ import paramiko
 from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.pkey import UnknownKeyType
 
-from agents.probes.base import Failure, socket_failure
+from agents.results import Failure, Reason, socket_failure
 from agents.probes.resolve import ResolveError, resolve
 from agents.ssh.config import SshHost
+from agents.ssh.failures import SshFailure
 from agents.ssh.hostkeys import HostKeyChanged, HostKeyUnknown
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class _TransportLogAsDebug(logging.Filter):
 
 
 class SshError(Exception):
-    def __init__(self, failure: Failure, detail: str) -> None:
+    def __init__(self, failure: Reason, detail: str) -> None:
         super().__init__(detail)
         self.failure = failure
         self.detail = detail
@@ -154,7 +155,7 @@ def _read_all(channel: paramiko.Channel) -> tuple[bytes, bytes]:
             break
         stdout += chunk
         if len(stdout) > MAX_STDOUT_BYTES:
-            raise SshError(Failure.PARSE_ERROR, f"the command printed more than {MAX_STDOUT_BYTES >> 20} MiB")
+            raise SshError(SshFailure.PARSE_ERROR, f"the command printed more than {MAX_STDOUT_BYTES >> 20} MiB")
     while chunk := channel.recv_stderr(65536):
         stderr += chunk[: max(MAX_STDERR_BYTES - len(stderr), 0)]
     return bytes(stdout), bytes(stderr)
@@ -187,9 +188,9 @@ def _log_in(transport: paramiko.Transport, host: SshHost, deadline: float) -> No
         host.host_keys.verify(entry, transport.get_remote_server_key(), trusted)
         transport.auth_publickey(host.user, _load_key(host))
     except HostKeyUnknown as exc:
-        raise SshError(Failure.HOST_KEY_UNKNOWN, str(exc)) from None
+        raise SshError(SshFailure.HOST_KEY_UNKNOWN, str(exc)) from None
     except HostKeyChanged as exc:
-        raise SshError(Failure.HOST_KEY_CHANGED, str(exc)) from None
+        raise SshError(SshFailure.HOST_KEY_CHANGED, str(exc)) from None
     except paramiko.AuthenticationException as exc:
         raise SshError(Failure.AUTH_FAILED, f"{host.display}: {exc}") from None
     except socket.timeout:
@@ -323,7 +324,7 @@ class SshPool:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
             if transport.is_active():
-                raise SshError(Failure.COMMAND_FAILED, f"{connection.host.display}: the server refused the command: {reason}") from None
+                raise SshError(SshFailure.COMMAND_FAILED, f"{connection.host.display}: the server refused the command: {reason}") from None
             connection.drop(transport)
             raise SshError(Failure.CONNECTION_RESET, f"{connection.host.display}: connection lost: {reason}") from None
 

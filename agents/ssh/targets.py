@@ -2,61 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
-
-from agents.config.model import ModuleConfig, RawAgentConfig, Target
+from agents.config.model import ModuleConfig, Target
+from agents.config.sections import SectionContext, SectionSpec
 from foundation.config.base import check_interval
 from foundation.config.yamlpos import Path
 from agents.ssh.commands import Command, exec_command, fixed_command
-from agents.ssh.config import SshCheck, SshCheckConfig, SshHost, SshHostConfig
+from agents.ssh.config import SshCheck, SshCheckConfig, SshHost, SshHostConfig, SshSections
 from agents.ssh.hostkeys import FINGERPRINT, HostKeyPolicy
 from agents.ssh.parsers import PARSERS
 
 HOST_LABEL = "ssh_host"  # every check's series carry the name of its host
 
 
-class ErrorAt(Protocol):
-    def error(self, path: Path, message: str) -> Exception: ...
-
-
-CheckLabels = Callable[[ErrorAt, dict[str, str], Path], None]
-
-
-def build_ssh_targets(ctx: ErrorAt, raw: RawAgentConfig, check_labels: CheckLabels) -> list[Target]:
-    hosts = {name: _host(ctx, name, config) for name, config in raw.ssh_hosts.items()}
-    seen = {target.name: f"targets[{index}]" for index, target in enumerate(raw.targets)}
+def build_ssh_targets(keys: SshSections, context: SectionContext) -> list[Target]:
+    hosts = {name: _host(context, name, config) for name, config in keys.ssh_hosts.items()}
     targets = []
-    for index, check in enumerate(raw.ssh_checks):
+    for index, check in enumerate(keys.ssh_checks):
         path: Path = ("ssh_checks", index)
         if not check.name.strip():
-            raise ctx.error(path + ("name",), "must not be empty")
-        if check.name in seen:
-            raise ctx.error(path + ("name",), f"duplicate target name {check.name!r} (first defined in {seen[check.name]})")
-        seen[check.name] = f"ssh_checks[{index}]"
-        target = _target(ctx, path, check, hosts, raw, check_labels)
+            raise context.error(path + ("name",), "must not be empty")
+        context.claim_name(check.name, path)
+        target = _target(context, path, check, hosts)
         if check.enabled:
             targets.append(target)
     return targets
 
 
-def _host(ctx: ErrorAt, name: str, config: SshHostConfig) -> SshHost:
+SECTION = SectionSpec(SshSections, build_ssh_targets)
+
+
+def _host(context: SectionContext, name: str, config: SshHostConfig) -> SshHost:
     path: Path = ("ssh_hosts", name)
     for key in ("address", "user", "key_file", "known_hosts"):
         if getattr(config, key) is not None and not getattr(config, key).strip():
-            raise ctx.error(path + (key,), "must not be empty")
+            raise context.error(path + (key,), "must not be empty")
     if not 0 < config.port < 65536:
-        raise ctx.error(path + ("port",), "must be between 1 and 65535")
+        raise context.error(path + ("port",), "must be between 1 and 65535")
     if config.max_sessions < 1:
-        raise ctx.error(path + ("max_sessions",), "must be at least 1")
+        raise context.error(path + ("max_sessions",), "must be at least 1")
     if (config.known_hosts is None) == (config.host_key_fingerprint is None):
-        raise ctx.error(path, "set exactly one of known_hosts and host_key_fingerprint: host keys are always checked")
+        raise context.error(path, "set exactly one of known_hosts and host_key_fingerprint: host keys are always checked")
     if config.host_key_fingerprint is not None and not FINGERPRINT.match(config.host_key_fingerprint):
-        raise ctx.error(
+        raise context.error(
             path + ("host_key_fingerprint",),
             "expected 'SHA256:' and 43 base64 characters, as `ssh-keyscan HOST | ssh-keygen -lf -` prints",
         )
     if config.key_passphrase is not None and config.key_passphrase_file is not None:
-        raise ctx.error(path + ("key_passphrase_file",), "set key_passphrase or key_passphrase_file, not both")
+        raise context.error(path + ("key_passphrase_file",), "set key_passphrase or key_passphrase_file, not both")
     return SshHost(
         name=name,
         address=config.address,
@@ -69,40 +61,36 @@ def _host(ctx: ErrorAt, name: str, config: SshHostConfig) -> SshHost:
     )
 
 
-def _command(ctx: ErrorAt, path: Path, check: SshCheckConfig) -> Command:
+def _command(context: SectionContext, path: Path, check: SshCheckConfig) -> Command:
     if (check.command is None) == (check.exec is None):
-        raise ctx.error(path, "set exactly one of command (a fixed command) and exec (a command of your own)")
+        raise context.error(path, "set exactly one of command (a fixed command) and exec (a command of your own)")
     key = "command" if check.command is not None else "exec"
     try:
         return fixed_command(check.command) if check.command is not None else exec_command(check.exec or [])
     except ValueError as exc:
-        raise ctx.error(path + (key,), str(exc)) from None
+        raise context.error(path + (key,), str(exc)) from None
 
 
-def _target(
-    ctx: ErrorAt, path: Path, check: SshCheckConfig, hosts: dict[str, SshHost], raw: RawAgentConfig, check_labels: CheckLabels
-) -> Target:
+def _target(context: SectionContext, path: Path, check: SshCheckConfig, hosts: dict[str, SshHost]) -> Target:
     host = hosts.get(check.host)
     if host is None:
         known = ", ".join(sorted(hosts)) or "none defined"
-        raise ctx.error(path + ("host",), f"unknown ssh host {check.host!r}; ssh_hosts: {known}")
-    command = _command(ctx, path, check)
+        raise context.error(path + ("host",), f"unknown ssh host {check.host!r}; ssh_hosts: {known}")
+    command = _command(context, path, check)
     parser_name = check.parser or command.parser
     spec = PARSERS.get(parser_name)
     if spec is None:
-        raise ctx.error(path + ("parser",), f"unknown parser {parser_name!r}; parsers: {', '.join(sorted(PARSERS))}")
+        raise context.error(path + ("parser",), f"unknown parser {parser_name!r}; parsers: {', '.join(sorted(PARSERS))}")
     try:
         parse = spec.build(check.regex)
     except ValueError as exc:
-        raise ctx.error(path + ("regex",), str(exc)) from None
-    check_labels(ctx, check.labels, path + ("labels",))
+        raise context.error(path + ("regex",), str(exc)) from None
+    context.check_labels(check.labels, path + ("labels",))
     for name in check.labels:
         if name == HOST_LABEL or name in spec.labels:
-            raise ctx.error(path + ("labels", name), f"label name {name!r} is set by the {parser_name} check itself")
-    interval = float(check.interval if check.interval is not None else raw.defaults.interval)
-    timeout = float(check.timeout if check.timeout is not None else raw.defaults.timeout)
-    check_interval(ctx, interval, timeout, "this check", (path + ("interval",), path + ("timeout",), path + ("timeout",)))
+            raise context.error(path + ("labels", name), f"label name {name!r} is set by the {parser_name} check itself")
+    interval, timeout = context.interval(check.interval), context.timeout(check.timeout)
+    check_interval(context.ctx, interval, timeout, "this check", (path + ("interval",), path + ("timeout",), path + ("timeout",)))
     settings = SshCheck(host, command.line, command.fallback, parser_name, parse)
     module = ModuleConfig(f"ssh_{parser_name}", "ssh", timeout, "ip4", True, settings)
-    labels = {**raw.agent.labels, **check.labels, HOST_LABEL: host.name}
-    return Target(check.name, host.display, module, interval, tuple(sorted(labels.items())), False)
+    return context.target(check.name, host.display, module, interval, {**check.labels, HOST_LABEL: host.name})

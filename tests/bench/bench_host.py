@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
-from agents.config import parse_config  # noqa: E402
+from agents.catalog import parse_config  # noqa: E402
 from agents.host import COLLECTORS  # noqa: E402
 from agents.host.collector import HostCollector  # noqa: E402
+from agents.host.config import host_config  # noqa: E402
 from agents.host.diskstats import DEFAULT_DEVICE_EXCLUDE  # noqa: E402
 from agents.host.filesystem import DEFAULT_FS_TYPES_EXCLUDE, DEFAULT_MOUNT_POINTS_EXCLUDE  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
@@ -97,7 +98,7 @@ def bench_agent(scrapes: int, host_enabled: bool) -> tuple[float, str]:
 def bench_in_process(scrapes: int) -> tuple[float, str]:
     config = parse_config(AGENT_CONFIG.format(port=1, enabled="true"))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HostCollector(lambda: config.host))
+    registry.register(HostCollector(lambda: host_config(config)))
     for _ in range(WARMUP_SCRAPES):
         generate_latest(registry)
     before = time.process_time()

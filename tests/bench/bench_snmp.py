@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
-from agents.config import parse_config  # noqa: E402
+from agents.catalog import parse_config  # noqa: E402
 from agents.config.model import Target  # noqa: E402
 from agents.exposition import ResultCollector  # noqa: E402
-from agents.probes.resources import ProbeResources  # noqa: E402
+from agents.resources import ProbeResources  # noqa: E402
 from agents.runner import run_target  # noqa: E402
 from agents.snmp.schema import MetricSpec, Profile, TableSpec, load_builtin_profiles  # noqa: E402
 from agents.store import ResultStore  # noqa: E402

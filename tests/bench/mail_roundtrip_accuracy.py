@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.config import parse_config
-from agents.probes.base import ProbeResult, ProbeTarget
+from agents.catalog import parse_config
+from agents.results import ProbeResult, ProbeTarget
 from agents.probes.mail_roundtrip import probe
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
 from tests.support.mailserver import PROBE, MailSystem, running_mail_system
 
 # src/global/mail_queue.h: base-52 digits without vowels

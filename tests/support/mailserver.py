@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from agents.config import parse_config
+from agents.catalog import parse_config
 from agents.config.model import ModuleConfig
-from agents.probes.base import ProbeResult
+from agents.results import ProbeResult
 from tests.support.certs import CertFiles, make_ca, make_leaf
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port

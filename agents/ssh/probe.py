@@ -1,7 +1,7 @@
 """SSH prober: run one command on a server without an agent and read its output with a parser.
 
-Targets come from `ssh_checks` (the loader expands them; see agents/ssh/targets.py); the connection to each
-host is shared through ProbeResources.ssh. Success: the command ran, exited 0 and its output parsed.
+Targets come from `ssh_checks` (this domain's section, expanded in agents/ssh/targets.py); the connection to
+each host is shared through the SSH_POOL resource. Success: the command ran, exited 0 and its output parsed.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
-from agents.probes.resources import ProbeResources
+from agents.probes.base import ProberSpec
+from agents.resources import BLOCKING_EXECUTOR, ProbeResources, Resource
+from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Sample
 from agents.ssh.config import SshCheck
+from agents.ssh.failures import SshFailure
 from agents.ssh.parsers import ParseError
+from agents.ssh.targets import SECTION
 
 if TYPE_CHECKING:
-    from agents.ssh.pool import CommandOutput
+    from agents.ssh.pool import CommandOutput, SshPool
 
 EXIT_STATUS = Metric("probe_ssh_command_exit_status", "Exit status of the check's command (-1: killed by a signal)")
 COMMAND_DURATION = Metric("probe_ssh_command_duration_seconds", "Time from opening the session to the command's end")
@@ -31,15 +34,26 @@ class NotAModule(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         raise ValueError("ssh checks are configured in ssh_hosts and ssh_checks (see docs/ssh.md), not as modules")
 
 
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
+def _open_pool(resources: ProbeResources) -> SshPool:
+    from agents.ssh.pool import SshPool  # paramiko (~20 MB) only in agents that run SSH checks
+
+    return SshPool(resources.get(BLOCKING_EXECUTOR))
+
+
+# One SSH connection per host, reused across checks; its blocking steps run in the blocking executor
+SSH_POOL: Resource[SshPool] = Resource("ssh_pool", _open_pool, close=lambda pool: pool.close())
+
+
+async def probe(target: ProbeTarget, module: ModuleConfig[SshCheck], resources: ProbeResources) -> ProbeResult:
     from agents.ssh.pool import SshError  # paramiko (~20 MB) only in agents that run SSH checks
 
-    check: SshCheck = module.settings
+    check = module.settings
     deadline = time.monotonic() + module.timeout
+    pool = resources.get(SSH_POOL)
     try:
-        output = await resources.ssh.run(check.host, check.command, deadline)
+        output = await pool.run(check.host, check.command, deadline)
         if check.fallback_command is not None and output.exit_status != 0 and not output.stdout.strip():
-            output = await resources.ssh.run(check.host, check.fallback_command, deadline)
+            output = await pool.run(check.host, check.fallback_command, deadline)
     except SshError as exc:
         limit = f" (timeout {module.timeout:g}s)" if exc.failure is Failure.TIMEOUT else ""
         return ProbeResult.failed(exc.failure, exc.detail + limit)
@@ -48,9 +62,9 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
         samples += check.parse(output.stdout)
     except ParseError as exc:
         if output.exit_status == 0:
-            return ProbeResult.failed(Failure.PARSE_ERROR, f"{check.parser}: {exc}", samples)
+            return ProbeResult.failed(SshFailure.PARSE_ERROR, f"{check.parser}: {exc}", samples)
     if output.exit_status != 0:
-        return ProbeResult.failed(Failure.COMMAND_FAILED, _exit_detail(output), samples)
+        return ProbeResult.failed(SshFailure.COMMAND_FAILED, _exit_detail(output), samples)
     return ProbeResult(success=True, samples=samples)
 
 
@@ -60,4 +74,4 @@ def _exit_detail(output: CommandOutput) -> str:
     return f"{status}: {said[:200]}" if said else status
 
 
-SPEC = ProberSpec("ssh", NotAModule, probe)
+SPEC = ProberSpec("ssh", NotAModule, probe, failures=SshFailure, section=SECTION)

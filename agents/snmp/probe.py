@@ -1,7 +1,7 @@
 """SNMP prober: poll one device's profiles (interfaces, system, custom OIDs) into snmp_exporter-shaped series.
 
-Devices come from the config's `snmp_devices` (the loader turns each into a target of this prober with its
-own settings). A failed poll serves the device's last good data for `keep_last_good`, marked by
+Devices come from the config's `snmp_devices` (this domain's section: agents/snmp/targets.py turns each into
+a target of this prober with its own settings). A failed poll serves the device's last good data for `keep_last_good`, marked by
 probe_snmp_data_age_seconds, next to probe_success 0 and the bounded failure reason.
 """
 
@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import time
 
-import msgspec
-
 from agents.config.model import ModuleConfig
-from agents.probes.base import Failure, Metric, ProberSpec, ProbeResult, ProbeTarget, Sample
+from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve, split_host_port
-from agents.probes.resources import ProbeResources
+from agents.resources import ProbeResources
+from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Sample
 from agents.snmp.device import DeviceState, LastGood
+from agents.snmp.engine import SNMP_STATE
+from agents.snmp.failures import SnmpFailure
 from agents.snmp.labels import label_text
 from agents.snmp.plan import compile_profiles
 from agents.snmp.poller import SYS_NAME, Cadence, PollData, poll
 from agents.snmp.samples import data_samples
-from agents.snmp.schema import Profile, SnmpAuth
+from agents.snmp.schema import SnmpSettings
 from agents.snmp.session import SnmpError
+from agents.snmp.targets import SECTION
 from agents.snmp.walker import PollStats, Walker
 
 DEFAULT_PORT = 161
@@ -37,27 +39,10 @@ UPTIME = Metric("probe_snmp_device_uptime_seconds", "Device uptime from sysUpTim
 REBOOTS = Metric("probe_snmp_device_reboots_total", "Reboots seen as sysUpTime going backwards", "counter")
 
 
-class SnmpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """One device's poll settings, built by the config loader from `snmp_devices` (see docs/snmp.md)."""
-
-    auth: SnmpAuth | None = None
-    profiles: tuple[Profile, ...] = ()
-    request_timeout: float = 2.0
-    retries: int = 2
-    max_repetitions: int = 25
-    label_refresh: float = 1800.0
-    slow_refresh: float = 300.0
-    keep_last_good: float = 0.0
-    max_concurrent_polls: int = 32
-
-    def validate(self, timeout: float) -> None:
-        raise ValueError("SNMP devices are configured under `snmp_devices` (with `snmp_auths`), not as modules")
-
-
-async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResources) -> ProbeResult:
-    settings: SnmpSettings = module.settings
+async def probe(target: ProbeTarget, module: ModuleConfig[SnmpSettings], resources: ProbeResources) -> ProbeResult:
+    settings = module.settings
     deadline = time.monotonic() + module.timeout
-    device = resources.snmp.device(
+    device = resources.get(SNMP_STATE).device(
         target.name, settings, lambda: DeviceState.create(compile_profiles(settings.profiles), settings.max_repetitions)
     )
     try:
@@ -85,8 +70,9 @@ async def probe(target: ProbeTarget, module: ModuleConfig, resources: ProbeResou
 async def _poll(resources: ProbeResources, device: DeviceState, settings: SnmpSettings, ip: str, port: int,
                 stats: PollStats, deadline: float) -> PollData:
     assert settings.auth is not None  # the loader always sets it
-    async with resources.snmp.poll_slot(settings.max_concurrent_polls, deadline):
-        session = await resources.snmp.session(device, settings.auth, ip, port)
+    state = resources.get(SNMP_STATE)
+    async with state.poll_slot(settings.max_concurrent_polls, deadline):
+        session = await state.session(device, settings.auth, ip, port)
         try:
             walker = Walker(session, stats, device.bulk, settings.request_timeout, settings.retries, deadline)
             return await poll(walker, device, Cadence(settings.label_refresh, settings.slow_refresh), time.monotonic())
@@ -120,4 +106,6 @@ def _summary(data: PollData, stats: PollStats) -> str:
     return ", ".join(parts)
 
 
-SPEC = ProberSpec("snmp", SnmpSettings, probe, host_of=lambda address: split_host_port(address, DEFAULT_PORT)[0])
+SPEC = ProberSpec(
+    "snmp", SnmpSettings, probe, host_of=lambda address: split_host_port(address, DEFAULT_PORT)[0], failures=SnmpFailure, section=SECTION
+)

@@ -1,0 +1,75 @@
+"""What a domain that owns top-level config keys registers (`SectionSpec`), and what it is handed to check them
+and expand them into targets (`SectionContext`).
+
+The loader imports no domain: the prober table (agents/catalog.py) gives it every domain's `SectionSpec`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+import msgspec
+
+from foundation.config.base import ConfigContext, ConfigError, format_path
+from foundation.config.types import Duration
+from foundation.config.yamlpos import Path
+from agents.config.model import Defaults, ModuleConfig, Target
+
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+RESERVED_LABELS = {"target", "module", "ip", "job", "instance", "le", "quantile", "reason", "phase"}
+
+K = TypeVar("K", bound=msgspec.Struct)
+
+
+@dataclass(frozen=True, slots=True)
+class SectionSpec(Generic[K]):
+    """A domain's top-level keys: the fields of `keys` (a struct), decoded together with the rest of the file so
+    errors keep their file:line:key, then checked and turned into targets of the domain's prober by `expand`."""
+
+    keys: type[K]
+    expand: Callable[[K, "SectionContext"], list[Target]]
+
+
+class SectionContext:
+    """One load's view for the sections: errors at a key path, the defaults, the agent's labels, and the target
+    names taken so far (targets, then each section in table order), so names stay unique across sections."""
+
+    def __init__(self, ctx: ConfigContext, defaults: Defaults, agent_labels: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.defaults = defaults
+        self.agent_labels = agent_labels
+        self._first_defined: dict[str, str] = {}  # target name -> where, e.g. "ssh_checks[2]"
+
+    def error(self, path: Path, message: str) -> ConfigError:
+        return self.ctx.error(path, message)
+
+    def convert(self, data: Any, type_: Any, path: Path) -> Any:
+        return self.ctx.convert(data, type_, path)
+
+    def claim_name(self, name: str, entry: Path) -> None:
+        """Take a target name for the entry at `entry` (e.g. ("targets", 3)), or fail naming the first one."""
+        first = self._first_defined.get(name)
+        if first is not None:
+            raise self.error(entry + ("name",), f"duplicate target name {name!r} (first defined in {first})")
+        self._first_defined[name] = format_path(entry)
+
+    def check_labels(self, labels: dict[str, str], path: Path) -> None:
+        for name in labels:
+            if not LABEL_NAME.match(name) or name.startswith("__"):
+                raise self.error(path + (name,), f"invalid label name {name!r}: use letters, digits and '_', not starting with a digit or '__'")
+            if name in RESERVED_LABELS:
+                raise self.error(path + (name,), f"label name {name!r} is reserved by the agent")
+
+    def interval(self, own: Duration | None) -> float:
+        return float(own if own is not None else self.defaults.interval)
+
+    def timeout(self, own: Duration | None) -> float:
+        return float(own if own is not None else self.defaults.timeout)
+
+    def target(self, name: str, address: str, module: ModuleConfig[Any], interval: float, labels: dict[str, str],
+               all_addresses: bool = False) -> Target:
+        """A target whose series carry the agent's labels, overridden by its own."""
+        merged = {**self.agent_labels, **labels}
+        return Target(name, address, module, interval, tuple(sorted(merged.items())), all_addresses)
