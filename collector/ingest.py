@@ -2,9 +2,9 @@
 
 Order of checks, each with its status and a reason in the body: 401 unknown or missing bearer token; 413 too
 large (compressed, or as announced by the snappy header before inflating); 400 a body that is not snappy +
-WriteRequest, or series with bad names, unsorted or duplicate labels, reserved names, non-finite values; then
-429 with Retry-After when the agent's share of the sample budget, or the collector's whole budget per second, is
-spent (only valid pushes use them up).
+WriteRequest, or series with bad names, unsorted or duplicate labels, reserved names; then 429 with
+Retry-After when the agent's share of the sample budget, or the collector's whole budget per second, is spent
+(only valid pushes use them up). NaN and ±Inf are values like any other (Prometheus and vmagent send them).
 204 when every series was stored, or dropped as a duplicate (collector/store.py: a sample at or before the
 last accepted timestamp of its series, e.g. a batch sent again because its acknowledgement was lost)."""
 

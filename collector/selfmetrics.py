@@ -18,7 +18,7 @@ from collector.store import SeriesStore
 INGEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 REJECT_REASONS = (
     "unauthorized", "bad_encoding", "bad_snappy", "too_large", "bad_protobuf", "invalid_metric_name", "invalid_label_name",
-    "unsorted_labels", "duplicate_label", "missing_metric_name", "non_finite_value", "reserved_name", "overloaded", "invalid",
+    "unsorted_labels", "duplicate_label", "missing_metric_name", "reserved_name", "overloaded", "invalid",
 )
 
 

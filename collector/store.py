@@ -13,11 +13,13 @@ Each series keeps the timestamp of its last accepted sample; a sample at or befo
 again because its acknowledgement was lost, or a sample out of order): dropped and counted, the push still
 succeeds, so neither /metrics nor remote_write out sees a sample twice or out of order. The timestamp outlives the
 series' end (a stale marker, or the agent's TTL) for as long as the agent is in the inventory.
+
+Values are stored as Prometheus stores them: NaN and ±Inf are ordinary values (an exporter's NaN quantile, a +Inf
+bucket bound); only the stale marker, the NaN with Prometheus' exact bit pattern, ends a series.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -97,14 +99,6 @@ class AgentState:
         self.aliased = False
 
 
-def _check_values(series: list[Series], entries: list[Entry]) -> None:
-    for (_, samples), entry in zip(series, entries):
-        for _, value in samples:
-            if not math.isfinite(value) and not is_stale_marker(value):
-                shown = entry.prefix.strip()
-                raise Rejected("non_finite_value", f"series {shown} has the value {format_value(value)}; send finite values or a stale marker")
-
-
 def _after(samples: tuple[Sample, ...], last_ms: int) -> tuple[Sample, ...]:
     """The samples that each come after the one before them, the first after `last_ms`."""
     kept = []
@@ -129,13 +123,13 @@ class SeriesStore:
         """Store a push's series as a whole or not at all (Rejected); the count of samples stored (duplicates
         left out) and, when forwarding, the series to send on (with their forwarded labels as label blocks).
 
-        Samples must be finite (stale markers excepted): a series ends with a stale marker, not a NaN.
+        A stale marker ends its series; any other value, NaN and ±Inf included, is stored.
         `admit(count)` runs once the push is known valid, before anything is stored; it may raise Rejected.
-        This is the collector's hot path: one dict lookup per known series, one sum over the values, and for
-        the usual series of one new sample one comparison of its timestamp.
+        This is the collector's hot path: one dict lookup per known series and, for the usual series of one new
+        sample, one comparison of its timestamp.
         """
-        values = [value for _, samples in series for _, value in samples]
-        if len(values) != len(series) and not all(samples for _, samples in series):
+        count = sum([len(samples) for _, samples in series])
+        if count != len(series) and not all(samples for _, samples in series):
             series = [one for one in series if one[1]]
         known = state.series
         get = known.get
@@ -147,11 +141,8 @@ class SeriesStore:
                 entry = state.entry_for(labels)
                 new_series = True
             entries.append(entry)
-        total = sum(values)
-        if total - total != 0.0:  # a NaN or an infinity somewhere (or an overflowing sum): look closer
-            _check_values(series, entries)
         if admit is not None:
-            admit(len(values))
+            admit(count)
         forward: list[BlockSeries] = []
         duplicates = 0
         for (labels, samples), entry in zip(series, entries):
@@ -163,7 +154,7 @@ class SeriesStore:
                 samples = newer
             timestamp_ms, value = samples[-1]
             entry.timestamp_ms = timestamp_ms
-            if value != value:  # a stale marker (checked above): the series has ended
+            if value != value and is_stale_marker(value):  # the series has ended
                 known.pop(labels, None)
             else:
                 entry.value = value
@@ -173,7 +164,7 @@ class SeriesStore:
                 forward.append((entry.forward_block, samples))
         state.last_seen = now
         self.duplicate_samples += duplicates
-        return len(values) - duplicates, forward
+        return count - duplicates, forward
 
     def apply(self, agents: Iterable[InventoryAgent], external_labels: Labels, now: float) -> list[BlockSeries]:
         """Follow a reloaded inventory: new agents start down, removed agents' states go, an agent whose identity
