@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -314,10 +315,39 @@ def test_a_nan_value_does_not_end_its_series_only_the_stale_marker_does(collecto
     assert series_lines(collector.metrics(), "netmon_test_nan_then") == []
 
 
-def test_a_body_larger_than_the_limit_is_refused_with_413(collector):
-    status, text, _ = push(collector.url, os.urandom(200_001), TOKENS["so-tttt-1"])
+def write_requests(collector: RunningCollector, code: str, reason: str) -> float:
+    return metric_value(collector.metrics(), "netmon_collector_write_requests_total", code=code, reason=reason) or 0.0
+
+
+def test_a_body_larger_than_the_limit_is_refused_with_413_counted_and_logged(collector):
+    """The HTTP server answers before the body is read, so before the receiver: the reply is counted all the same."""
+    before = write_requests(collector, "413", "too_large")
+    status, text, _ = push(collector.url, os.urandom(200_001), TOKENS["xa-my-tho-1"])
     assert status == 413, text
+    assert write_requests(collector, "413", "too_large") == before + 1
+    wait_until(lambda: "push from xa-my-tho-1 refused (413 too_large): request body of 200001 bytes" in collector.log.read_text(), 5, "the log line")
     assert push(collector.url, rw.encode([probe_series()]), TOKENS["so-tttt-1"])[0] == 204
+
+
+def raw_request(port: int, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        return sock.recv(4096)
+
+
+@pytest.mark.parametrize(
+    "head, code, reason",
+    [
+        (b"GET /api/v1/write HTTP/1.1\r\nHost: x\r\n\r\n", "405", "method_not_allowed"),
+        (b"POST /api/v1/write HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", "411", "length_required"),
+        (b"POST /api/v1/write HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n", "400", "bad_request"),
+    ],
+    ids=["wrong-method", "chunked-body", "bad-content-length"],
+)
+def test_every_reply_to_a_push_is_counted_whatever_layer_gives_it(collector, head, code, reason):
+    before = write_requests(collector, code, reason)
+    assert raw_request(collector.port, head).startswith(f"HTTP/1.1 {code} ".encode())
+    assert write_requests(collector, code, reason) == before + 1
 
 
 def test_a_non_snappy_content_encoding_is_refused(collector):
