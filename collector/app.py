@@ -23,7 +23,7 @@ from collector.ingest import Receiver, TokenBucket
 from collector.scrape import Scraper
 from collector.selfmetrics import CollectorMetrics, ConnectionsCollector, InventoryCollector
 from collector.status import render_status
-from collector.store import SeriesStore
+from collector.store import OutOfBounds, SeriesStore
 from collector.tls import server_ssl_context
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,8 @@ class Collector:
         if outcome.status == 204:
             self.metrics.received.labels("push").inc(outcome.samples)
             self.metrics.ingest_seconds.observe(time.perf_counter() - started)
+            if outcome.out_of_bounds is not None:
+                self._log_out_of_bounds(outcome.agent.id if outcome.agent else "?", outcome.out_of_bounds)
             return Response(204)
         self.metrics.rejected.labels(outcome.reason).inc(outcome.samples)
         self._log_push_refusal(outcome.agent.id if outcome.agent else None, request.peer, outcome.status, outcome.reason, outcome.message)
@@ -226,6 +228,16 @@ class Collector:
         self.metrics.requests.labels(str(error.status), reason).inc()
         agent = self.receiver.authenticate(request.headers.get("authorization"))
         self._log_push_refusal(agent.id if agent else None, peer, error.status, reason, error.reason)
+
+    def _log_out_of_bounds(self, agent_id: str, dropped: OutOfBounds) -> None:
+        held_back = self._refusals.admit(agent_id, "timestamp_out_of_bounds")
+        if held_back is not None:
+            log.warning(
+                "push from %s: samples dropped for their timestamps, %d older than ingest.max_sample_age and %d ahead of "
+                "the collector's clock by more than ingest.max_sample_in_future, e.g. %s; is the agent's clock right?%s",
+                agent_id, dropped.too_old, dropped.too_new, dropped.example,
+                f" ({held_back} more such pushes since the last line)" if held_back else "",
+            )
 
     def _log_push_refusal(self, agent_id: str | None, peer: str, status: int, reason: str, message: str) -> None:
         who = agent_id or f"unauthenticated peer {peer.rpartition(':')[0]}"

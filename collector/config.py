@@ -101,6 +101,8 @@ class Ingest(_Strict):
     max_decompressed_bytes: int = 64 << 20  # announced snappy length (413 beyond)
     max_samples_per_second: int = 2_000_000  # all agents together; 429 with Retry-After beyond
     max_samples_per_second_per_agent: int | None = None  # one agent's share (default: twice an even share of the total)
+    max_sample_age: Duration = Duration(31 * 86400)  # older samples are dropped, counted (VictoriaMetrics' default retention)
+    max_sample_in_future: Duration = Duration(600)  # samples further ahead of the collector's clock are dropped, counted
 
 
 class TlsServerConfig(_Strict):
@@ -212,6 +214,8 @@ def _check_positive(ctx: ConfigContext, raw: RawCollectorConfig) -> None:
         ("ingest", "max_body_bytes"): raw.ingest.max_body_bytes,
         ("ingest", "max_decompressed_bytes"): raw.ingest.max_decompressed_bytes,
         ("ingest", "max_samples_per_second"): raw.ingest.max_samples_per_second,
+        ("ingest", "max_sample_age"): raw.ingest.max_sample_age,
+        ("ingest", "max_sample_in_future"): raw.ingest.max_sample_in_future,
     }
     if raw.defaults.ttl is not None:
         values[("defaults", "ttl")] = raw.defaults.ttl

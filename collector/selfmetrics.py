@@ -58,7 +58,8 @@ class CollectorMetrics:
 
 class InventoryCollector(Collector):
     """netmon_agent_up, netmon_agent_last_seen_timestamp_seconds, netmon_agency_info, netmon_collector_series,
-    netmon_collector_samples_duplicate_total; `config` returns the current config (it follows reloads)."""
+    netmon_collector_samples_duplicate_total, netmon_collector_samples_dropped_total; `config` returns the current
+    config (it follows reloads)."""
 
     def __init__(self, config: Callable[[], CollectorConfig], store: SeriesStore) -> None:
         self._config = config
@@ -84,7 +85,14 @@ class InventoryCollector(Collector):
             "Samples dropped because their series already had a sample at or after their timestamp (a batch sent again)",
             value=self._store.duplicate_samples,
         )
-        yield from (up, last_seen, info, series, duplicates)
+        dropped = CounterMetricFamily(
+            "netmon_collector_samples_dropped",
+            "Samples of accepted pushes dropped for timestamps outside ingest.max_sample_age / max_sample_in_future",
+            labels=["reason"],
+        )
+        dropped.add_metric(["timestamp_too_old"], self._store.too_old_samples)
+        dropped.add_metric(["timestamp_too_new"], self._store.too_new_samples)
+        yield from (up, last_seen, info, series, duplicates, dropped)
 
 
 class ConnectionsCollector(Collector):

@@ -248,6 +248,49 @@ def test_remote_write_out_gets_each_sample_once_in_order_when_batches_overlap(tm
     assert list(exported.values()) == [[(start + n * 1_000, float(n)) for n in range(5)]]
 
 
+YEAR_2100_MS = 4_102_444_800_000
+
+
+def test_samples_with_timestamps_the_tsdb_refuses_are_dropped_and_counted_the_rest_of_the_push_is_forwarded(tmp_path):
+    """VictoriaMetrics acknowledges samples outside its retention (-retentionPeriod, 1d in the tests) or more than 2
+    days ahead (its -futureRetention) and drops them silently (vm_rows_ignored_total): the collector, told the
+    retention by ingest.max_sample_age, drops them itself, counts them and logs the agent; the push's other samples
+    are stored and forwarded, and VictoriaMetrics ignores none of what it gets."""
+    now = now_ms()
+    stamps = {"epoch": 0, "two-days-old": now - 2 * 86_400_000, "year-2100": YEAR_2100_MS, "hour-old": now - 3_600_000, "now": now}
+    body = rw.encode([make_series("netmon_test_clock", {"at": name}, [(stamp, 1.0)]) for name, stamp in stamps.items()])
+    with running_victoria_metrics(tmp_path / "vm") as vm:
+        extra = (f"ingest: {{max_sample_age: 1d}}\nremote_write:\n  - url: {vm.url}/api/v1/write\n"
+                 f"    queue: {{directory: {tmp_path / 'queue'}}}\n    interval: 200ms\n")
+        with running_collector(tmp_path / "collector", extra) as running_one:
+            status, text, _ = push(running_one.url, body, TOKENS["so-tttt-1"])
+            wait_until(lambda: metric_value(running_one.metrics(), "netmon_collector_remote_write_samples_sent_total") == 2, 20, "forwarding")
+            wait_until(lambda: len(victoria_metrics_export(vm, "netmon_test_clock")) == 2, 20, "samples in VictoriaMetrics")
+            exported = victoria_metrics_export(vm, "netmon_test_clock")
+            metrics, log = running_one.metrics(), running_one.log.read_text(encoding="utf-8")
+        with urllib.request.urlopen(f"{vm.url}/metrics", timeout=10) as reply:
+            vm_metrics = reply.read().decode()
+    assert (status, text) == (204, "")
+    assert metric_value(metrics, "netmon_collector_samples_dropped_total", reason="timestamp_too_old") == 2
+    assert metric_value(metrics, "netmon_collector_samples_dropped_total", reason="timestamp_too_new") == 1
+    assert metric_value(metrics, "netmon_collector_samples_received_total", mode="push") == 2
+    assert sorted(re.search(r'at="([^"]+)"', line).group(1) for line in series_lines(metrics, "netmon_test_clock")) == ["hour-old", "now"]
+    assert sorted(dict(labels)["at"] for labels in exported) == ["hour-old", "now"]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in vm_metrics.splitlines() if line.startswith("vm_rows_ignored_total")) == 0
+    assert ("push from so-tttt-1: samples dropped for their timestamps, 2 older than ingest.max_sample_age and 1 ahead" in log
+            and 'netmon_test_clock{agency="so-tttt",agent="so-tttt-1",at="epoch",district="tp-my-tho",level="department"} '
+                "at 1970-01-01T00:00:00.000+00:00" in log)
+
+
+def test_a_sample_from_the_far_future_does_not_stop_its_series(collector):
+    """Stored, it would make every later sample look like a duplicate until the year 2100."""
+    stamp = now_ms()
+    for samples in ([(stamp, 1.0)], [(YEAR_2100_MS, 5.0)], [(stamp + 1_000, 2.0)]):
+        body = rw.encode([make_series("netmon_test_future", {"target": "dc"}, samples)])
+        assert push(collector.url, body, TOKENS["so-tttt-1"])[0] == 204
+    assert [line.rsplit(" ", 1)[1] for line in series_lines(collector.metrics(), "netmon_test_future")] == ["2.0"]
+
+
 # --- bad input
 
 
