@@ -255,7 +255,8 @@ class Collector:
 
     async def _handle_status(self, request: Request) -> Response:
         require_method(request, "GET")
-        return Response(200, render_status(self.config, self.store, fetches=self.fetches).encode("utf-8"), "text/html; charset=utf-8")
+        page = render_status(self.config, self.store, fetches=self.fetches, language=request.arg("lang"))
+        return Response(200, page.encode("utf-8"), "text/html; charset=utf-8")
 
     async def _handle_agent_config(self, request: Request) -> Response:
         require_method(request, "GET")

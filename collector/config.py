@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -47,10 +50,19 @@ class Agency(_Strict):
 
 
 class District(_Strict):
-    """`districts:` template variables shared by a district's agencies, e.g. router: {{ district.router }}."""
+    """`districts:` a district's display name and the template variables its agencies share, e.g. router: {{ district.router }}."""
 
     id: str  # the `district` of agencies
+    name: str = ""  # shown on the status page, UTF-8 (e.g. "Huyện Cái Bè"); default the id
     vars: dict[str, str] = {}
+
+
+class StatusPage(_Strict):
+    """The status page at `/`."""
+
+    timezone: str = "Asia/Ho_Chi_Minh"  # IANA zone the page shows times in (with the zone named)
+    language: Literal["vi", "en"] = "vi"  # default language; a reader may ask for the other with ?lang=en or ?lang=vi
+    refresh: Duration = Duration(30)  # the page reloads itself this often
 
 
 class TemplateSelector(_Strict):
@@ -130,8 +142,9 @@ class RawCollectorConfig(_Strict):
     agencies: list[Agency] = []
     agents: list[AgentEntry] = []
     remote_write: list[RemoteWriteOut] = []
-    districts: list[District] = []  # per-district template variables
+    districts: list[District] = []  # per-district display names and template variables
     templates: list[Template] = []  # probe sets served to agents (docs/fleet.md)
+    status_page: StatusPage = StatusPage()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +178,8 @@ class CollectorConfig:
     agents: tuple[InventoryAgent, ...]
     remote_write: tuple[RemoteWriteOut, ...]
     fleet: Fleet = Fleet()  # the config each agent is served, rendered and validated at load
+    status_page: StatusPage = StatusPage()
+    district_names: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))  # id -> display name, in `districts:` order
 
     def agent_by_token(self) -> dict[bytes, InventoryAgent]:
         """sha256(token) -> agent: looking up a digest does not leak the token through timing."""
@@ -192,6 +207,7 @@ def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig
     # agents fetch their config with their push bearer_token, or (pull agents) their config_token
     fetch_tokens = {token_digest(token.reveal()): agent for agent in agents if (token := agent.token or agent.config_token)}
     fleet = build_fleet(ctx, raw, agents, fetch_tokens)
+    _check_status_page(ctx, raw.status_page)
     return CollectorConfig(
         source=file,
         listen_host=host,
@@ -204,6 +220,8 @@ def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig
         agents=tuple(agents),
         remote_write=tuple(raw.remote_write),
         fleet=fleet,
+        status_page=raw.status_page,
+        district_names=types.MappingProxyType({district.id: district.name.strip() or district.id for district in raw.districts}),
     )
 
 
@@ -314,6 +332,15 @@ def _agent_token(ctx: ConfigContext, entry: AgentEntry, path: Path) -> Secret | 
     if not token.reveal():
         raise ctx.error(path + (_given("bearer_token", entry),), "the credential is empty")
     return token
+
+
+def _check_status_page(ctx: ConfigContext, page: StatusPage) -> None:
+    try:
+        ZoneInfo(page.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ctx.error(("status_page", "timezone"), f"unknown time zone {page.timezone!r}; use an IANA name like Asia/Ho_Chi_Minh") from None
+    if page.refresh < 1:
+        raise ctx.error(("status_page", "refresh"), "must be at least 1s")
 
 
 def _check_tls(ctx: ConfigContext, tls: TlsServerConfig | None) -> None:

@@ -68,6 +68,7 @@ class OutOfBounds:
     too_old: int = 0
     too_new: int = 0
     example: str = ""  # `series at time` of one dropped sample
+    example_ms: int = 0  # its timestamp
 
     def note(self, entry: Entry, timestamp_ms: int, too_old: bool) -> None:
         if too_old:
@@ -76,6 +77,7 @@ class OutOfBounds:
             self.too_new += 1
         if not self.example:
             self.example = f"{entry.prefix.strip()} at {format_timestamp(timestamp_ms)}"
+            self.example_ms = timestamp_ms
 
 
 def format_timestamp(timestamp_ms: int) -> str:
