@@ -40,6 +40,16 @@ def test_prometheus_scrapes_the_collector_with_honor_labels_and_finds_identity_l
     assert up[0]["value"][1] == "0"  # never seen
 
 
+def agent_mode_config(job: str, target_port: int, collector_url: str) -> str:
+    """Prometheus in agent mode scraping one target every second and remote-writing to the collector as cai-be-1."""
+    return (
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs: [{{job_name: {job}, static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]}}]\n"
+        f"remote_write: [{{url: '{collector_url}/api/v1/write', authorization: {{credentials: {TOKENS['cai-be-1']}}},"
+        " queue_config: {batch_send_deadline: 1s}}]\n"
+    )
+
+
 def test_prometheus_agent_mode_remote_writes_node_exporter_data_into_the_collector(tmp_path):
     node_exporter = require_binary("prometheus-node-exporter")
     node_port = free_port()
@@ -47,12 +57,7 @@ def test_prometheus_agent_mode_remote_writes_node_exporter_data_into_the_collect
                  "--collector.meminfo", "--collector.loadavg", "--collector.uname"]
     with running_collector(tmp_path / "collector") as collector, running(node_argv, log_path=str(tmp_path / "node.log")) as node:
         wait_for_port("127.0.0.1", node_port, proc=node)
-        config = (
-            "global: {scrape_interval: 1s}\n"
-            f"scrape_configs: [{{job_name: node, static_configs: [{{targets: ['127.0.0.1:{node_port}']}}]}}]\n"
-            f"remote_write: [{{url: '{collector.url}/api/v1/write', authorization: {{credentials: {TOKENS['cai-be-1']}}},"
-            " queue_config: {batch_send_deadline: 1s}}]\n"
-        )
+        config = agent_mode_config("node", node_port, collector.url)
         with running_prometheus(tmp_path / "prometheus", config=config, agent_mode=True) as prometheus:
             wait_until(lambda: series_lines(collector.metrics(), "node_load1"), 30, "node-exporter data via prometheus agent")
             text = collector.metrics()
@@ -136,12 +141,7 @@ def test_nan_and_infinities_from_prometheus_agent_mode_are_stored_and_forwarded_
         extra = "remote_write:\n" + remote_write_out(f"{vm.url}/api/v1/write", str(tmp_path / "q-vm")) + remote_write_out(
             f"{receiver.url}/api/v1/write", str(tmp_path / "q-prom"))
         with running_collector(tmp_path / "collector", extra) as collector:
-            config = (
-                "global: {scrape_interval: 1s}\n"
-                f"scrape_configs: [{{job_name: exporter, static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]}}]\n"
-                f"remote_write: [{{url: '{collector.url}/api/v1/write', authorization: {{credentials: {TOKENS['cai-be-1']}}},"
-                " queue_config: {batch_send_deadline: 1s}}]\n"
-            )
+            config = agent_mode_config("exporter", exporter.port, collector.url)
             with running_prometheus(tmp_path / "agent", config=config, agent_mode=True) as agent:
                 wait_until(lambda: len(special_values(collector.metrics())) == 3, 30, "the exporter's series via prometheus agent")
                 wait_until(lambda: len(query_prometheus(receiver, '{__name__=~"netmon_test_bound|netmon_test_latency_seconds"}')) == 3,
