@@ -9,6 +9,7 @@ import pytest
 
 from agents.catalog import load_config, parse_config
 from agents.config import ConfigError
+from foundation.config.base import ConfigErrors, format_path
 from foundation.config.types import Duration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ targets:
 @pytest.mark.parametrize(
     "text, line, key, words",
     [
-        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x\n    module: tcp_connect\n    colour: red\n",
+        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x:1\n    module: tcp_connect\n    colour: red\n",
                      13, "targets[0].colour", "unknown key", id="unknown-key-in-target"),
         pytest.param(GOOD_HEAD + "listn: 0.0.0.0:1\n", 9, "listn", "unknown key", id="unknown-top-level-key"),
         pytest.param(GOOD_HEAD.replace("prober: tcp", "prober: tcp\n    tcp: {prot: 22}"), 8, "modules.tcp_connect.tcp.prot",
@@ -78,10 +79,10 @@ targets:
                      "with a unit", id="duration-without-unit"),
         pytest.param(GOOD_HEAD + "max_concurrent_probes: many\n", 9, "max_concurrent_probes", "Expected `int`",
                      id="wrong-type"),
-        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x\n    module: tcp_connect\n"
-                     "  - name: a\n    address: y\n    module: tcp_connect\n", 13, "targets[1].name",
+        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x:1\n    module: tcp_connect\n"
+                     "  - name: a\n    address: y:1\n    module: tcp_connect\n", 13, "targets[1].name",
                      "duplicate target name 'a'", id="duplicate-target-name"),
-        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x\n    module: http_2xx\n", 12,
+        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x:1\n    module: http_2xx\n", 12,
                      "targets[0].module", "unknown module 'http_2xx'", id="unknown-module"),
         pytest.param(GOOD_HEAD.replace("prober: tcp", "prober: telnet"), 7, "modules.tcp_connect.prober",
                      "unknown prober 'telnet'", id="unknown-prober"),
@@ -89,11 +90,11 @@ targets:
                      "missing required key 'address'", id="missing-required-key"),
         pytest.param(GOOD_HEAD.replace("  agency: xa-my-tho\n", ""), 1, "agent", "missing required key 'agency'",
                      id="missing-agency"),
-        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x\n    module: tcp_connect\n    interval: 1s\n",
+        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x:1\n    module: tcp_connect\n    interval: 1s\n",
                      13, "targets[0].interval", "(module 'tcp_connect') is longer than the interval", id="interval-shorter-than-timeout"),
-        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x\n    module: tcp_connect\n    labels: {target: b}\n",
+        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x:1\n    module: tcp_connect\n    labels: {target: b}\n",
                      13, "targets[0].labels.target", "reserved", id="reserved-label"),
-        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x\n    module: tcp_connect\n    labels: {2bad: b}\n",
+        pytest.param(GOOD_HEAD + "targets:\n  - name: a\n    address: x:1\n    module: tcp_connect\n    labels: {2bad: b}\n",
                      13, "targets[0].labels.2bad", "invalid label name", id="invalid-label-name"),
         pytest.param(GOOD_HEAD + "listen: nowhere\n", 9, "listen", "HOST:PORT", id="bad-listen-address"),
         pytest.param(GOOD_HEAD.replace("  id: xa-my-tho-01\n", "  id: xa-my-tho-01\n  id: again\n"), 3, "agent.id",
@@ -132,16 +133,106 @@ def test_durations_parse_prometheus_style(text, seconds):
 
 
 def test_disabled_target_is_validated_but_not_scheduled(tmp_path):
-    config = load_text(tmp_path, GOOD_HEAD + "targets:\n  - {name: a, address: x, module: tcp_connect, enabled: false}\n")
+    config = load_text(tmp_path, GOOD_HEAD + "targets:\n  - {name: a, address: x:1, module: tcp_connect, enabled: false}\n")
     assert config.targets == ()
 
 
 def test_agent_labels_reach_every_target_and_target_labels_win(tmp_path):
     text = GOOD_HEAD.replace('  name: "UBND xã Mỹ Thọ"\n', '  name: "UBND xã Mỹ Thọ"\n  labels: {district: cai-be, level: commune}\n')
-    config = load_text(tmp_path, text + "targets:\n  - {name: a, address: x, module: tcp_connect, labels: {level: override}}\n")
+    config = load_text(tmp_path, text + "targets:\n  - {name: a, address: x:1, module: tcp_connect, labels: {level: override}}\n")
     assert dict(config.targets[0].labels) == {"district": "cai-be", "level": "override"}
 
 
 def test_parse_config_names_the_given_source():
     with pytest.raises(ConfigError, match=r"^inline\.yml:1: "):
         parse_config("- a list, not a mapping\n", "inline.yml")
+
+
+# --- every problem of the file in one run ------------------------------------------------------------------------
+
+MANY_PROBLEMS = GOOD_HEAD + """\
+  web:
+    prober: http
+    timeout: 5
+  dns_mx:
+    prober: dns
+    dns: {resolver: 10.0.0.53, query_typ: MX}
+listn: 0.0.0.0:1
+targets:
+  - {name: portal, address: "https://portal.example", module: web}
+  - {name: a, address: "x:1", module: tcp_connect, colour: red}
+  - {name: b, address: "x:1", module: nope}
+  - {name: c, address: "x:1", module: tcp_connect, interval: 1s}
+ssh_hosts:
+  mail: {address: 10.0.0.25, user: netmon, key_file: /k}
+ssh_checks:
+  - {name: queue, host: mail, command: mailq}
+  - {name: disk, host: nowhere, command: df}
+"""
+
+
+def test_every_problem_of_the_file_is_reported_at_once_sorted_by_line(tmp_path):
+    error = config_error(tmp_path, MANY_PROBLEMS)
+    lines = str(error).splitlines()
+    expected = [
+        (11, "modules.web.timeout", "with a unit"),
+        (14, "modules.dns_mx.dns.query_typ", "unknown key"),
+        (15, "listn", "unknown key"),
+        (18, "targets[1].colour", "unknown key"),
+        (19, "targets[2].module", "unknown module 'nope'"),
+        (20, "targets[3].interval", "is longer than the interval"),
+        (22, "ssh_hosts.mail", "set exactly one of known_hosts and host_key_fingerprint"),
+        (25, "ssh_checks[1].host", "unknown ssh host 'nowhere'"),
+    ]
+    assert len(lines) == len(expected), lines
+    for text, (line, key, words) in zip(lines, expected):
+        assert text.startswith(f"{tmp_path / 'agent.yml'}:{line}: {key}: ") and words in text, text
+    assert [one.line for one in error.each()] == [line for line, _, _ in expected]
+    assert (error.line, error.path) == (11, ("modules", "web", "timeout")), "a ConfigError's own fields: the first"
+
+
+def test_what_refers_to_an_entry_that_failed_is_not_reported_again(tmp_path):
+    """A module, ssh host or snmp auth that failed to load is reported once; its users are not "unknown"."""
+    error = config_error(tmp_path, GOOD_HEAD + """\
+  web: {prober: http, timeout: 5}
+targets:
+  - {name: portal, address: "https://portal.example", module: web}
+ssh_hosts:
+  mail: {address: 10.0.0.25, user: netmon, key_file: /k, port: 0, known_hosts: /kh}
+ssh_checks:
+  - {name: queue, host: mail, command: mailq}
+snmp_auths:
+  lan: {version: 2d, community: "${COMMUNITY}"}
+snmp_devices:
+  - {name: switch, address: 10.0.0.2, auth: lan}
+""")
+    assert [format_path(one.path) for one in error.each()] == ["modules.web.timeout", "ssh_hosts.mail.port", "snmp_auths.lan.version"]
+
+
+def test_an_entry_that_did_not_decode_keeps_the_others_at_their_own_lines(tmp_path):
+    error = config_error(tmp_path, GOOD_HEAD + """\
+targets:
+  - {name: a, address: "x:1", module: tcp_connect, interval: 5}
+  - {name: b, address: "x:1", module: tcp_connect}
+  - {name: c, address: "x:1", module: missing}
+""")
+    assert [(one.line, format_path(one.path)) for one in error.each()] == [(10, "targets[0].interval"), (12, "targets[2].module")]
+
+
+def test_a_failed_defaults_section_stops_before_checks_that_depend_on_it(tmp_path):
+    """With `defaults` unreadable, every target's interval would be judged against a default the user did not
+    write: only what failed to decode is reported."""
+    error = config_error(tmp_path, GOOD_HEAD + """\
+defaults: {interval: 30, timeout: 1s}
+targets:
+  - {name: a, address: "x:1", module: tcp_connect, colour: red}
+  - {name: b, address: "x:1", module: tcp_connect, interval: 1s}
+""")
+    assert [format_path(one.path) for one in error.each()] == ["defaults.interval", "targets[0].colour"]
+
+
+def test_one_problem_is_a_plain_config_error_and_many_are_still_one(tmp_path):
+    one = config_error(tmp_path, GOOD_HEAD + "listn: x\n")
+    assert type(one) is ConfigError and one.each() == (one,)
+    many = config_error(tmp_path, GOOD_HEAD + "listn: x\nlistenn: y\n")
+    assert isinstance(many, ConfigErrors) and isinstance(many, ConfigError) and len(many.each()) == 2

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import re
+from contextlib import contextmanager
 from pathlib import Path as FsPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import msgspec
 
@@ -31,6 +32,54 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         where = format_path(self.path)
         return f"{self.file}:{self.line}: {where}: {self.message}" if where else f"{self.file}:{self.line}: {self.message}"
+
+    def each(self) -> tuple[ConfigError, ...]:
+        """The single problems this error stands for: itself, or every one a ConfigErrors holds."""
+        return (self,)
+
+
+class ConfigErrors(ConfigError):
+    """Every problem one load found, sorted by line; str() is one `file:line: key: message` line each. Its own
+    file, line, path and message are the first problem's, so a caller that knows only ConfigError still works."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        self.errors = tuple(sorted((one for error in errors for one in error.each()), key=lambda e: (e.file, e.line)))
+        first = self.errors[0]
+        super().__init__(first.file, first.line, first.path, first.message)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(error) for error in self.errors)
+
+    def each(self) -> tuple[ConfigError, ...]:
+        return self.errors
+
+
+class ErrorLog:
+    """The problems of one load, gathered unit by unit (a section, a module, a target, an ssh or snmp entry):
+    msgspec stops at the first error of one conversion and a check at its first problem, so each unit reports
+    its first problem and the load goes on with the next unit; `raise_any` then raises them all at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    @contextmanager
+    def unit(self) -> Iterator[None]:
+        """Run one independent unit: a ConfigError it raises is recorded, not propagated."""
+        try:
+            yield
+        except ConfigError as error:
+            self.errors.extend(error.each())
+
+    def failed(self, path: Path) -> bool:
+        """Whether a problem was found at, inside or above `path`, so what refers to it is not judged again
+        (a target naming a module that failed to load is not also "unknown")."""
+        return any(
+            error.path[: len(path)] == path or (error.path and path[: len(error.path)] == error.path) for error in self.errors
+        )
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise self.errors[0] if len(self.errors) == 1 else ConfigErrors(self.errors)
 
 
 def format_path(path: Path) -> str:
