@@ -255,3 +255,23 @@ def test_missing_ca_file_is_rejected_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         tcp_module(f"tls: true\ntls_config: {{ca_file: '{tmp_path / 'absent.pem'}'}}")
     assert "modules.m.tcp.tls_config.ca_file" in str(error.value)
+
+
+def targets_of(module: str, *addresses: str) -> str:
+    listed = "".join(f'  - {{name: t{index}, address: "{address}", module: m}}\n' for index, address in enumerate(addresses))
+    return f"agent: {{id: test-agent, agency: so-test}}\nmodules:\n  m: {module}\ntargets:\n{listed}"
+
+
+def test_a_target_without_a_port_is_rejected_at_load_when_the_module_has_none() -> None:
+    """It used to load and then fail every run with resolve_failed."""
+    with pytest.raises(ConfigError) as error:
+        parse_config(targets_of("{prober: tcp}", "mail.example", "[2001:db8::1]:25", "2001:db8::1", "mail.example:99999"), "t.yml")
+    assert [(one.line, one.path) for one in error.value.each()] == [(5, ("targets", 0, "address")), (7, ("targets", 2, "address")),
+                                                                    (8, ("targets", 3, "address"))]
+    assert "t.yml:5: targets[0].address: 'mail.example' has no port" in str(error.value)
+    assert "write host:port ([v6]:port for IPv6) or set the module's tcp.port" in str(error.value)
+
+
+def test_a_target_without_a_port_loads_when_the_module_sets_one() -> None:
+    config = parse_config(targets_of("{prober: tcp, tcp: {port: 25}}", "mail.example", "2001:db8::1", "[2001:db8::1]:587"))
+    assert [target.address for target in config.targets] == ["mail.example", "2001:db8::1", "[2001:db8::1]:587"]
