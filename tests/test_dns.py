@@ -18,9 +18,9 @@ from agents.catalog import parse_config
 from agents.config import ConfigError
 from agents.config.model import ModuleConfig
 from agents.probes.dns import DnsFailure as Failure
-from agents.results import ProbeResult, ProbeTarget
 from agents.probes.dns import probe
 from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
 from tests.support.dnsmasq import Dnsmasq, free_udp_and_tcp_port, running_dnsmasq
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port
@@ -415,6 +415,23 @@ def test_unknown_query_type_is_rejected_naming_query_type() -> None:
         dns_module("query_name: www.test.lan\nquery_type: AXFR")
     assert "modules.m.dns.query_type" in str(error.value)
     assert "AXFR" in str(error.value)
+
+
+def test_an_unknown_query_type_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as error:
+        dns_module("query_name: www.test.lan\nquery_type: MXX")
+    assert str(error.value).endswith(
+        "modules.m.dns.query_type: invalid value 'MXX'; expected one of: A, AAAA, MX, TXT, NS, SOA, CNAME, PTR, SRV, CAA, ANY (in any case)"
+    )
+
+
+async def test_dns_types_classes_and_rcodes_are_accepted_in_any_case(dnsmasq: Dnsmasq) -> None:
+    """`query_type: mx` is what dig and zone files accept; the module holds the canonical MX."""
+    settings = dns_module("query_name: test.lan\nquery_type: mx\nquery_class: in\nvalid_rcodes: [noError, nxdomain]").settings
+    assert (settings.query_type, settings.query_class, settings.valid_rcodes) == ("MX", "IN", ("NOERROR", "NXDOMAIN"))
+    result = await ask(dnsmasq.address, "query_name: test.lan\nquery_type: mx\nvalid_rcodes: [noerror]")
+    assert result.success, result.detail
+    assert value(result, "probe_dns_answer_rrs") == 1
 
 
 def test_system_resolver_with_a_non_address_type_is_rejected() -> None:

@@ -46,6 +46,7 @@ from agents.probes.base import ProberSpec
 from agents.probes.resolve import DNS_LOOKUP_TIME, ResolveError, resolve, resolve_all, split_host_port
 from agents.resources import ProbeResources
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample, socket_failure
+from foundation.config.types import Choice
 
 if TYPE_CHECKING:
     import dns.message
@@ -62,12 +63,21 @@ RCODE = Metric("probe_dns_rcode", "Response code of the DNS reply as a number (0
 DNS_PORT = 53
 SYSTEM = "system"  # `resolver: system`: the operating system's resolver
 
-QueryType = Literal["A", "AAAA", "MX", "TXT", "NS", "SOA", "CNAME", "PTR", "SRV", "CAA", "ANY"]
-QueryClass = Literal["IN", "CH", "HS", "ANY"]
-RcodeName = Literal[
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
-    "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "BADVERS",
-]
+
+# DNS mnemonics are case-insensitive (RFC 1035 master files, dig): `query_type: mx` is MX
+class QueryType(Choice):
+    values = ("A", "AAAA", "MX", "TXT", "NS", "SOA", "CNAME", "PTR", "SRV", "CAA", "ANY")
+
+
+class QueryClass(Choice):
+    values = ("IN", "CH", "HS", "ANY")
+
+
+class RcodeName(Choice):
+    values = (
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+        "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "BADVERS",
+    )
 
 
 class DnsFailure(Failure):
@@ -128,10 +138,10 @@ class DnsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     query_name: str | None = None  # blackbox shape: the target is the resolver
     resolver: str | None = None  # our shape: the target is the name; an address or `system`
     query_type: QueryType | None = None  # unset: ANY (blackbox's default); with `system`, see the module doc
-    query_class: QueryClass = "IN"
+    query_class: QueryClass = QueryClass("IN")
     transport_protocol: Literal["udp", "tcp"] = "udp"
     recursion_desired: bool = True
-    valid_rcodes: tuple[RcodeName, ...] = ("NOERROR",)
+    valid_rcodes: tuple[RcodeName, ...] = (RcodeName("NOERROR"),)
     validate_answer_rrs: RRValidator = RRValidator()
     validate_authority_rrs: RRValidator = RRValidator()
     validate_additional_rrs: RRValidator = RRValidator()

@@ -10,6 +10,7 @@ from pathlib import Path as FsPath
 from typing import Any, Callable, Iterator, Sequence
 
 import msgspec
+from msgspec import inspect as mi
 
 from foundation.config.types import FilePath, SecretFile, SecretRef, decode_hook
 from foundation.config.yamlpos import Path, PositionedData, YamlError, load_yaml
@@ -113,6 +114,10 @@ class ConfigContext:
             if unknown:
                 sub_path += (unknown.group(1),)
                 message = "unknown key (check spelling and indentation)"
+            enum = re.match(r"Invalid enum value (.*)", message)
+            values = _literal_values(mi.type_info(type_), sub_path) if enum else None
+            if enum and values:
+                message = f"invalid value {enum.group(1)}; expected one of: {', '.join(str(value) for value in values)}"
             raise self.error(path + sub_path, message) from None
 
     def check(self, validate: Callable[[], None], path: Path) -> None:
@@ -122,6 +127,26 @@ class ConfigContext:
         except ValueError as exc:
             key, _, message = str(exc).partition(": ")
             raise self.error(path + tuple(key.split(".")), message) from None
+
+
+def _literal_values(info: mi.Type, path: Path) -> tuple[Any, ...] | None:
+    """The values of the Literal at `path` inside a type, to list them when a value is not one of them."""
+    if isinstance(info, mi.UnionType):
+        found = (_literal_values(member, path) for member in info.types if not isinstance(member, mi.NoneType))
+        return next((values for values in found if values), None)
+    if not path:
+        return info.values if isinstance(info, mi.LiteralType) else None
+    key, rest = path[0], path[1:]
+    if isinstance(info, mi.StructType):
+        field = next((field for field in info.fields if field.encode_name == key), None)
+        return _literal_values(field.type, rest) if field is not None else None
+    if isinstance(info, (mi.ListType, mi.VarTupleType, mi.SetType, mi.FrozenSetType)):
+        return _literal_values(info.item_type, rest)
+    if isinstance(info, mi.TupleType) and isinstance(key, int) and key < len(info.item_types):
+        return _literal_values(info.item_types[key], rest)
+    if isinstance(info, mi.DictType):
+        return _literal_values(info.value_type, rest)
+    return None
 
 
 def _parse_msgspec_path(text: str) -> Path:
