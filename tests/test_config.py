@@ -239,3 +239,16 @@ def test_one_problem_is_a_plain_config_error_and_many_are_still_one(tmp_path):
     assert type(one) is ConfigError and one.each() == (one,)
     many = config_error(tmp_path, GOOD_HEAD + "listn: x\nlistenn: y\n")
     assert isinstance(many, ConfigErrors) and isinstance(many, ConfigError) and len(many.each()) == 2
+
+
+def test_an_unquoted_secret_reference_in_a_flow_mapping_says_to_quote_it(tmp_path):
+    """`{password: ${WEB_PASS}}` is a YAML syntax error (the `{` opens a mapping); the error says what to write."""
+    error = config_error(tmp_path, GOOD_HEAD + "  web: {prober: http, http: {basic_auth: {username: u, password: ${WEB_PASS}}}}\n")
+    assert str(error) == (
+        f"{tmp_path / 'agent.yml'}:9: YAML syntax error: expected ',' or '}}', but got '{{'; "
+        "a reference inside { } or [ ] must be quoted: '${WEB_PASS}'"
+    )
+
+
+def test_other_yaml_syntax_errors_get_no_quoting_hint(tmp_path):
+    assert "quoted" not in str(config_error(tmp_path, GOOD_HEAD + "  web: {prober: http, http: {a: {b}}\n"))
