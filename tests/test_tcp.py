@@ -13,9 +13,9 @@ from agents.catalog import parse_config
 from agents.config import ConfigError
 from agents.config.model import ModuleConfig
 from agents.probes.tcp import TcpFailure as Failure
-from agents.results import ProbeResult, ProbeTarget
-from agents.resources import ProbeResources
 from agents.probes.tcp import probe
+from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
 from tests.support.certs import CertFiles, make_ca, make_leaf, make_self_signed
 from tests.support.ports import free_port
 from tests.support.tcpservers import LineServer, server_tls_context, serving
