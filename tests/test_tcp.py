@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import textwrap
 import time
@@ -16,6 +17,7 @@ from agents.probes.tcp import TcpFailure as Failure
 from agents.probes.tcp import probe
 from agents.resources import ProbeResources
 from agents.results import ProbeResult, ProbeTarget
+from tests.support.blackbox import running_blackbox
 from tests.support.certs import CertFiles, make_ca, make_leaf, make_self_signed
 from tests.support.ports import free_port
 from tests.support.tcpservers import LineServer, server_tls_context, serving
@@ -275,3 +277,24 @@ def test_a_target_without_a_port_is_rejected_at_load_when_the_module_has_none() 
 def test_a_target_without_a_port_loads_when_the_module_sets_one() -> None:
     config = parse_config(targets_of("{prober: tcp, tcp: {port: 25}}", "mail.example", "2001:db8::1", "[2001:db8::1]:587"))
     assert [target.address for target in config.targets] == ["mail.example", "2001:db8::1", "[2001:db8::1]:587"]
+
+
+# --- agreement with blackbox_exporter -----------------------------------------------------------
+
+
+BLACKBOX_TCP = "modules:\n  tcp: {prober: tcp, timeout: 2s, tcp: {preferred_ip_protocol: ip4}}\n"
+
+
+async def test_address_hash_is_blackboxs_for_ipv4_ipv6_and_names(tmp_path: Path) -> None:
+    """blackbox hashes the address's bytes (FNV-1a over 4 or 16 bytes), not its text: the same target gives the
+    same probe_ip_addr_hash, so alerts on changes() work across both."""
+    with socket.create_server(("127.0.0.1", 0)) as v4, socket.create_server(("::1", 0), family=socket.AF_INET6) as v6:
+        port4, port6 = v4.getsockname()[1], v6.getsockname()[1]
+        targets = [f"127.0.0.1:{port4}", f"localhost:{port4}", f"[::1]:{port6}"]
+        with running_blackbox(tmp_path, BLACKBOX_TCP) as blackbox:
+            theirs = [await asyncio.to_thread(blackbox, "tcp", target) for target in targets]
+        ours = [await run(target) for target in targets]
+    for target, their, our in zip(targets, theirs, ours):
+        assert their["probe_success"] == 1 and our.success, (target, our.detail)
+        assert value(our, "probe_ip_addr_hash") == their["probe_ip_addr_hash"], target
+    assert value(ours[0], "probe_ip_addr_hash") == 3668918509  # FNV-1a of 127.0.0.1's 4 bytes
