@@ -130,9 +130,15 @@ def test_file_that_is_not_utf8_is_a_config_error(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("15s", 15), ("2m", 120), ("1h30m", 5400), ("1.5s", 1.5)])
+@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("15s", 15), ("2m", 120), ("1h30m", 5400), ("1.5s", 1.5),
+                                           ("2d", 172800), ("1w", 604800), ("1y", 31536000)])
 def test_durations_parse_prometheus_style(text, seconds):
     assert Duration.parse(text) == pytest.approx(seconds)
+
+
+def test_a_bad_duration_names_every_unit_accepted():
+    with pytest.raises(ValueError, match=r"use a number with a unit ms, s, m, h, d, w, y, e\.g\. '15s'"):
+        Duration.parse("5 min")
 
 
 def test_disabled_target_is_validated_but_not_scheduled(tmp_path):

@@ -63,7 +63,7 @@ CONTENT_AGE = Metric(
 class HttpFailure(Failure):
     HTTP_STATUS = Reason("http_status")  # the final status is not one of valid_status_codes
     HTTP_BODY_MISMATCH = Reason("http_body_mismatch")  # fail_if_body_(not_)matches_regexp
-    HTTP_TOO_MANY_REDIRECTS = Reason("http_too_many_redirects")
+    HTTP_TOO_MANY_REDIRECTS = Reason("http_too_many_redirects")  # more redirects than max_redirects
     HTTP_CONTENT_TOO_OLD = Reason("http_content_too_old")  # max_content_age exceeded, or no Last-Modified
 
 

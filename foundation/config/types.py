@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}  # Prometheus's
+DURATION_UNITS = tuple(_UNIT_SECONDS)
+_DURATION_PART = re.compile(rf"(\d+(?:\.\d+)?)({'|'.join(DURATION_UNITS)})")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -31,7 +32,7 @@ class Duration(float):
             total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
         if pos != len(text) or not text:
-            raise ValueError(f"invalid duration {text!r}: use a number with a unit ms, s, m, h, d, w, y, e.g. '15s' or '1m30s'")
+            raise ValueError(f"invalid duration {text!r}: use a number with a unit {', '.join(DURATION_UNITS)}, e.g. '15s' or '1m30s'")
         return cls(total)
 
     def __str__(self) -> str:
