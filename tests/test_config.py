@@ -258,3 +258,21 @@ def test_an_unquoted_secret_reference_in_a_flow_mapping_says_to_quote_it(tmp_pat
 
 def test_other_yaml_syntax_errors_get_no_quoting_hint(tmp_path):
     assert "quoted" not in str(config_error(tmp_path, GOOD_HEAD + "  web: {prober: http, http: {a: {b}}\n"))
+
+
+def test_with_a_served_config_each_problem_points_at_its_own_file_and_line(tmp_path, monkeypatch):
+    from agents.fleet import Served, load_agent_config
+    from foundation.fleet_protocol import config_hash
+
+    monkeypatch.setenv("FLEET_TOKEN", "fleet-token-value")
+    path = tmp_path / "agent.yml"
+    path.write_text(GOOD_HEAD.replace("prober: tcp", "prober: tcp\n    colour: red") + (
+        f"fleet: {{url: 'http://127.0.0.1:9', bearer_token: '${{FLEET_TOKEN}}', cache_file: '{tmp_path / 'served.yml'}'}}\n"
+        "targets:\n  - {name: local, address: 'x:1', module: tcp_connect}\n"), encoding="utf-8")
+    text = "targets:\n  - {name: ok, address: 'y:1', module: tcp_connect}\n  - {name: bad, address: 'y:1', module: nope}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(str(path), Served(text, config_hash(text), "collector"))
+    assert str(caught.value).splitlines() == [
+        f"{path}:8: modules.tcp_connect.colour: unknown key (check spelling and indentation)",
+        f"served config {config_hash(text)}:3: targets[1].module: unknown module 'nope'; modules: none defined",
+    ]
