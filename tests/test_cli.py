@@ -48,7 +48,7 @@ def test_check_config_prints_every_error_of_the_file_each_on_its_own_line(tmp_pa
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"config error: {path}:4: modules.web.prober: unknown prober 'htp'; known probers: {', '.join(sorted(PROBERS))}",
-        f"config error: {path}:6: targets[0].module: unknown module 'nope'; modules: tcp_connect",
+        f"config error: {path}:6: targets[0].module: unknown module 'nope'; modules: tcp_connect, web",
         f"config error: {path}:7: targets[1].interval: duration must be a string with a unit like '15s' or '2m', got 5",
     ]
 

@@ -274,5 +274,5 @@ def test_with_a_served_config_each_problem_points_at_its_own_file_and_line(tmp_p
         load_agent_config(str(path), Served(text, config_hash(text), "collector"))
     assert str(caught.value).splitlines() == [
         f"{path}:8: modules.tcp_connect.colour: unknown key (check spelling and indentation)",
-        f"served config {config_hash(text)}:3: targets[1].module: unknown module 'nope'; modules: none defined",
+        f"served config {config_hash(text)}:3: targets[1].module: unknown module 'nope'; modules: tcp_connect",
     ]

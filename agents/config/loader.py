@@ -223,13 +223,14 @@ def _build_targets(context: SectionContext, raw: AgentSections, modules: dict[st
     targets = []
     for path, target in context.entries("targets", raw.targets):
         with context.unit():
-            built = _build_target(context, path, target, modules)
+            built = _build_target(context, path, target, modules, raw.modules)
             if built is not None:
                 targets.append(built)
     return targets
 
 
-def _build_target(context: SectionContext, path: Path, target: TargetConfig, modules: dict[str, ModuleConfig[Any]]) -> Target | None:
+def _build_target(context: SectionContext, path: Path, target: TargetConfig, modules: dict[str, ModuleConfig[Any]],
+                  defined: dict[str, Any]) -> Target | None:
     """The target to schedule, or None when disabled or when its module failed to load (reported there)."""
     if not target.name.strip():
         raise context.error(path + ("name",), "must not be empty")
@@ -237,7 +238,7 @@ def _build_target(context: SectionContext, path: Path, target: TargetConfig, mod
     if target.module not in modules:
         if context.failed(("modules", target.module)):
             return None
-        known = ", ".join(sorted(modules)) or "none defined"
+        known = ", ".join(sorted(defined)) or "none defined"  # those that failed to load too: a typo is a typo
         raise context.error(path + ("module",), f"unknown module {target.module!r}; modules: {known}")
     context.check_labels(target.labels, path + ("labels",))
     module = modules[target.module]
