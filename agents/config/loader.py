@@ -69,14 +69,7 @@ class AgentConfigSchema:
             log.raise_any()  # the rest is checked against these (agent, defaults): judging it now would mislead
         raw = self.raw_type(**decoded)
         context = SectionContext(ctx, raw.defaults, raw.agent.labels, log, kept)
-        with log.unit():
-            context.check_labels(raw.agent.labels, ("agent", "labels"))
-        with log.unit():
-            if raw.max_concurrent_probes < 1:
-                raise ctx.error(("max_concurrent_probes",), "must be at least 1")
-        host, port = "", DEFAULT_PORT
-        with log.unit():
-            host, port = parse_listen(ctx, raw.listen, DEFAULT_PORT)
+        host, port = _check_own_keys(context, raw)
         modules: dict[str, ModuleConfig[Any]] = {}
         for name, body in raw.modules.items():
             with log.unit():
@@ -87,10 +80,6 @@ class AgentConfigSchema:
             keys = keys_of[section.keys] = _keys_of(raw, section.keys)
             with log.unit():
                 targets += section.expand(keys, context)
-        for key, value in (("push", raw.push), ("fleet", raw.fleet)):
-            if value is not None:
-                with log.unit():
-                    ctx.check(value.validate, (key,))
         log.raise_any()
         return AgentConfig(
             source=ctx.file,
@@ -113,15 +102,13 @@ class AgentConfigSchema:
         fields = {info.encode_name: info for info in msgspec.structs.fields(self.raw_type)}
         for key in sections:
             if key not in fields:
-                with log.unit():
-                    raise ctx.error((key,), "unknown key (check spelling and indentation)")
+                log.add(ctx.error((key,), "unknown key (check spelling and indentation)"))
         decoded: dict[str, Any] = {}
         kept: dict[str, tuple[int, ...]] = {}
         for key, info in fields.items():
             if key not in sections:
                 if info.required:
-                    with log.unit():
-                        raise ctx.error((), f"missing required key {key!r}")
+                    log.add(ctx.error((), f"missing required key {key!r}"))
                 continue
             value, entry = sections[key], _entry_struct(info.type)
             if entry is not None and isinstance(value, list):
@@ -160,6 +147,23 @@ class AgentConfigSchema:
                 key, _, message = str(exc).partition(": ")
                 raise ctx.error(path + (prober, key) if message else path + (prober,), message or key) from None
         return ModuleConfig(name, prober, timeout, decoded.preferred_ip_protocol, decoded.ip_protocol_fallback, settings)
+
+
+def _check_own_keys(context: SectionContext, raw: AgentSections) -> tuple[str, int]:
+    """The agent's own keys beyond their types; the listen address (host, port)."""
+    ctx, log = context.ctx, context.log
+    with log.unit():
+        context.check_labels(raw.agent.labels, ("agent", "labels"))
+    if raw.max_concurrent_probes < 1:
+        log.add(ctx.error(("max_concurrent_probes",), "must be at least 1"))
+    host, port = "", DEFAULT_PORT
+    with log.unit():
+        host, port = parse_listen(ctx, raw.listen, DEFAULT_PORT)
+    for key, section in (("push", raw.push), ("fleet", raw.fleet)):
+        if section is not None:
+            with log.unit():
+                ctx.check(section.validate, (key,))
+    return host, port
 
 
 _FAILED = object()  # an entry that did not decode (its error is logged)

@@ -69,7 +69,10 @@ class ErrorLog:
         try:
             yield
         except ConfigError as error:
-            self.errors.extend(error.each())
+            self.add(error)
+
+    def add(self, error: ConfigError) -> None:
+        self.errors.extend(error.each())
 
     def failed(self, path: Path) -> bool:
         """Whether a problem was found at, inside or above `path`, so what refers to it is not judged again
