@@ -8,12 +8,12 @@ import json
 import sys
 from typing import Sequence
 
-from foundation import __version__
 from agents.config import AgentConfig, ConfigError
 from agents.fleet import LoadedConfig, load_at_start
+from agents.results import ProbeResult
+from foundation import __version__
 from foundation.config.base import listen_argument
 from foundation.logs import protect_secrets, setup_logging
-from agents.results import ProbeResult
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # with `fleet:`, merged with the cached served config if any (`run` fetches it when it must)
         loaded = load_at_start(config_path, fetch_when_needed=args.command == "run")
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print("\n".join(f"config error: {one}" for one in exc.each()), file=sys.stderr)
         return EXIT_CONFIG
     config = loaded.config
     protect_secrets(config)  # mask its secrets' values in every log line (foundation/logs.py)

@@ -549,7 +549,7 @@ BAD_CONFIGS = {
     "unknown-agency": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-x, mode: pull, address: '10.0.0.1:9855'}\n",
                        ":4: agents[0].agency: unknown agency 'so-x'"),
     "duplicate-agency": ("agencies:\n" + AGENCY + AGENCY, ":3: agencies[1].id: duplicate id 'so-tttt' (first defined in agencies[0])"),
-    "bad-level": ("agencies:\n  - {id: x, name: X, district: d, level: hamlet}\n", ":2: agencies[0].level: Invalid enum value 'hamlet'"),
+    "bad-level": ("agencies:\n  - {id: x, name: X, district: d, level: hamlet}\n", ":2: agencies[0].level: invalid value 'hamlet'; expected one of: commune, department, district, province"),
     "pull-without-address": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-tttt, mode: pull}\n",
                              ":4: agents[0].address: a pull agent needs address"),
     "push-without-token": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-tttt, mode: push}\n",

@@ -26,22 +26,22 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import msgspec
 
-from foundation import __version__
 from agents.config.model import ModuleConfig
-from foundation.config.types import Duration, SecretFile, SecretRef
 from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve
 from agents.probes.tlsinfo import (
     TLS_CONTEXTS,
+    TlsContexts,
     TlsSettings,
     classify_tls_error,
-    TlsContexts,
     fetch_chain,
     session_samples,
     version_ok,
 )
 from agents.resources import ProbeResources
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample, socket_failure
+from foundation import __version__
+from foundation.config.types import Duration, SecretFile, SecretRef
 
 DURATION = Metric("probe_http_duration_seconds", "Duration of http request by phase, summed over all redirects")
 CONTENT_LENGTH = Metric("probe_http_content_length", "Length of http content response")
@@ -63,7 +63,7 @@ CONTENT_AGE = Metric(
 class HttpFailure(Failure):
     HTTP_STATUS = Reason("http_status")  # the final status is not one of valid_status_codes
     HTTP_BODY_MISMATCH = Reason("http_body_mismatch")  # fail_if_body_(not_)matches_regexp
-    HTTP_TOO_MANY_REDIRECTS = Reason("http_too_many_redirects")
+    HTTP_TOO_MANY_REDIRECTS = Reason("http_too_many_redirects")  # more redirects than max_redirects
     HTTP_CONTENT_TOO_OLD = Reason("http_content_too_old")  # max_content_age exceeded, or no Last-Modified
 
 
