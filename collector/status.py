@@ -10,7 +10,7 @@ import html
 import time
 from dataclasses import dataclass
 
-from collector.config import Agency, CollectorConfig
+from collector.config_model import Agency, CollectorConfig
 from collector.fleet import FetchLog, under_management
 from collector.store import AgentState, SeriesStore
 
