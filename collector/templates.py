@@ -1,5 +1,5 @@
-"""Fleet templates rendered into the config each agent is served, and every rendered config validated with the
-agent's own loader, at every load of the collector config (docs/fleet.md).
+"""Fleet templates rendered into the config each agent is served, and every rendered config validated by the
+agent program (collector/agent_check.py), at every load of the collector config (docs/fleet.md).
 
 A template is a named probe set (fragments of the agent config: modules, targets, SNMP devices, SSH checks, host
 collectors) with a selector (levels, districts, agency ids). Strings may hold variables `{{ agency.KEY }}`,
@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import re
 import types
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from agents.catalog import config_from_sections
+from collector.agent_check import AgentCheck, AgentCheckError
 from collector.config_model import Fleet, InventoryAgent, RawCollectorConfig, ServedConfig, Template, TemplateSelector
-from foundation.config.base import ConfigContext, ConfigError, format_path, unresolved_references_hook
-from foundation.config.yamlpos import Path, PositionedData
-from foundation.fleet_protocol import KEYED_SECTIONS, NAMED_SECTIONS, SERVED_SECTIONS, config_hash
+from foundation.config.base import ConfigContext, ConfigError, format_path
+from foundation.config.yamlpos import Path
+from foundation.fleet_protocol import KEYED_SECTIONS, NAMED_SECTIONS, SERVED_SECTIONS, Rejection, config_hash
 
 SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's when present: ~10x faster for 200 agents
 VARIABLE = re.compile(r"\{\{(.*?)\}\}")
@@ -29,13 +30,47 @@ VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BUILTIN_AGENCY_VARS = ("id", "name", "district", "level")
 
 
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One agent's served sections, before they become YAML."""
+
+    sections: dict[str, Any]
+    origins: dict[Path, Path]  # (section,) or (section, key or index) -> the template key it came from
+    templates: tuple[str, ...]  # the templates that selected the agent, in order
+
+
 def build_fleet(ctx: ConfigContext, raw: RawCollectorConfig, agents: list[InventoryAgent], tokens: dict[bytes, InventoryAgent]) -> Fleet:
     """Render and validate every agent's served config; a ConfigError names the template key and the agent."""
     district_vars = _check_districts(ctx, raw)
     _check_agency_vars(ctx, raw)
     _check_templates(ctx, raw)
-    configs = {agent.id: _served_config(ctx, raw.templates, agent, district_vars) for agent in agents}
+    if not raw.templates:  # every agent is served {}: nothing to render or check
+        configs = {agent.id: _served_config(agent.id, Rendered({}, {}, ())) for agent in agents}
+    else:
+        configs = _rendered_and_checked(ctx, raw.templates, agents, district_vars)
     return Fleet(types.MappingProxyType(configs), types.MappingProxyType(tokens))
+
+
+def _rendered_and_checked(
+    ctx: ConfigContext, templates: list[Template], agents: list[InventoryAgent], district_vars: dict[str, dict[str, str]]
+) -> dict[str, ServedConfig]:
+    """Served configs by agent id. The agent program checks them (secret and file references by form: the agent
+    resolves them) while their YAML is written; an empty one adds nothing to an agent's file and is not sent.
+    They are checked as data, not re-read from the YAML text: safe_dump and the agent's safe loading round-trip
+    plain data exactly. The first agent (in inventory order) whose config is refused fails the load."""
+    try:
+        with AgentCheck() as check:
+            rendered = {agent.id: _render(ctx, templates, agent, district_vars) for agent in agents}
+            check.submit(_to_check(agents, rendered))
+            configs = {agent_id: _served_config(agent_id, one) for agent_id, one in rendered.items()}
+            verdicts = check.verdicts()
+    except AgentCheckError as exc:
+        raise ctx.error(("templates",), f"cannot check the served configs: {exc}") from None
+    for agent in agents:
+        rejection = verdicts.get(agent.id)
+        if rejection is not None:
+            raise _rejected(ctx, agent, rejection, rendered[agent.id].origins)
+    return configs
 
 
 def _check_districts(ctx: ConfigContext, raw: RawCollectorConfig) -> dict[str, dict[str, str]]:
@@ -134,7 +169,7 @@ class _Renderer:
         return value
 
 
-def _served_config(ctx: ConfigContext, templates: list[Template], agent: InventoryAgent, district_vars: dict[str, dict[str, str]]) -> ServedConfig:
+def _render(ctx: ConfigContext, templates: list[Template], agent: InventoryAgent, district_vars: dict[str, dict[str, str]]) -> Rendered:
     renderer = _Renderer(ctx, agent, template_variables(agent, district_vars))
     parts: dict[str, Any] = {}  # section -> {key: (value, origin)} | [(entry, origin)] | (value, origin)
     applied = []
@@ -148,9 +183,12 @@ def _served_config(ctx: ConfigContext, templates: list[Template], agent: Invento
                 origin: Path = ("templates", index, section)
                 _add(parts, section, renderer.render(value, origin), origin)
     sections, origins = _assemble(parts)
-    text = yaml.dump(sections, Dumper=SafeDumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    _validate(ctx, agent, sections, origins)
-    return ServedConfig(agent.id, text, config_hash(text), tuple(applied))
+    return Rendered(sections, origins, tuple(applied))
+
+
+def _served_config(agent_id: str, rendered: Rendered) -> ServedConfig:
+    text = yaml.dump(rendered.sections, Dumper=SafeDumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return ServedConfig(agent_id, text, config_hash(text), rendered.templates)
 
 
 def _add(parts: dict[str, Any], section: str, rendered: Any, origin: Path) -> None:
@@ -183,17 +221,20 @@ def _assemble(parts: dict[str, Any]) -> tuple[dict[str, Any], dict[Path, Path]]:
     return sections, origins
 
 
-def _validate(ctx: ConfigContext, agent: InventoryAgent, sections: dict[str, Any], origins: dict[Path, Path]) -> None:
-    """The agent's own loader, on the served sections under this agent's identity; secret and file references
-    are checked by form (the agent resolves them). The sections are checked as data, not re-read from the YAML
-    text: safe_dump and the agent's safe loading round-trip plain data exactly."""
-    identity = {"agent": {"id": agent.id, "agency": agent.agency.id}}
-    check = ConfigContext(f"config served to agent {agent.id}", PositionedData(None), unresolved_references_hook)
-    try:
-        config_from_sections(check, {**identity, **sections})
-    except ConfigError as exc:
-        origin = origins.get(exc.path[:2]) or origins.get(exc.path[:1])
-        rest = exc.path[2:] if exc.path[:2] in origins else exc.path[1:]
-        where = origin + rest if origin is not None else ("templates",)
-        key = format_path(exc.path) or "(top level)"
-        raise ctx.error(where, f"rendered for agent {agent.id} (agency {agent.agency.id}), key {key}: {exc.message}") from None
+def _to_check(agents: list[InventoryAgent], rendered: dict[str, Rendered]) -> dict[str, dict[str, Any]]:
+    """Agent id -> its served sections under its identity, for the agents served anything."""
+    return {
+        agent.id: {"agent": {"id": agent.id, "agency": agent.agency.id}, **rendered[agent.id].sections}
+        for agent in agents
+        if rendered[agent.id].sections
+    }
+
+
+def _rejected(ctx: ConfigContext, agent: InventoryAgent, rejection: Rejection, origins: dict[Path, Path]) -> ConfigError:
+    """The error at the template key the refused entry came from, naming the agent and the key in its config."""
+    path = rejection.path
+    origin = origins.get(path[:2]) or origins.get(path[:1])
+    rest = path[2:] if path[:2] in origins else path[1:]
+    where = origin + rest if origin is not None else ("templates",)
+    key = format_path(path) or "(top level)"
+    return ctx.error(where, f"rendered for agent {agent.id} (agency {agent.agency.id}), key {key}: {rejection.message}")
