@@ -22,7 +22,7 @@ from foundation.fleet_protocol import CHECK_SERVED_COMMAND, Rejection, decode_ch
 # the collector package, which `-m` puts first on the path (not the agent package of whatever directory we run in)
 AGENT_CHECK_COMMAND: tuple[str, ...] = (sys.executable, "-m", "agents.cli", CHECK_SERVED_COMMAND)
 INSTALLED_BESIDE = Path(__file__).resolve().parent.parent
-AGENT_CHECK_TIMEOUT = 120.0  # seconds from start to verdicts; 1,000 agents take under 1 s (tests/bench/bench_fleet.py)
+AGENT_CHECK_TIMEOUT = 120.0  # seconds from start to verdicts; 1,000 agents take ~0.5 s (docs/benchmarks.md)
 STDERR_EXCERPT = 300  # characters of the agent program's error output quoted in the error
 
 
