@@ -11,6 +11,7 @@ from typing import Sequence
 from agents.config import AgentConfig, ConfigError
 from agents.fleet import LoadedConfig, load_at_start
 from agents.results import ProbeResult
+from agents.served_check import run as check_served
 from foundation import __version__
 from foundation.config.base import listen_argument
 from foundation.logs import protect_secrets, setup_logging
@@ -34,11 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--once", action="store_true", required=True, help="run each target's probe once")
     probe.add_argument("--target", action="append", help="only this target (repeatable)")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    commands.add_parser(
+        "check-served", help="check the configs a collector serves, JSON on stdin and stdout (run by netmon-collector)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check-served":
+        return check_served(sys.stdin.buffer, sys.stdout.buffer)
     setup_logging(args.log_level, args.log_format)
     config_path = args.config
     try:

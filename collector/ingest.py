@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from foundation.remote_write import BlockSeries, Decoder, RemoteWriteError, TooLarge
-from collector.config import CollectorConfig, InventoryAgent, token_digest
+from collector.config_model import CollectorConfig, InventoryAgent, token_digest
 from collector.store import AgentState, OutOfBounds, Rejected, SeriesStore
+from foundation.remote_write import BlockSeries, Decoder, RemoteWriteError, TooLarge
 
 LABEL_CACHE_PER_AGENT = 20_000  # label sets remembered per agent; an agency pushes a few hundred to a few thousand
 

@@ -21,7 +21,7 @@ from datetime import datetime, tzinfo
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from collector.config import Agency, CollectorConfig
+from collector.config_model import Agency, CollectorConfig
 from collector.fleet import FetchLog, under_management
 from collector.store import AgentState, SeriesStore, format_timestamp
 

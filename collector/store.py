@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from collector.config_model import InventoryAgent
 from foundation.remote_write import STALE_NAN, BlockSeries, Labels, Sample, Series, is_stale_marker, label_block
-from collector.config import InventoryAgent
 from foundation.textformat import format_value, label_pairs
 
 RESERVED_NAMES = frozenset({"netmon_agent_up", "netmon_agent_last_seen_timestamp_seconds", "netmon_agency_info"})
