@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Sequence
 
+from agents.catalog import PROBERS
 from agents.config import AgentConfig, ConfigError
 from agents.fleet import LoadedConfig, load_at_start
 from agents.results import ProbeResult
@@ -168,7 +169,12 @@ def _as_table(pairs: list[tuple[object, ProbeResult]]) -> str:
         for t, r in pairs
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    for target, result in pairs:
+        more = PROBERS[target.module.prober].result_lines
+        if more is not None:  # e.g. a transaction's steps
+            lines += ["", f"{target.name}:", *(f"  {line}" for line in more(target.module, result))]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
