@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -426,6 +427,23 @@ def test_config_errors_name_the_step_and_key(settings: str, message: str) -> Non
     with pytest.raises(ConfigError) as error:
         transaction_module(settings)
     assert message in str(error.value)
+
+
+def documented_examples() -> list[str]:
+    text = (ROOT / "docs" / "transactions.md").read_text(encoding="utf-8")
+    return re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("example", documented_examples(), ids=lambda example: example.split("\n")[0].strip()[:30])
+def test_every_documented_example_is_a_valid_config(example: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DVC_PASSWORD", "x" * 12)
+    monkeypatch.setenv("LGSP_API_KEY", "y" * 12)
+    example = example.replace("/etc/netmon/ca-tinh.pem", str(make_ca(tmp_path).cert))
+    if example.startswith("modules:"):
+        config = parse_config(AGENT + example, "transactions.md")
+    else:  # a part of a module's settings
+        config = parse_config(AGENT + "modules:\n" + module_yaml(example), "transactions.md")
+    assert {module.prober for module in config.modules.values()} == {"transaction"}
 
 
 # --- probe --once, the status page and /metrics -----------------------------------------------------------------

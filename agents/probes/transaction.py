@@ -75,7 +75,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
 
 class Soap(_Strict):
     action: str = ""  # SOAPAction (1.1) or the action parameter of the Content-Type (1.2)
-    version: Literal["1.1", "1.2"] = "1.1"
+    version: Literal["1.1", "1.2"] = "1.1"  # SOAP 1.1 (text/xml, SOAPAction) or 1.2 (application/soap+xml)
 
 
 class Query(_Strict):
@@ -142,9 +142,10 @@ class Step(_Strict):
     body: str | None = None  # a raw body (a SOAP envelope, XML); set Content-Type in headers unless soap is set
     soap: Soap | None = None  # a SOAP call: Content-Type and SOAPAction set, {{ variables }} XML-escaped, Fault fails
     timeout: Duration | None = None  # of this step alone; the module timeout bounds the whole transaction
-    follow_redirects: bool = True
+    follow_redirects: bool = True  # false: a 3xx is the step's response (assert status: [302])
     extract: dict[str, Query] = {}  # variables for the later steps, each the first value its query finds
-    checks: Assertions = msgspec.field(default_factory=Assertions, name="assert")  # `assert:` in the config
+    # what the response must be, checked in order; the key is `assert` (a Python keyword, hence the field's name)
+    checks: Assertions = msgspec.field(default_factory=Assertions, name="assert")
 
     def templates(self) -> list[tuple[str, str]]:
         """(key, text) of every string of this step that may hold {{ variables }}."""
