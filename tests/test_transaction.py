@@ -19,6 +19,7 @@ import pytest
 from agents.catalog import parse_config
 from agents.config import ConfigError
 from agents.config.model import ModuleConfig
+from agents.probes.bodyquery import Document, find
 from agents.probes.transaction import TransactionFailure as Failure
 from agents.resources import ProbeResources
 from agents.results import ProbeResult, ProbeTarget
@@ -394,6 +395,32 @@ async def test_redirects_are_followed_within_their_bound(server: HttpServer) -> 
     assert result.detail.startswith("step 1/1 'loop' (GET /loop): more than 3 redirects")
     unfollowed = await run(server.url("/"), "steps: [{name: loop, url: /loop, follow_redirects: false, assert: {status: [302]}}]")
     assert unfollowed.success, unfollowed.detail
+
+
+async def test_checks_over_a_large_body_run_off_the_event_loop_and_see_every_row(server: HttpServer) -> None:
+    rows = "".join(f"<tr><td class='thu-tuc'>Thủ tục số {i}</td><td><a href='/t/{i}'>xem</a></td></tr>" for i in range(20000))
+    page = f"<html><body><table id='ket-qua'>{rows}</table></body></html>".encode()
+    server.routes["/tra-cuu"] = Reply(body=page, headers=(("Content-Type", "text/html; charset=utf-8"),))
+    started = time.perf_counter()
+    assert len(list(find("css", "#ket-qua td.thu-tuc", Document([], page, True), {}))) == 20000
+    inline = time.perf_counter() - started  # what the check would block the event loop for
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.002)
+            gaps.append(time.perf_counter() - last)
+            last = time.perf_counter()
+
+    ticking = asyncio.create_task(ticker())
+    result = await run(server.url("/"), """\
+        max_body_bytes: 3000000
+        steps: [{name: search, url: /tra-cuu, assert: {values: [{css: "#ket-qua td.thu-tuc", equals: Thủ tục số 19999}]}}]
+        """)
+    ticking.cancel()
+    assert result.success, result.detail
+    assert inline > 0.05 and max(gaps) < inline / 2, (inline, max(gaps))
 
 
 # --- the config ------------------------------------------------------------------------------------------------------

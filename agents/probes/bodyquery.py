@@ -4,8 +4,8 @@ A building block of the transaction prober (agents/probes/transaction.py). pytho
 imported on first use, so an agent without a transaction module never loads them (tests/test_footprint.py).
 Parsing is CPU work on bodies up to a MiB: the prober runs `Document` queries off the event loop.
 
-Every query gives a list of strings, in document order: what the prober compares (`equals`, `matches`) or keeps
-as a variable (the first). JSON values that are not strings are given as JSON (`7`, `true`, `{"a":1}`); an
+Every query gives its values lazily, as strings in document order: the prober keeps the first as a variable, or
+compares them (`equals`, `matches`) until one passes, so memory stays small whatever the body. JSON values that are not strings are given as JSON (`7`, `true`, `{"a":1}`); an
 element found by XPath or CSS gives its text with white space collapsed, or one attribute's value.
 """
 
@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import islice
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 QueryKind = Literal["regex", "json_path", "xpath", "css", "header"]
-MAX_MATCHES = 100  # values one query gives at most: a regex over a MiB of body stays cheap
 SOAP_11 = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP_12 = "http://www.w3.org/2003/05/soap-envelope"
 _CHARSET = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.IGNORECASE)
@@ -155,15 +153,17 @@ class Document:
 # --- running a query ------------------------------------------------------------------------------------------------
 
 
-def find(kind: QueryKind, expression: str, document: Document, namespaces: dict[str, str], attribute: str | None = None) -> list[str]:
-    """The values a query finds, in document order (at most MAX_MATCHES); QueryError when it cannot run."""
+def find(
+    kind: QueryKind, expression: str, document: Document, namespaces: dict[str, str], attribute: str | None = None
+) -> Iterator[str]:
+    """The values a query finds, in document order, made as they are read; QueryError (at once) when it cannot run."""
     if kind == "header":
-        return [value for name, value in document.headers if name == expression.lower()][:MAX_MATCHES]
+        return (value for name, value in document.headers if name == expression.lower())
     if kind == "regex":
-        matches = islice(re.finditer(expression, document.text()), MAX_MATCHES)
-        return [match.group(1) if match.re.groups else match.group(0) for match in matches]
+        return (match.group(1) if match.re.groups else match.group(0) for match in re.finditer(expression, document.text()))
     if kind == "json_path":
-        return [_json_text(value) for value in islice(_json_path_environment().finditer(expression, document.json()), MAX_MATCHES)]
+        data = document.json()
+        return (_json_text(match) for match in _json_path_environment().finditer(expression, data))
     return _tree_values(kind, expression, document, namespaces, attribute)
 
 
@@ -172,7 +172,9 @@ def _json_text(match: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _tree_values(kind: QueryKind, expression: str, document: Document, namespaces: dict[str, str], attribute: str | None) -> list[str]:
+def _tree_values(
+    kind: QueryKind, expression: str, document: Document, namespaces: dict[str, str], attribute: str | None
+) -> Iterator[str]:
     from lxml import etree
 
     root = document.tree()
@@ -186,9 +188,8 @@ def _tree_values(kind: QueryKind, expression: str, document: Document, namespace
     except etree.XPathError as exc:
         raise QueryError(f"{kind} {expression!r} fails on this document: {exc}") from None
     if not isinstance(found, list):  # a number, a string or a boolean: string(), count(), a comparison
-        return [_scalar_text(found)]
-    values = (_node_text(node, attribute) for node in found)
-    return [value for value in islice(values, MAX_MATCHES * 4) if value is not None][:MAX_MATCHES]
+        return iter([_scalar_text(found)])
+    return (value for value in (_node_text(node, attribute) for node in found) if value is not None)
 
 
 def _scalar_text(value: Any) -> str:

@@ -19,7 +19,7 @@ import re
 import secrets as random_tokens
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 from urllib.parse import urlencode, urljoin
 from xml.sax.saxutils import escape as xml_escape
 
@@ -594,31 +594,39 @@ class _Judge:
         extracted: dict[str, str] = {}
         for name, query in self.step.extract.items():
             try:
-                found = find(query.kind, query.expression, self.document, self.namespaces, query.attribute)
+                first = next(find(query.kind, query.expression, self.document, self.namespaces, query.attribute), None)
             except QueryError as exc:
                 return (TransactionFailure.EXTRACT_FAILED, f"variable {name}: {exc}"), {}
-            if not found:
+            if first is None:
                 return (TransactionFailure.EXTRACT_FAILED, f"variable {name}: {query.describe()} found nothing"), {}
-            extracted[name] = found[0]
+            extracted[name] = first
         return None, extracted
 
 
-def _check_values(check: Check, found: list[str]) -> str | None:
-    """Why the values found fail the check, or None."""
+def _check_values(check: Check, found: Iterator[str]) -> str | None:
+    """Why the values found fail the check, or None; reads values only until one passes."""
+    wanted = _text(check.equals) if check.equals is not None else None
+    seen: list[str] = []
+    count = 0
+    for value in found:
+        if check.absent:
+            return f"found {_shown([value], 1)}, wanted nothing"
+        if (wanted is None or value == wanted) and (check.matches is None or re.search(check.matches, value)):
+            return None
+        count += 1
+        if len(seen) < 3:
+            seen.append(value)
     if check.absent:
-        return f"found {_shown(found)}, wanted nothing" if found else None
-    if not found:
+        return None
+    if not count:
         return "found nothing"
-    if check.equals is not None and _text(check.equals) not in found:
-        return f"is {_shown(found)}, wanted {_text(check.equals)!r}"
-    if check.matches is not None and not any(re.search(check.matches, value) for value in found):
-        return f"is {_shown(found)}, wanted a match of {check.matches!r}"
-    return None
+    want = f"{wanted!r}" if wanted is not None else f"a match of {check.matches!r}"
+    return f"is {_shown(seen, count)}, wanted {want}"
 
 
-def _shown(values: list[str]) -> str:
-    shown = ", ".join(repr(value if len(value) <= 60 else value[:57] + "...") for value in values[:3])
-    return shown + (f" and {len(values) - 3} more" if len(values) > 3 else "")
+def _shown(values: list[str], count: int) -> str:
+    shown = ", ".join(repr(value if len(value) <= 60 else value[:57] + "...") for value in values)
+    return shown + (f" and {count - len(values)} more" if count > len(values) else "")
 
 
 # --- the prober ------------------------------------------------------------------------------------------------------
