@@ -375,16 +375,17 @@ async def test_an_untrusted_certificate_fails_its_step_with_tls_verify_and_still
     ca = make_ca(tmp_path / "ca")
     with HttpServer(tls=make_leaf(tmp_path / "leaf", ca, "portal", names=("127.0.0.1",))) as tls_server:
         tls_server.routes["/"] = Reply()
-        steps = f'steps: [{{name: home, url: "/"}}, {{name: secure, url: "{tls_server.url("/")}"}}]'
+        steps = f'steps: [{{name: home, url: "/"}}, {{name: secure, url: "{tls_server.url("/")}"}}, {{name: again, url: "{tls_server.url("/")}"}}]'
         with HttpServer() as plain:
             plain.routes["/"] = Reply()
             untrusted = await run(plain.url("/"), steps)
             trusted = await run(plain.url("/"), f"tls_config: {{ca_file: '{ca.cert}'}}\n{steps}")
     assert untrusted.failure is Failure.TLS_VERIFY
-    assert untrusted.detail.startswith("step 2/2 'secure'")
+    assert untrusted.detail.startswith("step 2/3 'secure'")
     assert value(untrusted, "probe_ssl_earliest_cert_expiry", step="secure") > time.time()
     assert trusted.success, trusted.detail
     assert value(trusted, "probe_tls_certificate_verified", step="secure") == 1
+    assert step_values(trusted, "probe_tls_certificate_verified") == {"secure": 1}  # once per host: not for `again`
     assert value(trusted, "probe_transaction_step_http_duration_seconds", step="secure", phase="tls") > 0
 
 

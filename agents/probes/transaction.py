@@ -394,6 +394,8 @@ class _Journey:
         except http.HopFailure as exc:
             raise _StepFailed(exc.failure, exc.detail) from None
         except TimeoutError:
+            if step.timeout is None:  # not this step's own deadline
+                raise
             phase = http.current_phase(record.run)
             raise _StepFailed(Failure.TIMEOUT, f"timed out in the {phase} phase after the step timeout {step.timeout:g}s") from None
         elapsed = time.perf_counter() - started
@@ -418,14 +420,14 @@ class _Journey:
             method=method, headers=headers, tls_config=self.settings.tls_config, compression=self.settings.compression,
             no_follow_redirects=not step.follow_redirects, max_redirects=self.settings.max_redirects,
         )
-        if url.https and (url.host, url.port) not in self.tls_hosts:
-            self.tls_hosts.add((url.host, url.port))
-            record.tls_first = True
         try:
             await http.follow(url, method, body, chain, self.module, settings, record.run)
         finally:
             if chain.ip is not None:
                 self.addresses.setdefault(url.host, chain.ip)
+            if record.run.tls_samples and (url.host, url.port) not in self.tls_hosts:
+                self.tls_hosts.add((url.host, url.port))
+                record.tls_first = True
 
     def _target_url(self) -> http.Url:
         return http.parse_url(self.target.address)
