@@ -49,7 +49,9 @@ STEP_BODY = Metric("probe_transaction_step_body_bytes", "Length of the step's fi
 STEP_REDIRECTS = Metric("probe_transaction_step_redirects", "Redirects the step followed")
 
 
-class TransactionFailure(http.HttpFailure):
+class TransactionFailure(Failure):
+    HTTP_STATUS = http.HttpFailure.HTTP_STATUS  # the final status is not one of valid_status_codes (http) or assert.status
+    HTTP_TOO_MANY_REDIRECTS = http.HttpFailure.HTTP_TOO_MANY_REDIRECTS  # more redirects than max_redirects
     ASSERTION_FAILED = Reason("assertion_failed")  # a body regex, a value or max_duration of the step's `assert`
     EXTRACT_FAILED = Reason("extract_failed")  # a variable the step extracts is not in its response
     SOAP_FAULT = Reason("soap_fault")  # a SOAP step's response is a SOAP Fault
