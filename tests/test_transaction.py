@@ -474,6 +474,14 @@ def test_every_documented_example_is_a_valid_config(example: str, monkeypatch: p
     assert {module.prober for module in config.modules.values()} == {"transaction"}
 
 
+def test_a_config_error_in_a_step_points_at_the_line_of_its_key() -> None:
+    text = AGENT + "modules:\n" + module_yaml('steps:\n  - {name: a, url: /}\n  - name: b\n    url: "/x/{{ id }}"')
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "agent.yml")
+    line = next(number for number, row in enumerate(text.splitlines(), start=1) if "/x/{{ id }}" in row)
+    assert str(error.value).startswith(f"agent.yml:{line}: modules.m.transaction.steps[1].url: {{{{ id }}}} is not defined")
+
+
 # --- probe --once, the status page and /metrics -----------------------------------------------------------------
 
 

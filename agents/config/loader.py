@@ -7,6 +7,7 @@ prober and no domain.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path as FsPath
@@ -20,6 +21,7 @@ from foundation.config.base import (
     ConfigContext,
     ErrorLog,
     check_interval,
+    format_path,
     parse_listen,
     read_config_file,
     yaml_sections,
@@ -28,6 +30,7 @@ from foundation.config.types import Duration
 from foundation.config.yamlpos import Path
 
 DEFAULT_PORT = 9855
+_KEY_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")  # a name, or an [index]
 RAW_DOC = (
     "The file's shape: the agent's own keys and those each domain registers. Each section, module and entry is "
     "decoded on its own (see loader), so every error in the file is reported with its key."
@@ -145,8 +148,15 @@ class AgentConfigSchema:
                 check(timeout)
             except ValueError as exc:
                 key, _, message = str(exc).partition(": ")
-                raise ctx.error(path + (prober, key) if message else path + (prober,), message or key) from None
+                raise ctx.error(path + (prober, *_key_path(key)) if message else path + (prober,), message or key) from None
         return ModuleConfig(name, prober, timeout, decoded.preferred_ip_protocol, decoded.ip_protocol_fallback, settings)
+
+
+def _key_path(key: str) -> Path:
+    """`steps[1].url` -> ("steps", 1, "url"), so the error points at that key's own line; a key that does not read
+    back the same (a header name with a dot) stays one part."""
+    parts: list[str | int] = [int(index) if index else name for name, index in _KEY_PART.findall(key)]
+    return tuple(parts) if format_path(tuple(parts)) == key else (key,)
 
 
 def _check_own_keys(context: SectionContext, raw: AgentSections) -> tuple[str, int]:
