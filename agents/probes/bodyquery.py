@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 QueryKind = Literal["regex", "json_path", "xpath", "css", "header"]
 SOAP_11 = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -31,34 +31,33 @@ class QueryError(Exception):
 
 def check_expression(kind: QueryKind, expression: str, namespaces: dict[str, str]) -> None:
     """ValueError with a one-line message when the expression cannot be compiled (or names an unknown prefix)."""
+    if kind == "header":
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", expression):
+            raise ValueError(f"{expression!r} is not a header name")
+        return
+    what, compile_, errors = _compiler(kind, namespaces)
+    try:
+        compile_(expression)
+    except errors as exc:
+        raise ValueError(f"invalid {what} {expression!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _compiler(kind: QueryKind, namespaces: dict[str, str]) -> tuple[str, Callable[[str], Any], type[Exception]]:
+    """What the expression is called, what compiles it, and what that raises when it cannot."""
     if kind == "regex":
-        try:
-            re.compile(expression)
-        except re.error as exc:
-            raise ValueError(f"invalid regex {expression!r}: {exc}") from None
-    elif kind == "json_path":
+        return "regex", re.compile, re.error
+    if kind == "json_path":
         from jsonpath import JSONPathError
 
-        try:
-            _json_path_environment().compile(expression)
-        except JSONPathError as exc:
-            raise ValueError(f"invalid JSON path {expression!r}: {str(exc).splitlines()[0]}") from None
-    elif kind == "xpath":
+        return "JSON path", _json_path_environment().compile, JSONPathError
+    if kind == "xpath":
         from lxml import etree
 
-        try:  # evaluated once on an empty document: an undefined prefix shows only then
-            etree.XPath(expression, namespaces=namespaces)(etree.fromstring(b"<empty/>"))
-        except etree.XPathError as exc:
-            raise ValueError(f"invalid XPath {expression!r}: {exc}") from None
-    elif kind == "css":
-        from cssselect import HTMLTranslator, SelectorError
+        # evaluated once on an empty document: an undefined prefix shows only then
+        return "XPath", lambda text: etree.XPath(text, namespaces=namespaces)(etree.fromstring(b"<empty/>")), etree.XPathError
+    from cssselect import HTMLTranslator, SelectorError
 
-        try:
-            HTMLTranslator().css_to_xpath(expression)
-        except SelectorError as exc:
-            raise ValueError(f"invalid CSS selector {expression!r}: {exc}") from None
-    elif kind == "header" and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", expression):
-        raise ValueError(f"{expression!r} is not a header name")
+    return "CSS selector", HTMLTranslator().css_to_xpath, SelectorError
 
 
 def preload(kinds: set[QueryKind]) -> None:
