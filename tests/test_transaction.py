@@ -29,6 +29,7 @@ from tests.support.django_site import running_portal
 from tests.support.httpd import HttpServer, Reply
 from tests.support.ports import free_port
 from tests.support.procs import wait_for_port
+from tests.support.require import require_binary
 from tests.support.soap_service import NAMESPACE, running_soap_service
 from tests.test_agent_run import http_get, metric_value
 from tests.test_collector_agents import start_agent
@@ -525,5 +526,8 @@ def test_the_status_page_and_metrics_name_the_failed_step_and_never_the_password
     assert metric_value(metrics, "probe_failure_info", target="dvc-portal", reason="assertion_failed") == 1
     assert metric_value(metrics, "probe_transaction_step_success", target="dvc-portal", step="login_page") == 1
     assert "FAIL (assertion_failed)" in page and "step 2/5 &#x27;login&#x27;" in page
+    checked = subprocess.run([require_binary("promtool", "prometheus"), "check", "metrics"], input=metrics.encode(),
+                             capture_output=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
     for shown in (metrics, page, log.read_text(encoding="utf-8")):
         assert PASSWORD[::-1] not in shown
