@@ -32,6 +32,7 @@ from agents.probes.bodyquery import Document, QueryError, QueryKind, check_expre
 from agents.probes.tlsinfo import TLS_CONTEXTS, TlsSettings
 from agents.resources import BLOCKING_EXECUTOR, ProbeResources
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample
+from foundation.config.base import Strict
 from foundation.config.types import Duration, SecretFile, SecretRef
 from foundation.logs import SecretRedactor
 
@@ -71,16 +72,12 @@ Scalar = str | int | float | bool
 # --- settings --------------------------------------------------------------------------------------------------------
 
 
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    pass
-
-
-class Soap(_Strict):
+class Soap(Strict):
     action: str = ""  # SOAPAction (1.1) or the action parameter of the Content-Type (1.2)
     version: Literal["1.1", "1.2"] = "1.1"  # SOAP 1.1 (text/xml, SOAPAction) or 1.2 (application/soap+xml)
 
 
-class Query(_Strict):
+class Query(Strict):
     """Exactly one of regex, json_path, xpath, css, header."""
 
     regex: str | None = None  # over the body: group 1 if the regex has groups, else the whole match
@@ -125,7 +122,7 @@ class Check(Query):
             check_expression("regex", self.matches, {})
 
 
-class Assertions(_Strict):
+class Assertions(Strict):
     status: list[int] = []  # the final status must be one of these; empty: any 2xx
     body_matches: list[str] = []  # regexes that must all match the body
     body_not_matches: list[str] = []  # regexes none of which may match
@@ -133,7 +130,7 @@ class Assertions(_Strict):
     max_duration: Duration | None = None  # the step's request (with redirects) must take at most this long
 
 
-class Step(_Strict):
+class Step(Strict):
     name: str  # the step label of its series, and what a failure names: login, search...
     url: str  # absolute, or relative to the target's address; may hold {{ variables }}
     method: str = "GET"
@@ -166,7 +163,7 @@ class Step(_Strict):
         return kinds | ({"xpath"} if self.soap is not None else set())
 
 
-class TransactionSettings(_Strict):
+class TransactionSettings(Strict):
     steps: list[Step] = []  # in order; the first failing step ends the run
     variables: dict[str, str] = {}  # constants for {{ name }}: a user name, a procedure code to search for
     secrets: dict[str, SecretRef] = {}  # {{ secrets.name }}: `${ENV_VAR}` only
