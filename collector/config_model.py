@@ -62,8 +62,8 @@ class TemplateSelector(_Strict):
 
 
 class Template(_Strict):
-    """A named probe set: fragments of the agent's config (the agent's config sections), rendered
-    per agent with {{ ... }} variables and validated by the agent's own loader (collector/fleet.py)."""
+    """A named probe set: fragments of the agent's config (its served sections), rendered per agent with
+    {{ ... }} variables and checked by the agent program (collector/templates.py)."""
 
     name: str
     select: TemplateSelector = TemplateSelector()
