@@ -12,10 +12,10 @@ from typing import Any, Callable, Generic, TypeVar
 
 import msgspec
 
+from agents.config.model import Defaults, ModuleConfig, Target
 from foundation.config.base import ConfigContext, ConfigError, format_path
 from foundation.config.types import Duration
 from foundation.config.yamlpos import Path
-from agents.config.model import Defaults, ModuleConfig, Target
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = {"target", "module", "ip", "job", "instance", "le", "quantile", "reason", "phase"}
@@ -34,13 +34,15 @@ class SectionSpec(Generic[K]):
 
 class SectionContext:
     """One load's view for the sections: errors at a key path, the defaults, the agent's labels, and the target
-    names taken so far (targets, then each section in table order), so names stay unique across sections."""
+    names taken so far (targets, then each section in table order), so names stay unique across sections; and the
+    targets made so far, so a section can refer to them (path_triggers names a path target and its parent)."""
 
     def __init__(self, ctx: ConfigContext, defaults: Defaults, agent_labels: dict[str, str]) -> None:
         self.ctx = ctx
         self.defaults = defaults
         self.agent_labels = agent_labels
         self._first_defined: dict[str, str] = {}  # target name -> where, e.g. "ssh_checks[2]"
+        self._made: dict[str, Target] = {}  # targets made so far, by name
 
     def error(self, path: Path, message: str) -> ConfigError:
         return self.ctx.error(path, message)
@@ -54,6 +56,14 @@ class SectionContext:
         if first is not None:
             raise self.error(entry + ("name",), f"duplicate target name {name!r} (first defined in {first})")
         self._first_defined[name] = format_path(entry)
+
+    def defined(self, name: str) -> bool:
+        """Whether a target of that name is defined so far, enabled or not."""
+        return name in self._first_defined
+
+    def made(self, name: str) -> Target | None:
+        """The target of that name made so far (targets: only enabled ones are made)."""
+        return self._made.get(name)
 
     def check_labels(self, labels: dict[str, str], path: Path) -> None:
         for name in labels:
@@ -72,4 +82,5 @@ class SectionContext:
                all_addresses: bool = False) -> Target:
         """A target whose series carry the agent's labels, overridden by its own."""
         merged = {**self.agent_labels, **labels}
-        return Target(name, address, module, interval, tuple(sorted(merged.items())), all_addresses)
+        made = self._made[name] = Target(name, address, module, interval, tuple(sorted(merged.items())), all_addresses)
+        return made
