@@ -1,4 +1,4 @@
-"""netmon-agent: run the agent, check a config, or run every probe once from the shell."""
+"""netmon-agent: run the agent, check a config, run every probe once, or trace a path from the shell."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import json
 import sys
 from typing import Sequence
 
-from foundation import __version__
 from agents.config import AgentConfig, ConfigError
 from agents.fleet import LoadedConfig, load_at_start
+from agents.results import ProbeResult
+from foundation import __version__
 from foundation.config.base import listen_argument
 from foundation.logs import protect_secrets, setup_logging
-from agents.results import ProbeResult
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -34,12 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--once", action="store_true", required=True, help="run each target's probe once")
     probe.add_argument("--target", action="append", help="only this target (repeatable)")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    trace = commands.add_parser("trace", help="trace the path to ADDRESS hop by hop, like mtr --report (no config)")
+    trace.add_argument("address")
+    trace.add_argument("--count", type=int, default=10, help="probes per hop (default 10)")
+    trace.add_argument("--max-hops", type=int, default=30, help="highest TTL (default 30)")
+    trace.add_argument("--interval", type=float, default=1.0, help="seconds between two cycles over the hops (default 1)")
+    trace.add_argument("--protocol", choices=["icmp", "udp", "tcp"], default="icmp")
+    trace.add_argument("--port", type=int, help="udp (default 33434) or tcp destination port")
+    trace.add_argument("--ip", choices=["ip4", "ip6"], default="ip4", help="preferred address family of a name")
+    trace.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    if args.command == "trace":
+        return _trace(args)
     config_path = args.config
     try:
         # with `fleet:`, merged with the cached served config if any (`run` fetches it when it must)
@@ -121,6 +132,39 @@ async def _probe_once(config: AgentConfig, names: list[str] | None, as_json: boo
     pairs = list(zip(targets, results))
     print(json.dumps(_as_json(pairs), ensure_ascii=False, indent=2) if as_json else _as_table(pairs))
     return EXIT_OK if all(r.success for r in results) else EXIT_PROBE_FAILED
+
+
+def _trace(args: argparse.Namespace) -> int:
+    """exit 0: the destination answered; 1: it did not; 2: bad arguments or no socket."""
+    from agents.path.probe import PathSettings, TraceError, module_for, trace_path
+    from agents.path.report import report_json, report_table
+    from agents.resources import ProbeResources
+    from foundation.config.types import Duration
+
+    settings = PathSettings(
+        protocol=args.protocol, port=args.port, count=args.count, max_hops=args.max_hops,
+        packet_interval=Duration(args.interval),
+    )
+    try:
+        module = module_for(settings, args.ip)
+    except ValueError as exc:
+        print(f"netmon-agent trace: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def run():
+        resources = ProbeResources()
+        try:
+            return await trace_path(args.address, module, resources)
+        finally:
+            resources.close()
+
+    try:
+        report = asyncio.run(run())
+    except TraceError as exc:
+        print(f"netmon-agent trace: {exc.failure}: {exc.detail}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(report_json(report), ensure_ascii=False, indent=2) if args.json else report_table(report))
+    return EXIT_OK if report.reached else EXIT_PROBE_FAILED
 
 
 def _sample_json(sample) -> dict:
