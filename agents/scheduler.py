@@ -93,10 +93,14 @@ class Scheduler:
         entry = self._tasks.get(name)
         if entry is None or name in self._running:
             return False
+        self._running.add(name)
         task = asyncio.create_task(self._run_once(entry[0], asyncio.get_running_loop().time()), name=f"probe-now:{name}")
         self._unscheduled[task] = name
-        task.add_done_callback(self._unscheduled.pop)
+        task.add_done_callback(self._run_now_done)
         return True
+
+    def _run_now_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(self._unscheduled.pop(task))
 
     async def _cancel(self, names: list[str]) -> None:
         tasks = [self._tasks.pop(name)[1] for name in names]
@@ -115,7 +119,11 @@ class Scheduler:
         while True:
             await asyncio.sleep(max(due - loop.time(), 0))
             if target.name not in self._running:  # else a run_now run is on: this slot is its
-                await self._run_once(target, due)
+                self._running.add(target.name)
+                try:
+                    await self._run_once(target, due)
+                finally:
+                    self._running.discard(target.name)
             due += interval
             now = loop.time()
             if now > due:
@@ -125,17 +133,13 @@ class Scheduler:
 
     async def _run_once(self, target: Target, due: float) -> None:
         loop = asyncio.get_running_loop()
-        self._running.add(target.name)
-        try:
-            async with self._limit:
-                self._metrics.lag.observe(max(loop.time() - due, 0.0))
-                self._metrics.in_flight.inc()
-                try:
-                    result = await run_target(target, self._resources)
-                finally:
-                    self._metrics.in_flight.dec()
-        finally:
-            self._running.discard(target.name)
+        async with self._limit:
+            self._metrics.lag.observe(max(loop.time() - due, 0.0))
+            self._metrics.in_flight.inc()
+            try:
+                result = await run_target(target, self._resources)
+            finally:
+                self._metrics.in_flight.dec()
         self._record(target, result)
 
     def _record(self, target: Target, result: ProbeResult) -> None:

@@ -71,7 +71,7 @@ class PathSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     port: int | None = None  # udp: default 33434; tcp: required (an open port answers SYN-ACK, a closed one RST)
     count: int = 10  # probes per hop per round
     packet_interval: Duration = Duration(1)  # between two cycles, each one probe to every hop
-    max_hops: int = 30
+    max_hops: int = 30  # the highest TTL probed
     reply_timeout: Duration = Duration(1)  # an answer later than this counts as lost
     loss_threshold: float = 0.1  # a hop whose loss is above this share is lossy (fault_hop)
 
