@@ -26,6 +26,7 @@ from agents.probes.tcp import CONNECT_TIME
 from agents.resources import ProbeResources
 from agents.results import Failure, ProbeResult, ProbeTarget
 from tests.support.ports import free_port
+from tests.support.require import require_binary
 from tests.test_icmp import icmp_module, value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,6 +233,28 @@ async def test_udp_traces_end_at_the_destinations_port_unreachable(resources: Pr
     result = await probe(ProbeTarget("lo", "127.0.0.1"), module, resources)
     assert result.success, result.detail
     assert value(result, "probe_path_hop_packets_received", ttl="1", hop_address="127.0.0.1") == 3
+
+
+async def test_the_path_metrics_pass_promtool_check_metrics(resources: ProbeResources) -> None:
+    from agents.exposition import render_chunks
+    from agents.runner import run_target
+    from agents.store import ResultStore
+
+    config = parse_config(path_config("count: 2, packet_interval: 20ms"))
+    target = config.target("dc-path")
+    store = ResultStore()
+    store.record(target, await run_target(target, resources))
+    text = "".join(render_chunks(store.states()))
+    assert 'probe_path_hop_rtt_avg_seconds{target="dc-path",module="path",hop_address="127.0.0.1",ttl="1"}' in text
+    promtool = require_binary("promtool", "prometheus")
+    checked = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+
+
+def test_the_example_config_traces_a_commune_link_with_a_trigger() -> None:
+    done = subprocess.run([sys.executable, "-m", "agents.cli", "check-config", "config/examples/path.yml"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stdout.strip()) == (0, "config/examples/path.yml: OK (3 modules, 3 targets)"), done.stderr
 
 
 def test_the_cli_prints_an_mtr_like_table() -> None:
