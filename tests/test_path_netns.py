@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import pytest
 
 from tests.support.netns import REPO_ROOT, egress_delay, ns_exec, ns_popen, packet_loss
-from tests.support.pathchain import HOPS, SECOND_CORE, SERVER_IP, Chain, router_chain
+from tests.support.pathchain import HOPS, SECOND_CORE, SERVER_IP, Chain, linear_chain, router_chain
 from tests.support.procs import stop
 from tests.support.require import require_binary, require_root
 from tests.test_agent_run import metric_value
@@ -42,14 +42,19 @@ def chain() -> Iterator[Chain]:
 
 def trace(chain: Chain, *args: str, unprivileged: bool = False) -> dict:
     """`netmon-agent trace SERVER ARGS --json` in the agency's namespace (as `nobody` if unprivileged)."""
+    return trace_in(chain.agency, SERVER_IP, *args, unprivileged=unprivileged)
+
+
+def trace_in(ns: str, *args: str, unprivileged: bool = False) -> dict:
+    """`netmon-agent trace ARGS --json` in ns (as `nobody` if unprivileged)."""
     prefix: Sequence[str] = ()
     python, env = sys.executable, None
     if unprivileged:
         assert SYSTEM_PYTHON.exists(), f"{SYSTEM_PYTHON} is needed to trace as nobody (apt-get install python3)"
         prefix, python = AS_NOBODY, str(SYSTEM_PYTHON)
         env = {"PYTHONPATH": f"{REPO_ROOT}:{sysconfig.get_paths()['purelib']}", "PATH": "/usr/bin:/bin"}
-    argv = [*prefix, python, "-m", "agents.cli", "trace", SERVER_IP, *args, "--json"]
-    done = ns_exec(chain.agency, argv, cwd=REPO_ROOT, timeout=CLI_TIMEOUT, env=env)
+    argv = [*prefix, python, "-m", "agents.cli", "trace", *args, "--json"]
+    done = ns_exec(ns, argv, cwd=REPO_ROOT, timeout=CLI_TIMEOUT, env=env)
     assert done.returncode in (0, 1), f"exit {done.returncode}: {done.stderr}"
     return json.loads(done.stdout)
 
@@ -109,13 +114,15 @@ def test_an_unreachable_destination_breaks_where_the_path_stops(chain: Chain) ->
 
 # --- side by side with mtr ----------------------------------------------------------------------------------------
 
+REALTIME = ("chrt", "--fifo", "50")
 MTR_LINE = re.compile(r"^\s*(\d+)\.\|--\s+(\S+)\s+([\d.]+)%\s+(\d+)\s+[\d.]+\s+([\d.]+)\s")
 
 
 def mtr_report(chain: Chain, count: int, interval: float) -> list[tuple[str, float, float]]:
-    """(address, loss %, average RTT ms) per hop of `mtr -n --report` in the agency's namespace."""
+    """(address, loss %, average RTT ms) per hop of `mtr -n --report` in the agency's namespace, at real-time priority:
+    mtr times replies when it reads them, so on a busy machine its RTTs would measure the scheduler too."""
     mtr = require_binary("mtr", "mtr-tiny")
-    argv = [mtr, "-n", "--report", "-c", str(count), "-i", str(interval), SERVER_IP]
+    argv = [*REALTIME, mtr, "-n", "--report", "-c", str(count), "-i", str(interval), SERVER_IP]
     done = ns_exec(chain.agency, argv, timeout=CLI_TIMEOUT)
     assert done.returncode == 0, done.stderr
     hops = [MTR_LINE.match(line) for line in done.stdout.splitlines()]
@@ -125,9 +132,11 @@ def mtr_report(chain: Chain, count: int, interval: float) -> list[tuple[str, flo
 def test_per_hop_loss_and_rtt_agree_with_mtr_on_the_same_path(chain: Chain) -> None:
     # Loss: every 5th ICMP packet r2 forwards towards r3 is dropped, so hops 3 and 4 lose 20% of whatever each
     # tool sends. (Random loss would not do: two independent samples of 100 differ by more than 5 points about
-    # a third of the time.) Delay: 30 ms on r3's egress to the server, so only hop 4 is late.
+    # a third of the time.) Delay: 30 ms on r3's egress to the server, so only hop 4 is late; the delayer runs at
+    # real-time priority, so the delay it adds does not depend on how busy the machine is while each tool runs.
     chain.drop_every_nth("r2", "edge", 5)
-    with egress_delay(chain.ns["r3"], "server", 0.03):
+    with egress_delay(chain.ns["r3"], "server", 0.03) as delayer:
+        subprocess.run(["chrt", "--fifo", "--pid", "50", str(delayer.pid)], check=True, timeout=10)
         theirs = mtr_report(chain, 100, 0.05)
         ours = trace(chain, "--count", "100", "--interval", "0.05")
     assert [address for address, _, _ in theirs] == addresses(ours) == list(HOPS)
@@ -166,6 +175,19 @@ def test_an_unprivileged_icmp_trace_without_ping_group_range_says_how_to_allow_i
     done = ns_exec(chain.agency, argv, cwd=REPO_ROOT, timeout=CLI_TIMEOUT, env=env)
     assert done.returncode == 2
     assert "permission_denied" in done.stderr and "ping_group_range" in done.stderr and "udp or tcp" in done.stderr
+
+
+def test_an_ipv6_path_is_traced_over_raw_and_datagram_icmpv6_sockets() -> None:
+    require_root("network namespaces")
+    with linear_chain(3) as chain:
+        ns_exec(chain.agency, ["ping", "-6", "-c", "2", "-i", "0.2", chain.server_ip6])  # neighbour discovery first
+        argv = [chain.server_ip6, "--ip", "ip6", "--count", "5", "--interval", "0.03"]
+        as_root = trace_in(chain.agency, *argv)  # a new namespace allows no datagram ICMP: raw
+        ns_exec(chain.agency, ["sysctl", "-q", "-w", OPEN_PING_GROUPS], check=True)  # it governs ICMPv6 too
+        as_nobody = trace_in(chain.agency, *argv, unprivileged=True)
+    for report, kind in ((as_root, "raw"), (as_nobody, "datagram")):
+        assert (report["socket"], report["reached"], addresses(report)) == (kind, True, list(chain.hops6))
+        assert losses(report) == [0, 0, 0, 0]
 
 
 # --- inside the agent: path changes, triggers, /trace -----------------------------------------------------------
@@ -252,3 +274,38 @@ def test_a_degraded_parent_triggers_its_path_trace_at_once(chain: Chain, tmp_pat
     assert metric_value(text, "probe_path_hop_loss_ratio", ttl="2", hop_address=HOPS[1]) == 0
     assert (on_demand["reached"], on_demand["fault_hop"], addresses(on_demand)) == (True, None, list(HOPS))
     assert [hop["sent"] for hop in on_demand["hops"]] == [3, 3, 3, 3]
+
+
+def test_traces_do_not_delay_other_targets_schedules(chain: Chain, tmp_path: Path) -> None:
+    # Two traces to a destination that never answers, so every cycle probes all 30 TTLs (600 probes a second),
+    # beside 20 tcp targets every 500 ms: the scheduling test's bound holds, nobody starts 100 ms late.
+    fast = "".join(
+        f"  - {{name: fast-{i}, address: '127.0.0.1:{AGENT_PORT}', module: connect, interval: 500ms}}\n" for i in range(20)
+    )
+    paths = "".join(
+        f"  - {{name: dark-{i}, address: {SERVER_IP}, module: dark_path, interval: 1s}}\n" for i in range(2)
+    )
+    modules = (
+        "  connect: {prober: tcp, timeout: 400ms}\n"
+        "  dark_path: {prober: path, timeout: 1s, path: {count: 10, packet_interval: 50ms, reply_timeout: 500ms}}\n"
+    )
+    config = agent_yaml(fast + paths).replace("modules:\n", "modules:\n" + modules)
+    with packet_loss(chain.ns["server"], "edge", 100):
+        agent = start_agent(chain, config, tmp_path)
+        started = time.monotonic()
+        try:
+            wait_for_metric(chain, "netmon_agent_probe_runs_total", lambda runs: runs >= 5, 20, target="dark-1", result="failure")
+            text = fetch(chain, "/metrics")
+            elapsed = time.monotonic() - started
+        finally:
+            stop(agent)
+    # reported up to one hop past the last that answered: the path stops at hop 4 (TTLs 5..30 were probed too)
+    assert metric_value(text, "probe_path_hop_packets_sent", target="dark-0", ttl="4", hop_address="") == 10
+    assert metric_value(text, "probe_path_fault_hop", target="dark-0") == 4
+    for i in range(20):
+        runs = metric_value(text, "netmon_agent_probe_runs_total", target=f"fast-{i}", result="success")
+        assert runs is not None and runs >= int(elapsed / 0.5) - 2, (i, runs, elapsed)
+    late = metric_value(text, "netmon_agent_scheduling_lag_seconds_count") - metric_value(
+        text, "netmon_agent_scheduling_lag_seconds_bucket", le="0.1"
+    )
+    assert late == 0  # nobody started more than 100 ms after its slot
