@@ -94,10 +94,10 @@ def unsupported_here(config: AgentConfig, platform: str = sys.platform) -> list[
     problems = []
     if not platform.startswith("linux"):
         problems += [
-            f"modules.{module.name}.prober: icmp needs Linux (datagram ICMP sockets, SO_TIMESTAMPNS, MSG_ERRQUEUE); "
-            "probe this host with tcp or http here"
+            f"modules.{module.name}.prober: {module.prober} needs Linux (datagram ICMP sockets, SO_TIMESTAMPNS, "
+            "MSG_ERRQUEUE); probe this host with tcp or http here"
             for module in config.modules.values()
-            if module.prober == "icmp"
+            if module.prober in ("icmp", "path")
         ]
     if platform == "win32" and config.push is not None:
         problems.append(

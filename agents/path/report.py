@@ -54,11 +54,14 @@ def _rounded(seconds: float | None) -> float | None:
 def report_table(report: PathReport) -> str:
     """mtr --report's columns (RTTs in ms), a note per hop that needs one, and the verdict."""
     via = f"icmp, {report.socket_kind} socket" if report.protocol == "icmp" else report.protocol
+    addresses = [_address(hop) for hop in report.hops]
+    width = max([len("ADDRESS"), 15, *map(len, addresses)])
     lines = [
         f"trace to {report.target} ({report.ip}): {via}, {report.count} probes per hop",
-        f"{'TTL':>4}  {'ADDRESS':<39} {'LOSS%':>6} {'SNT':>5} {'RCV':>5} {'LAST':>8} {'AVG':>8} {'BEST':>8} {'WRST':>8} {'STDEV':>8}",
+        f"{'TTL':>4}  {'ADDRESS':<{width}} {'LOSS%':>6} {'SNT':>5} {'RCV':>5} {'LAST':>8} {'AVG':>8} {'BEST':>8} "
+        f"{'WRST':>8} {'STDEV':>8}",
     ]
-    lines += [_hop_line(hop) for hop in report.hops]
+    lines += [_hop_line(hop, address, width) for hop, address in zip(report.hops, addresses)]
     fault = report.fault
     verdict = f"destination reached at hop {report.hops[-1].ttl}" if report.reached else "destination did not answer"
     if fault is not None:
@@ -68,15 +71,20 @@ def report_table(report: PathReport) -> str:
     return "\n".join([*lines, verdict])
 
 
-def _hop_line(hop: Hop) -> str:
+def _address(hop: Hop) -> str:
+    """mtr's ??? for no answer, traceroute's !N / !H for a router's unreachable, and how many others answered."""
     address = hop.address or "???"
     if hop.unreachable_code is not None:
         address += " " + UNREACHABLE_MARKS.get(hop.unreachable_code, f"!<{hop.unreachable_code}>")
     if hop.responders > 1:
         address += f" (+{hop.responders - 1} more)"
+    return address
+
+
+def _hop_line(hop: Hop, address: str, width: int) -> str:
     loss = "silent" if hop.silent else f"{hop.loss_ratio * 100:.1f}"
     times = [_ms(value) for value in (hop.rtt_last, hop.rtt_avg, hop.rtt_min, hop.rtt_max, hop.rtt_stddev)]
-    line = f"{hop.ttl:>4}  {address:<39} {loss:>6} {hop.sent:>5} {hop.received:>5} " + " ".join(f"{t:>8}" for t in times)
+    line = f"{hop.ttl:>4}  {address:<{width}} {loss:>6} {hop.sent:>5} {hop.received:>5} " + " ".join(f"{t:>8}" for t in times)
     return line.rstrip()
 
 
