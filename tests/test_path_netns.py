@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -158,6 +159,32 @@ def test_an_unprivileged_user_traces_over_a_datagram_icmp_socket(chain: Chain) -
     assert report["reached"] and addresses(report) == list(HOPS)
     assert losses(report) == [0, 0, 0, 0] and report["fault_hop"] is None
     assert all(0 < hop["rtt_avg_seconds"] < 0.01 for hop in report["hops"])
+
+
+def test_icmp_errors_for_one_round_do_not_fail_another_rounds_sends(chain: Chain) -> None:
+    # On a datagram socket an ICMP error is also left pending on the socket, and the next sendto fails with it
+    # instead of sending; the engine sends once more. Here r3 answers every echo to 10.77.9.9 with net unreachable
+    # while another round pings the server on the same socket: that round must not end with host_unreachable.
+    ns_exec(chain.agency, ["sysctl", "-q", "-w", OPEN_PING_GROUPS], check=True)
+    with tempfile.TemporaryDirectory(prefix="netmon-path-") as directory:  # one `nobody` can read
+        Path(directory).chmod(0o755)
+        results = _probe_once_as_nobody(chain, Path(directory) / "agent.yml")
+    assert (results["nowhere"]["failure"], "reported by 10.77.2.2" in results["nowhere"]["detail"]) == ("network_unreachable", True)
+    assert results["server"]["success"], results["server"]["detail"]
+    assert "(datagram socket)" in results["server"]["detail"] and "50/50 echo replies" in results["server"]["detail"]
+
+
+def _probe_once_as_nobody(chain: Chain, config: Path) -> dict[str, dict]:
+    config.write_text(
+        "agent: {id: a, agency: b}\nmodules:\n  ping: {prober: icmp, timeout: 2s, icmp: {count: 50, packet_interval: 5ms}}\n"
+        f"targets:\n  - {{name: server, address: {SERVER_IP}, module: ping}}\n  - {{name: nowhere, address: 10.77.9.9, module: ping}}\n"
+    )
+    config.chmod(0o644)
+    env = {"PYTHONPATH": f"{REPO_ROOT}:{sysconfig.get_paths()['purelib']}", "PATH": "/usr/bin:/bin"}
+    argv = [*AS_NOBODY, str(SYSTEM_PYTHON), "-m", "agents.cli", "probe", "--config", str(config), "--once", "--json"]
+    done = ns_exec(chain.agency, argv, cwd=REPO_ROOT, timeout=CLI_TIMEOUT, env=env)
+    assert done.returncode == 1, done.stderr  # the nowhere target fails
+    return {entry["target"]: entry for entry in json.loads(done.stdout)["results"]}
 
 
 @pytest.mark.parametrize(("protocol", "port"), [("udp", "33434"), ("tcp", "443")])
