@@ -62,6 +62,7 @@ class Agent:
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._refused_served = False  # the last reload failed on a served config (reload_ok is 0 for that reason)
+        self.reload_failure: tuple[float, str] | None = None  # when and why the last reload failed, for the status page
         self.address: tuple[str, int] | None = None
         self.pusher = None  # an agents.push.Pusher while the config has a `push:` section
         self.fleet: FleetSync | None = None  # while the config has a `fleet:` section
@@ -140,7 +141,9 @@ class Agent:
                 log.error("%s failed, keeping the previous config: %s", what, exc)
                 self.metrics.reload_ok.set(0)
                 self._refused_served = served is not None
+                self.reload_failure = (time.time(), f"{what} failed, the previous config keeps running: {exc}")
                 return False
+            self.reload_failure = None
             new_config = loaded.config
             protect_secrets(new_config)  # secrets new in this config (a served SNMP community) are masked in logs too
             self.config, self.served, self.local_hash = new_config, loaded.served, loaded.local_hash
@@ -165,6 +168,7 @@ class Agent:
             if self._refused_served and self.served is not None and served.hash == self.served.hash:
                 self._refused_served = False
                 self.metrics.reload_ok.set(1)
+                self.reload_failure = None
                 log.info("the collector serves the config in use (%s) again: the config it refused is withdrawn", served.hash)
 
     async def _reload_push(self, new_config: AgentConfig) -> bool:
@@ -172,6 +176,7 @@ class Agent:
             await self._apply_push(new_config.push)
         except OSError as exc:
             log.error("config reload: pushing is off, its queue cannot be opened: %s", exc)
+            self.reload_failure = (time.time(), f"config reload: pushing is off, its queue cannot be opened: {exc}")
             return False
         return True
 
@@ -261,7 +266,19 @@ def render_index(agent: Agent) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>netmon agent</title></head><body>"
         f"<h1>netmon-agent {html.escape(identity.id)}</h1><p>{html.escape(identity.name or identity.agency)} — "
-        f"version {__version__}</p><p><a href='/metrics'>/metrics</a></p>"
+        f"version {__version__}</p>{_reload_failure_note(agent)}<p><a href='/metrics'>/metrics</a></p>"
         "<table border='1' cellpadding='4'><tr><th>target</th><th>module</th><th>address</th><th>status</th>"
         f"<th>duration</th><th>detail</th></tr>{''.join(rows)}</table></body></html>"
+    )
+
+
+def _reload_failure_note(agent: Agent) -> str:
+    """The last reload failed (netmon_agent_config_last_reload_successful 0): say when and why, until one succeeds."""
+    if agent.reload_failure is None:
+        return ""
+    when, why = agent.reload_failure
+    shown = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(when))
+    return (
+        "<div class='reload-failed' style='border:2px solid #c62828;background:#fdecea;padding:.5rem'>"
+        f"<b>Config reload failed</b> at {shown}<br><code>{html.escape(why)}</code></div>"
     )

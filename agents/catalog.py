@@ -15,7 +15,7 @@ from agents.config.loader import AgentConfigSchema
 from agents.config.model import AgentConfig
 from agents.config.sections import SectionSpec
 from agents.path import probe as path
-from agents.probes import dns, http, icmp, imap, mail_roundtrip, pop3, smtp, tcp
+from agents.probes import dns, http, icmp, imap, mail_roundtrip, pop3, smtp, tcp, transaction
 from agents.probes.base import ProberSpec
 from agents.results import Failure
 from agents.snmp import probe as snmp
@@ -29,6 +29,7 @@ PROBERS: dict[str, ProberSpec[Any]] = {
         tcp.SPEC,
         dns.SPEC,
         http.SPEC,
+        transaction.SPEC,
         smtp.SPEC,
         imap.SPEC,
         pop3.SPEC,

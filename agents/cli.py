@@ -8,9 +8,11 @@ import json
 import sys
 from typing import Sequence
 
+from agents.catalog import PROBERS
 from agents.config import AgentConfig, ConfigError
 from agents.fleet import LoadedConfig, load_at_start
 from agents.results import ProbeResult
+from agents.served_check import run as check_served
 from foundation import __version__
 from foundation.config.base import listen_argument
 from foundation.logs import protect_secrets, setup_logging
@@ -43,11 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--port", type=int, help="udp (default 33434) or tcp destination port")
     trace.add_argument("--ip", choices=["ip4", "ip6"], default="ip4", help="preferred address family of a name")
     trace.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    commands.add_parser(
+        "check-served", help="check the configs a collector serves, JSON on stdin and stdout (run by netmon-collector)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check-served":
+        return check_served(sys.stdin.buffer, sys.stdout.buffer)
     setup_logging(args.log_level, args.log_format)
     if args.command == "trace":
         return _trace(args)
@@ -56,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # with `fleet:`, merged with the cached served config if any (`run` fetches it when it must)
         loaded = load_at_start(config_path, fetch_when_needed=args.command == "run")
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print("\n".join(f"config error: {one}" for one in exc.each()), file=sys.stderr)
         return EXIT_CONFIG
     config = loaded.config
     protect_secrets(config)  # mask its secrets' values in every log line (foundation/logs.py)
@@ -206,7 +213,12 @@ def _as_table(pairs: list[tuple[object, ProbeResult]]) -> str:
         for t, r in pairs
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    for target, result in pairs:
+        more = PROBERS[target.module.prober].result_lines
+        if more is not None:  # e.g. a transaction's steps
+            lines += ["", f"{target.name}:", *(f"  {line}" for line in more(target.module, result))]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,16 +21,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path as FsPath
 from typing import Any, Awaitable, Literal
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric as Family
+from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.registry import Collector
 
-from foundation import __version__
 from agents import USER_AGENT
 from agents.catalog import config_from_sections
-from foundation.config.base import ConfigContext, ConfigError, read_config_file, yaml_sections
-from foundation.fleet_protocol import CONFIG_PATH, HASH_HEADER, KEYED_SECTIONS, NAMED_SECTIONS, SERVED_SECTIONS, VERSION_HEADER, WHOLE_SECTIONS, config_hash
 from agents.config.model import AgentConfig, AgentIdentity, FleetConfig
+from foundation import __version__
+from foundation.config.base import ConfigContext, ConfigError, ConfigErrors, read_config_file, yaml_sections
 from foundation.config.yamlpos import Path, PositionedData
+from foundation.fleet_protocol import (
+    CONFIG_PATH,
+    HASH_HEADER,
+    KEYED_SECTIONS,
+    NAMED_SECTIONS,
+    SERVED_SECTIONS,
+    VERSION_HEADER,
+    WHOLE_SECTIONS,
+    config_hash,
+)
 from foundation.httpclient import Endpoint, HttpClient, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -102,10 +112,15 @@ def load_at_start(path: str, fetch_when_needed: bool = False) -> LoadedConfig:
 
 
 def _noting_nothing_served_yet(exc: ConfigError, cache_file: str, fetch_tried: bool) -> ConfigError:
-    """The local file alone failed and no served config is known: the error may name a served module or auth."""
+    """The local file alone failed and no served config is known: an error may name a served module or auth."""
     how = ", and the fetch at start failed" if fetch_tried else "; `netmon-agent run` fetches one at start"
     note = f"no served config has been fetched yet (no cache file {cache_file}{how}), so served modules and targets are not known"
-    return ConfigError(exc.file, exc.line, exc.path, f"{exc.message}; {note}")
+    return _each(exc, lambda one: ConfigError(one.file, one.line, one.path, f"{one.message}; {note}"))
+
+
+def _each(exc: ConfigError, change: Callable[[ConfigError], ConfigError]) -> ConfigError:
+    changed = [change(one) for one in exc.each()]
+    return changed[0] if len(changed) == 1 else ConfigErrors(changed)
 
 
 def _fetch_at_start(fleet: FleetConfig, agent_id: str) -> Served | None:
@@ -173,6 +188,10 @@ def _merge_named(section: str, served: list[Any], local: list[Any], merged: dict
 
 
 def _locate(exc: ConfigError, origins: dict[Path, tuple[str, Path]], local_ctx: ConfigContext, served_ctx: ConfigContext) -> ConfigError:
+    return _each(exc, lambda one: _locate_one(one, origins, local_ctx, served_ctx))
+
+
+def _locate_one(exc: ConfigError, origins: dict[Path, tuple[str, Path]], local_ctx: ConfigContext, served_ctx: ConfigContext) -> ConfigError:
     for length in (2, 1):
         origin = origins.get(exc.path[:length])
         if origin is not None:

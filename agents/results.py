@@ -48,21 +48,21 @@ class Reasons:
 class Failure(Reasons):
     """The reasons every prober may raise: network, TLS, protocol and the agent's own. Domains add theirs."""
 
-    TIMEOUT = Reason("timeout")
-    RESOLVE = Reason("resolve_failed")
-    NETWORK_UNREACHABLE = Reason("network_unreachable")
-    HOST_UNREACHABLE = Reason("host_unreachable")
-    CONNECT_REFUSED = Reason("connect_refused")
-    CONNECT_FAILED = Reason("connect_failed")
-    CONNECTION_RESET = Reason("connection_reset")
-    PERMISSION = Reason("permission_denied")
-    TLS_HANDSHAKE = Reason("tls_handshake")
-    TLS_VERIFY = Reason("tls_verify")
-    TLS_VERSION = Reason("tls_version")
+    TIMEOUT = Reason("timeout")  # the probe did not finish within the module's timeout
+    RESOLVE = Reason("resolve_failed")  # the target's name did not resolve (in the wanted address family)
+    NETWORK_UNREACHABLE = Reason("network_unreachable")  # no route to the target's network (ENETUNREACH)
+    HOST_UNREACHABLE = Reason("host_unreachable")  # no answer to ARP on its link, or a router says so (EHOSTUNREACH)
+    CONNECT_REFUSED = Reason("connect_refused")  # nothing listens on the port (TCP RST, ICMP port unreachable)
+    CONNECT_FAILED = Reason("connect_failed")  # a socket error none of the other reasons names
+    CONNECTION_RESET = Reason("connection_reset")  # the peer reset the connection
+    PERMISSION = Reason("permission_denied")  # this host refused (EPERM/EACCES): no right to ICMP sockets, a firewall rule
+    TLS_HANDSHAKE = Reason("tls_handshake")  # the TLS handshake failed
+    TLS_VERIFY = Reason("tls_verify")  # the certificate is not trusted, not for this name, or expired
+    TLS_VERSION = Reason("tls_version")  # the server negotiated less than tls_config.min_version
     EXPECT_MISMATCH = Reason("expect_mismatch")  # the answer is not what the module expects (tcp query_response, http)
-    PROTOCOL_ERROR = Reason("protocol_error")
-    AUTH_FAILED = Reason("auth_failed")
-    INTERNAL_ERROR = Reason("internal_error")
+    PROTOCOL_ERROR = Reason("protocol_error")  # the peer's answer does not follow its protocol
+    AUTH_FAILED = Reason("auth_failed")  # the server refused the credentials (or the key could not be read)
+    INTERNAL_ERROR = Reason("internal_error")  # a bug in the agent; its log has the traceback
 
 
 def socket_failure(exc: OSError) -> Reason:

@@ -11,10 +11,6 @@ import time
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from foundation import __version__
-from foundation.httpserver import PREFIX_ROUTE, HttpServer, Request, Response, require_method
-from foundation.remote_write import BlockSeries, compress, write_blocks
-from foundation.config.base import ConfigError
 from collector import exposition
 from collector.config import CollectorConfig, load_collector_config
 from collector.fleet import CONFIG_PREFIX, FetchLog, FleetCollector, serve_config
@@ -23,8 +19,12 @@ from collector.ingest import Receiver, TokenBucket
 from collector.scrape import Scraper
 from collector.selfmetrics import CollectorMetrics, ConnectionsCollector, InventoryCollector
 from collector.status import render_status
-from collector.store import SeriesStore
+from collector.store import OutOfBounds, SeriesStore
 from collector.tls import server_ssl_context
+from foundation import __version__
+from foundation.config.base import ConfigError
+from foundation.httpserver import PREFIX_ROUTE, HttpError, HttpServer, Request, Response, require_method
+from foundation.remote_write import BlockSeries, compress, write_blocks
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ EXPIRY_INTERVAL = 1.0
 WRITE_PATH = "/api/v1/write"
 REFUSAL_LOG_INTERVAL = 10.0  # one line per sender and reason this often: a flood of bad pushes must not flood the log
 REFUSAL_LOG_SENDERS = 10_000  # (sender, reason) pairs remembered; unauthenticated senders are keyed by address
+# the `reason` label of a push the HTTP server refused before the receiver saw it (413: the same as the decoder's)
+SERVER_REFUSALS = {
+    400: "bad_request", 405: "method_not_allowed", 411: "length_required", 413: "too_large", 431: "headers_too_large",
+    500: "internal_error",
+}
 
 
 class RefusalLog:
@@ -91,7 +96,7 @@ class Collector:
             CONFIG_PREFIX + PREFIX_ROUTE: self._handle_agent_config,
         }
         ssl_context = server_ssl_context(self.config.tls) if self.config.tls is not None else None
-        self._server = HttpServer(self._routes, self.config.ingest.max_body_bytes, ssl_context)
+        self._server = HttpServer(self._routes, self.config.ingest.max_body_bytes, ssl_context, on_error=self._on_server_error)
         self.address = await self._server.start(*self._listen)
         self.scraper.start()
         self._tasks.append(asyncio.create_task(self._expire_forever(), name="expire"))
@@ -131,7 +136,8 @@ class Collector:
         """Re-read the config file (SIGHUP); keep running the old config if the new one is invalid."""
         async with self._reload_lock:
             try:
-                config = load_collector_config(self.config.source)
+                # off the event loop: with templates for 1,000 agents a load (render, agent program check) takes over 1 s
+                config = await asyncio.to_thread(load_collector_config, self.config.source)
             except ConfigError as exc:
                 log.error("config reload failed, keeping the previous config: %s", exc)
                 self.metrics.reload_ok.set(0)
@@ -204,19 +210,44 @@ class Collector:
         if outcome.status == 204:
             self.metrics.received.labels("push").inc(outcome.samples)
             self.metrics.ingest_seconds.observe(time.perf_counter() - started)
+            if outcome.out_of_bounds is not None:
+                self._log_out_of_bounds(outcome.agent.id if outcome.agent else "?", outcome.out_of_bounds)
             return Response(204)
         self.metrics.rejected.labels(outcome.reason).inc(outcome.samples)
-        who = outcome.agent.id if outcome.agent else f"unauthenticated peer {request.peer.rpartition(':')[0]}"
-        held_back = self._refusals.admit(who, outcome.reason)
-        if held_back is not None:
-            (log.debug if outcome.status == 429 else log.warning)(
-                "push from %s refused (%d %s): %s%s", who, outcome.status, outcome.reason, outcome.message,
-                f" ({held_back} more such refusals since the last line)" if held_back else "",
-            )
+        self._log_push_refusal(outcome.agent.id if outcome.agent else None, request.peer, outcome.status, outcome.reason, outcome.message)
         headers = {"Retry-After": str(outcome.retry_after)} if outcome.status == 429 else {}
         if outcome.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="netmon-collector"'
         return Response(outcome.status, f"{outcome.reason}: {outcome.message}\n".encode(), headers=headers)
+
+    def _on_server_error(self, request: Request | None, peer: str, error: HttpError) -> None:
+        """A reply the HTTP server gave itself: to a push, counted and logged like the receiver's own refusals (a
+        413 for a body over max_body_bytes is answered before the body is read, so before the receiver sees it)."""
+        if request is None or request.path != WRITE_PATH:
+            return
+        reason = SERVER_REFUSALS.get(error.status, "bad_request")
+        self.metrics.requests.labels(str(error.status), reason).inc()
+        agent = self.receiver.authenticate(request.headers.get("authorization"))
+        self._log_push_refusal(agent.id if agent else None, peer, error.status, reason, error.reason)
+
+    def _log_out_of_bounds(self, agent_id: str, dropped: OutOfBounds) -> None:
+        held_back = self._refusals.admit(agent_id, "timestamp_out_of_bounds")
+        if held_back is not None:
+            log.warning(
+                "push from %s: samples dropped for their timestamps, %d older than ingest.max_sample_age and %d ahead of "
+                "the collector's clock by more than ingest.max_sample_in_future, e.g. %s; is the agent's clock right?%s",
+                agent_id, dropped.too_old, dropped.too_new, dropped.example,
+                f" ({held_back} more such pushes since the last line)" if held_back else "",
+            )
+
+    def _log_push_refusal(self, agent_id: str | None, peer: str, status: int, reason: str, message: str) -> None:
+        who = agent_id or f"unauthenticated peer {peer.rpartition(':')[0]}"
+        held_back = self._refusals.admit(who, reason)
+        if held_back is not None:
+            (log.debug if status == 429 else log.warning)(
+                "push from %s refused (%d %s): %s%s", who, status, reason, message,
+                f" ({held_back} more such refusals since the last line)" if held_back else "",
+            )
 
     async def _handle_metrics(self, request: Request) -> Response:
         require_method(request, "GET")
@@ -225,7 +256,8 @@ class Collector:
 
     async def _handle_status(self, request: Request) -> Response:
         require_method(request, "GET")
-        return Response(200, render_status(self.config, self.store, fetches=self.fetches).encode("utf-8"), "text/html; charset=utf-8")
+        page = render_status(self.config, self.store, fetches=self.fetches, language=request.arg("lang"))
+        return Response(200, page.encode("utf-8"), "text/html; charset=utf-8")
 
     async def _handle_agent_config(self, request: Request) -> Response:
         require_method(request, "GET")

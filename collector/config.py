@@ -2,175 +2,38 @@
 
 Parsed once into immutable objects with the agent's machinery (positions from foundation.config.yamlpos,
 ConfigError with file:line: key: message, msgspec structs that refuse unknown keys, secrets only by
-reference). Cross-checks (unknown agency, duplicate ids, a token shared by two agents) name the key too.
+reference). Cross-checks (unknown agency, duplicate ids, a token shared by two agents) name the key too. The
+types are in collector/config_model.py; the configs served to agents are rendered by collector/templates.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass
+import types
 from pathlib import Path as FsPath
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import msgspec
-
+from collector.config_model import (
+    Agency,
+    AgentEntry,
+    CollectorConfig,
+    InventoryAgent,
+    RawCollectorConfig,
+    RemoteWriteOut,
+    StatusPage,
+    TlsServerConfig,
+    token_digest,
+)
+from collector.templates import build_fleet
 from foundation.config.base import ConfigContext, parse_listen, read_config_file, yaml_sections
-from foundation.config.remote_write import PushConfig
-from foundation.config.types import Duration, FilePath, Secret, SecretFile, SecretRef
+from foundation.config.types import Secret
 from foundation.config.yamlpos import Path
-from collector.fleet import Fleet, build_fleet
 
-DEFAULT_LISTEN = "0.0.0.0:9856"
 IDENTITY_LABELS = ("agency", "agent", "district", "level")
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-Level = Literal["province", "department", "district", "commune"]
-ClientAuth = Literal[
-    "NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"
-]
-TlsVersion = Literal["TLS12", "TLS13"]
-
-
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Unknown keys are errors; values never change after load."""
-
-
-class Agency(_Strict):
-    id: str  # short and stable, e.g. so-tttt, xa-my-tho: the `agency` label
-    name: str  # human name, UTF-8 Vietnamese; only in netmon_agency_info and the status page
-    district: str
-    level: Level
-    vars: dict[str, str] = {}  # template variables, e.g. gateway, lan_switch: {{ agency.gateway }} (docs/fleet.md)
-
-
-class District(_Strict):
-    """`districts:` template variables shared by a district's agencies, e.g. router: {{ district.router }}."""
-
-    id: str  # the `district` of agencies
-    vars: dict[str, str] = {}
-
-
-class TemplateSelector(_Strict):
-    """Which agencies a template applies to: every key given must match (an empty selector matches all)."""
-
-    levels: list[Level] = []
-    districts: list[str] = []
-    agencies: list[str] = []
-
-
-class Template(_Strict):
-    """A named probe set: fragments of the agent's config (agents/config/model.py RawAgentConfig), rendered
-    per agent with {{ ... }} variables and validated by the agent's own loader (collector/fleet.py)."""
-
-    name: str
-    select: TemplateSelector = TemplateSelector()
-    modules: dict[str, Any] = {}
-    targets: list[Any] = []
-    ssh_hosts: dict[str, Any] = {}
-    ssh_checks: list[Any] = []
-    snmp_auths: dict[str, Any] = {}
-    snmp_profiles: dict[str, Any] = {}
-    snmp_devices: list[Any] = []
-    host: dict[str, Any] | None = None
-
-
-class AgentEntry(_Strict):
-    id: str
-    agency: str
-    mode: Literal["push", "pull"]
-    address: str | None = None  # pull: HOST:PORT of the agent's /metrics
-    bearer_token: SecretRef | None = None  # push: the credential bound to this agent
-    bearer_token_file: SecretFile | None = None
-    interval: Duration | None = None  # push cadence expected / scrape interval
-    ttl: Duration | None = None  # silent this long = down (default 3 intervals)
-    config_token: SecretRef | None = None  # pull: the credential it fetches its config with (push agents use bearer_token)
-    config_token_file: SecretFile | None = None
-
-
-class Defaults(_Strict):
-    interval: Duration = Duration(15)
-    ttl: Duration | None = None
-    scrape_timeout: Duration = Duration(10)
-
-
-class Ingest(_Strict):
-    max_body_bytes: int = 16 << 20  # compressed request body (413 beyond)
-    max_decompressed_bytes: int = 64 << 20  # announced snappy length (413 beyond)
-    max_samples_per_second: int = 2_000_000  # all agents together; 429 with Retry-After beyond
-    max_samples_per_second_per_agent: int | None = None  # one agent's share (default: twice an even share of the total)
-
-
-class TlsServerConfig(_Strict):
-    """exporter-toolkit's web.yml `tls_server_config` keys."""
-
-    cert_file: FilePath
-    key_file: FilePath
-    client_auth_type: ClientAuth = "NoClientCert"
-    client_ca_file: FilePath | None = None
-    min_version: TlsVersion = "TLS12"
-
-
-class RemoteWriteOut(PushConfig, kw_only=True):
-    """Like the agent's `push:` (same sender, same durable queue), towards a TSDB."""
-
-    name: str = ""  # label value for the self-metrics; defaults to the URL's host:port
-
-
-class RawCollectorConfig(_Strict):
-    listen: str = DEFAULT_LISTEN
-    defaults: Defaults = Defaults()
-    ingest: Ingest = Ingest()
-    tls_server_config: TlsServerConfig | None = None
-    external_labels: dict[str, str] = {}  # added to every series sent by remote_write out
-    agencies: list[Agency] = []
-    agents: list[AgentEntry] = []
-    remote_write: list[RemoteWriteOut] = []
-    districts: list[District] = []  # per-district template variables
-    templates: list[Template] = []  # probe sets served to agents (docs/fleet.md)
-
-
-@dataclass(frozen=True, slots=True)
-class InventoryAgent:
-    id: str
-    agency: Agency
-    mode: str
-    address: str | None
-    token: Secret | None
-    interval: float
-    ttl: float
-    config_token: Secret | None = None  # a pull agent's credential for GET /api/v1/agents/<id>/config
-
-    @property
-    def identity(self) -> tuple[tuple[str, str], ...]:
-        """The identity labels, sorted by name; they overwrite whatever the agent sent."""
-        agency = self.agency
-        return (("agency", agency.id), ("agent", self.id), ("district", agency.district), ("level", agency.level))
-
-
-@dataclass(frozen=True, slots=True)
-class CollectorConfig:
-    source: str
-    listen_host: str
-    listen_port: int
-    scrape_timeout: float
-    ingest: Ingest
-    tls: TlsServerConfig | None
-    external_labels: tuple[tuple[str, str], ...]
-    agencies: tuple[Agency, ...]
-    agents: tuple[InventoryAgent, ...]
-    remote_write: tuple[RemoteWriteOut, ...]
-    fleet: Fleet = Fleet()  # the config each agent is served, rendered and validated at load
-
-    def agent_by_token(self) -> dict[bytes, InventoryAgent]:
-        """sha256(token) -> agent: looking up a digest does not leak the token through timing."""
-        return {token_digest(a.token.reveal()): a for a in self.agents if a.token is not None}
-
-
-def token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def load_collector_config(path: str | FsPath) -> CollectorConfig:
@@ -190,6 +53,7 @@ def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig
     # agents fetch their config with their push bearer_token, or (pull agents) their config_token
     fetch_tokens = {token_digest(token.reveal()): agent for agent in agents if (token := agent.token or agent.config_token)}
     fleet = build_fleet(ctx, raw, agents, fetch_tokens)
+    _check_status_page(ctx, raw.status_page)
     return CollectorConfig(
         source=file,
         listen_host=host,
@@ -202,6 +66,8 @@ def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig
         agents=tuple(agents),
         remote_write=tuple(raw.remote_write),
         fleet=fleet,
+        status_page=raw.status_page,
+        district_names=types.MappingProxyType({district.id: district.name.strip() or district.id for district in raw.districts}),
     )
 
 
@@ -212,6 +78,8 @@ def _check_positive(ctx: ConfigContext, raw: RawCollectorConfig) -> None:
         ("ingest", "max_body_bytes"): raw.ingest.max_body_bytes,
         ("ingest", "max_decompressed_bytes"): raw.ingest.max_decompressed_bytes,
         ("ingest", "max_samples_per_second"): raw.ingest.max_samples_per_second,
+        ("ingest", "max_sample_age"): raw.ingest.max_sample_age,
+        ("ingest", "max_sample_in_future"): raw.ingest.max_sample_in_future,
     }
     if raw.defaults.ttl is not None:
         values[("defaults", "ttl")] = raw.defaults.ttl
@@ -310,6 +178,15 @@ def _agent_token(ctx: ConfigContext, entry: AgentEntry, path: Path) -> Secret | 
     if not token.reveal():
         raise ctx.error(path + (_given("bearer_token", entry),), "the credential is empty")
     return token
+
+
+def _check_status_page(ctx: ConfigContext, page: StatusPage) -> None:
+    try:
+        ZoneInfo(page.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ctx.error(("status_page", "timezone"), f"unknown time zone {page.timezone!r}; use an IANA name like Asia/Ho_Chi_Minh") from None
+    if page.refresh < 1:
+        raise ctx.error(("status_page", "refresh"), "must be at least 1s")
 
 
 def _check_tls(ctx: ConfigContext, tls: TlsServerConfig | None) -> None:

@@ -2,11 +2,13 @@
 
 Order of checks, each with its status and a reason in the body: 401 unknown or missing bearer token; 413 too
 large (compressed, or as announced by the snappy header before inflating); 400 a body that is not snappy +
-WriteRequest, or series with bad names, unsorted or duplicate labels, reserved names, non-finite values; then
-429 with Retry-After when the agent's share of the sample budget, or the collector's whole budget per second, is
-spent (only valid pushes use them up).
+WriteRequest, or series with bad names, unsorted or duplicate labels, reserved names; then 429 with
+Retry-After when the agent's share of the sample budget, or the collector's whole budget per second, is spent
+(only valid pushes use them up). NaN and ±Inf are values like any other (Prometheus and vmagent send them).
 204 when every series was stored, or dropped as a duplicate (collector/store.py: a sample at or before the
-last accepted timestamp of its series, e.g. a batch sent again because its acknowledgement was lost)."""
+last accepted timestamp of its series, e.g. a batch sent again because its acknowledgement was lost), or dropped
+for a timestamp outside the window the TSDB accepts (`ingest.max_sample_age`, `ingest.max_sample_in_future`):
+those are counted and logged here, as VictoriaMetrics drops them, and do not cost the push's other samples."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from collector.config_model import CollectorConfig, InventoryAgent, token_digest
+from collector.store import AgentState, OutOfBounds, Rejected, SeriesStore
 from foundation.remote_write import BlockSeries, Decoder, RemoteWriteError, TooLarge
-from collector.config import CollectorConfig, InventoryAgent, token_digest
-from collector.store import AgentState, Rejected, SeriesStore
 
 LABEL_CACHE_PER_AGENT = 20_000  # label sets remembered per agent; an agency pushes a few hundred to a few thousand
 
@@ -62,6 +64,7 @@ class Outcome:
     agent: InventoryAgent | None = None
     samples: int = 0
     retry_after: int = 0
+    out_of_bounds: OutOfBounds | None = None  # samples of an accepted push dropped for their timestamps
 
 
 @dataclass(slots=True)
@@ -126,12 +129,19 @@ class Receiver:
         except RemoteWriteError as exc:
             return Outcome(400, exc.reason, str(exc), agent)
         state: AgentState = self.store.states[agent.id]
+        now = time.time()
         try:
             share = self.shares[agent.id]
-            stored, forward = self.store.accept(state, series, time.time(), self.forwarding, lambda count: self._admit(share, count))
+            admit = lambda count: self._admit(share, count)  # noqa: E731
+            stored, forward = self.store.accept(state, series, now, self.forwarding, admit, self.window(now))
         except Rejected as exc:
             status = 429 if exc.reason == "overloaded" else 400
             return Outcome(status, exc.reason, str(exc), agent, sum(len(one.samples) for one in series), exc.retry_after)
         if forward:
             self.forward(forward, state.last_seen)
-        return Outcome(204, "ok", "", agent, stored)
+        return Outcome(204, "ok", "", agent, stored, out_of_bounds=state.out_of_bounds)
+
+    def window(self, now: float) -> tuple[int, int]:
+        """The oldest and newest sample timestamps (ms) accepted at `now`."""
+        ingest = self.config.ingest
+        return int((now - ingest.max_sample_age) * 1000), int((now + ingest.max_sample_in_future) * 1000)

@@ -12,10 +12,10 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from collector.report_model import SERVICES, Agency, Availability, Period, Report, ReportError, Service
 from foundation.config.types import Secret, SecretFile
 
 UP_MINUTES_SERIES = "agency_service:probe_success:up1m"
@@ -25,90 +25,6 @@ PROVINCE_TZ = timezone(timedelta(hours=7), "UTC+07:00")
 DAY_SECONDS = 86_400
 MS = 1000
 FORMATS = ("csv", "html", "pdf")
-
-
-class ReportError(Exception):
-    """A report that cannot be made; the message is for the operator."""
-
-
-@dataclass(frozen=True)
-class Service:
-    id: str  # the `service` label of the targets
-    name: str  # Vietnamese, for the report
-
-
-SERVICES = (
-    Service("network", "Mạng truyền số liệu chuyên dùng"),
-    Service("mail", "Thư điện tử công vụ"),
-    Service("portal", "Cổng/Trang thông tin điện tử"),
-    Service("document", "Liên thông văn bản"),
-)
-
-
-@dataclass(frozen=True)
-class Agency:
-    id: str
-    name: str
-    district: str
-    level: str
-
-
-@dataclass(frozen=True)
-class Period:
-    month: str  # YYYY-MM
-    start: datetime  # local midnight of the 1st
-    end: datetime  # local midnight of the next month's 1st
-
-    @property
-    def days(self) -> int:
-        return (self.end - self.start).days
-
-    @property
-    def minutes(self) -> int:
-        return self.days * 24 * 60
-
-
-@dataclass(frozen=True)
-class Availability:
-    agency: Agency
-    service: Service
-    up_by_day: tuple[int, ...]
-    known_by_day: tuple[int, ...]  # minutes with a sample, up or down
-
-    @property
-    def up_minutes(self) -> int:
-        return sum(self.up_by_day)
-
-    @property
-    def known_minutes(self) -> int:
-        return sum(self.known_by_day)
-
-    @property
-    def outage_minutes(self) -> int:
-        return self.known_minutes - self.up_minutes
-
-    @property
-    def unknown_minutes(self) -> int:
-        return len(self.known_by_day) * 24 * 60 - self.known_minutes
-
-    @property
-    def percent(self) -> float | None:
-        """Up minutes among the minutes with data; None when the service had no data all month."""
-        return 100.0 * self.up_minutes / self.known_minutes if self.known_minutes else None
-
-
-@dataclass(frozen=True)
-class Report:
-    period: Period
-    rows: tuple[Availability, ...]  # by agency (district, id), then service in SERVICES order
-    generated_at: datetime
-
-    def for_service(self, service: Service) -> list[Availability]:
-        return [row for row in self.rows if row.service == service]
-
-    @property
-    def services(self) -> list[Service]:
-        return list(dict.fromkeys(row.service for row in self.rows))
 
 
 def month_period(month: str, now: datetime) -> Period:

@@ -7,7 +7,7 @@ import io
 import logging
 import textwrap
 
-from collector.report import Availability, Report, ReportError, Service
+from collector.report_model import Availability, Report, ReportError, Service
 from collector.report_render import DEFINITION, daily_outage_and_unknown, monitored, percent_text
 
 A4_PORTRAIT = (8.27, 11.69)

@@ -6,7 +6,7 @@ import csv
 import io
 from html import escape
 
-from collector.report import Availability, Report, Service
+from collector.report_model import Availability, Report, Service
 
 CSV_COLUMNS = (
     "month", "agency", "name", "district", "level", "service", "service_name",

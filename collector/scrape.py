@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 
@@ -45,12 +44,13 @@ async def fetch_metrics(address: str, timeout: float) -> str:
 
 
 def parse_exposition(text: str, timestamp_ms: int) -> list[Series]:
-    """Text exposition -> series stamped with the scrape time; non-finite or badly named samples are skipped."""
+    """Text exposition -> series stamped with the scrape time (NaN and ±Inf kept, as Prometheus keeps them); badly
+    named samples are skipped."""
     out = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             value = float(sample.value)
-            if not math.isfinite(value) or not METRIC_NAME.fullmatch(sample.name):
+            if not METRIC_NAME.fullmatch(sample.name):
                 continue
             labels = tuple(sorted({**sample.labels, "__name__": sample.name}.items()))
             out.append(Series(labels, ((timestamp_ms, value),)))

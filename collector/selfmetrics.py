@@ -7,18 +7,19 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric as Family
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from foundation import __version__
-from collector.config import CollectorConfig
+from collector.config_model import CollectorConfig
 from collector.store import SeriesStore
+from foundation import __version__
 
 INGEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 REJECT_REASONS = (
     "unauthorized", "bad_encoding", "bad_snappy", "too_large", "bad_protobuf", "invalid_metric_name", "invalid_label_name",
-    "unsorted_labels", "duplicate_label", "missing_metric_name", "non_finite_value", "reserved_name", "overloaded", "invalid",
+    "unsorted_labels", "duplicate_label", "missing_metric_name", "reserved_name", "overloaded", "invalid",
 )
 
 
@@ -58,7 +59,8 @@ class CollectorMetrics:
 
 class InventoryCollector(Collector):
     """netmon_agent_up, netmon_agent_last_seen_timestamp_seconds, netmon_agency_info, netmon_collector_series,
-    netmon_collector_samples_duplicate_total; `config` returns the current config (it follows reloads)."""
+    netmon_collector_samples_duplicate_total, netmon_collector_samples_dropped_total; `config` returns the current
+    config (it follows reloads)."""
 
     def __init__(self, config: Callable[[], CollectorConfig], store: SeriesStore) -> None:
         self._config = config
@@ -84,7 +86,14 @@ class InventoryCollector(Collector):
             "Samples dropped because their series already had a sample at or after their timestamp (a batch sent again)",
             value=self._store.duplicate_samples,
         )
-        yield from (up, last_seen, info, series, duplicates)
+        dropped = CounterMetricFamily(
+            "netmon_collector_samples_dropped",
+            "Samples of accepted pushes dropped for timestamps outside ingest.max_sample_age / max_sample_in_future",
+            labels=["reason"],
+        )
+        dropped.add_metric(["timestamp_too_old"], self._store.too_old_samples)
+        dropped.add_metric(["timestamp_too_new"], self._store.too_new_samples)
+        yield from (up, last_seen, info, series, duplicates, dropped)
 
 
 class ConnectionsCollector(Collector):

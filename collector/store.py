@@ -13,20 +13,30 @@ Each series keeps the timestamp of its last accepted sample; a sample at or befo
 again because its acknowledgement was lost, or a sample out of order): dropped and counted, the push still
 succeeds, so neither /metrics nor remote_write out sees a sample twice or out of order. The timestamp outlives the
 series' end (a stale marker, or the agent's TTL) for as long as the agent is in the inventory.
+
+Samples whose timestamps the TSDB behind would refuse (older than `ingest.max_sample_age`, or further ahead of
+the collector's clock than `ingest.max_sample_in_future`) are dropped one by one and counted, the rest of the push
+is stored: a TSDB drops them too, silently, after acknowledging them (VictoriaMetrics), and a sample from the far
+future would make every later sample of its series look like a duplicate. The agent's state keeps the last
+push's drops, for the log and the status page (an agent whose clock is wrong).
+
+Values are stored as Prometheus stores them: NaN and ±Inf are ordinary values (an exporter's NaN quantile, a +Inf
+bucket bound); only the stale marker, the NaN with Prometheus' exact bit pattern, ends a series.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
+from collector.config_model import InventoryAgent
 from foundation.remote_write import STALE_NAN, BlockSeries, Labels, Sample, Series, is_stale_marker, label_block
-from collector.config import InventoryAgent
 from foundation.textformat import format_value, label_pairs
 
 RESERVED_NAMES = frozenset({"netmon_agent_up", "netmon_agent_last_seen_timestamp_seconds", "netmon_agency_info"})
 RESERVED_PREFIX = "netmon_collector_"
+NO_WINDOW = (-(1 << 63), (1 << 63) - 1)  # every int64 timestamp: scrapes are stamped by the collector's own clock
 
 
 class Rejected(ValueError):
@@ -52,6 +62,32 @@ class Entry:
 
 
 @dataclass(slots=True)
+class OutOfBounds:
+    """Samples of one push dropped for timestamps outside the accepted window, and one of them for the log."""
+
+    too_old: int = 0
+    too_new: int = 0
+    example: str = ""  # `series at time` of one dropped sample
+    example_ms: int = 0  # its timestamp
+
+    def note(self, entry: Entry, timestamp_ms: int, too_old: bool) -> None:
+        if too_old:
+            self.too_old += 1
+        else:
+            self.too_new += 1
+        if not self.example:
+            self.example = f"{entry.prefix.strip()} at {format_timestamp(timestamp_ms)}"
+            self.example_ms = timestamp_ms
+
+
+def format_timestamp(timestamp_ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{timestamp_ms} ms since 1970"
+
+
+@dataclass(slots=True)
 class AgentState:
     agent: InventoryAgent
     external_labels: Labels
@@ -61,6 +97,7 @@ class AgentState:
     outputs: dict[str, Entry] = field(default_factory=dict)  # by exposition prefix: one entry per output series
     ended: dict[str, int] = field(default_factory=dict)  # last timestamp of series forgotten at the TTL, by prefix
     aliased: bool = False  # two label sets the agent sent became one series (they differed only in identity labels)
+    out_of_bounds: OutOfBounds | None = None  # samples of the last push dropped for their timestamps (None: none)
 
     def is_up(self, now: float) -> bool:
         return self.last_seen > 0 and self.scrape_ok and now - self.last_seen <= self.agent.ttl
@@ -97,21 +134,19 @@ class AgentState:
         self.aliased = False
 
 
-def _check_values(series: list[Series], entries: list[Entry]) -> None:
-    for (_, samples), entry in zip(series, entries):
-        for _, value in samples:
-            if not math.isfinite(value) and not is_stale_marker(value):
-                shown = entry.prefix.strip()
-                raise Rejected("non_finite_value", f"series {shown} has the value {format_value(value)}; send finite values or a stale marker")
-
-
-def _after(samples: tuple[Sample, ...], last_ms: int) -> tuple[Sample, ...]:
-    """The samples that each come after the one before them, the first after `last_ms`."""
+def _sift(samples: tuple[Sample, ...], entry: Entry, window: tuple[int, int], dropped: OutOfBounds) -> tuple[Sample, ...]:
+    """The samples to store: those within the window that each come after the one before them, the first after
+    the entry's last timestamp. Those outside the window are noted in `dropped`; the rest left out are duplicates."""
+    oldest, newest = window
+    last_ms = entry.timestamp_ms
     kept = []
     for sample in samples:
-        if sample[0] > last_ms:
+        stamp = sample[0]
+        if not oldest <= stamp <= newest:
+            dropped.note(entry, stamp, stamp < oldest)
+        elif stamp > last_ms:
             kept.append(sample)
-            last_ms = sample[0]
+            last_ms = stamp
     return tuple(kept)
 
 
@@ -121,21 +156,24 @@ class SeriesStore:
     def __init__(self, agents: Iterable[InventoryAgent], external_labels: Labels = ()) -> None:
         self.states: dict[str, AgentState] = {agent.id: AgentState(agent, external_labels) for agent in agents}
         self.duplicate_samples = 0  # dropped since start: at or before their series' last accepted timestamp
+        self.too_old_samples = 0  # dropped since start: older than the window (e.g. an agent's clock at 1970)
+        self.too_new_samples = 0  # dropped since start: ahead of the window (a clock in the future)
 
     def accept(
         self, state: AgentState, series: list[Series], now: float, forwarding: bool = True,
-        admit: Callable[[int], None] | None = None,
+        admit: Callable[[int], None] | None = None, window: tuple[int, int] = NO_WINDOW,
     ) -> tuple[int, list[BlockSeries]]:
-        """Store a push's series as a whole or not at all (Rejected); the count of samples stored (duplicates
-        left out) and, when forwarding, the series to send on (with their forwarded labels as label blocks).
+        """Store a push's series as a whole or not at all (Rejected); the count of samples stored (duplicates and
+        samples outside `window`, (oldest, newest) timestamp in ms, left out) and, when forwarding, the series to
+        send on (with their forwarded labels as label blocks).
 
-        Samples must be finite (stale markers excepted): a series ends with a stale marker, not a NaN.
+        A stale marker ends its series; any other value, NaN and ±Inf included, is stored.
         `admit(count)` runs once the push is known valid, before anything is stored; it may raise Rejected.
-        This is the collector's hot path: one dict lookup per known series, one sum over the values, and for
-        the usual series of one new sample one comparison of its timestamp.
+        This is the collector's hot path: one dict lookup per known series and, for the usual series of one new
+        sample, three comparisons of its timestamp.
         """
-        values = [value for _, samples in series for _, value in samples]
-        if len(values) != len(series) and not all(samples for _, samples in series):
+        count = sum([len(samples) for _, samples in series])
+        if count != len(series) and not all(samples for _, samples in series):
             series = [one for one in series if one[1]]
         known = state.series
         get = known.get
@@ -147,23 +185,23 @@ class SeriesStore:
                 entry = state.entry_for(labels)
                 new_series = True
             entries.append(entry)
-        total = sum(values)
-        if total - total != 0.0:  # a NaN or an infinity somewhere (or an overflowing sum): look closer
-            _check_values(series, entries)
         if admit is not None:
-            admit(len(values))
+            admit(count)
         forward: list[BlockSeries] = []
-        duplicates = 0
+        oldest, newest = window
+        dropped = OutOfBounds()
+        left_out = 0
         for (labels, samples), entry in zip(series, entries):
-            if len(samples) > 1 or samples[0][0] <= entry.timestamp_ms:
-                newer = _after(samples, entry.timestamp_ms)
-                duplicates += len(samples) - len(newer)
-                if not newer:
+            first = samples[0][0]
+            if len(samples) > 1 or first <= entry.timestamp_ms or not oldest <= first <= newest:
+                kept = _sift(samples, entry, window, dropped)
+                left_out += len(samples) - len(kept)
+                if not kept:
                     continue
-                samples = newer
+                samples = kept
             timestamp_ms, value = samples[-1]
             entry.timestamp_ms = timestamp_ms
-            if value != value:  # a stale marker (checked above): the series has ended
+            if value != value and is_stale_marker(value):  # the series has ended
                 known.pop(labels, None)
             else:
                 entry.value = value
@@ -172,8 +210,12 @@ class SeriesStore:
             if forwarding:
                 forward.append((entry.forward_block, samples))
         state.last_seen = now
-        self.duplicate_samples += duplicates
-        return len(values) - duplicates, forward
+        out_of_bounds = dropped.too_old + dropped.too_new
+        state.out_of_bounds = dropped if out_of_bounds else None
+        self.duplicate_samples += left_out - out_of_bounds
+        self.too_old_samples += dropped.too_old
+        self.too_new_samples += dropped.too_new
+        return count - left_out, forward
 
     def apply(self, agents: Iterable[InventoryAgent], external_labels: Labels, now: float) -> list[BlockSeries]:
         """Follow a reloaded inventory: new agents start down, removed agents' states go, an agent whose identity

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from collector.config import TlsServerConfig
+from collector.config_model import TlsServerConfig
 
 _VERIFY_MODES = {
     "NoClientCert": ssl.CERT_NONE,

@@ -64,6 +64,7 @@ class Panel:
     options: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
     repeat: str = ""
+    repeat_direction: str = "h"  # "v": copies stacked under the panel, keeping its width (side-by-side panels of one row)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
         "fieldConfig": {"defaults": {"unit": panel.unit, **panel.defaults}, "overrides": []},
         "options": panel.options,
         "targets": [target_json(query, chr(ord("A") + index)) for index, query in enumerate(panel.queries)],
-        **({"repeat": panel.repeat, "repeatDirection": "h", "maxPerRow": 4} if panel.repeat else {}),
+        **({"repeat": panel.repeat, "repeatDirection": panel.repeat_direction, "maxPerRow": 4} if panel.repeat else {}),
     }
 
 
@@ -240,8 +241,8 @@ def agency_detail() -> dict:
                                    "the link between them."),
             timeseries("HTTP phases of $http_target (Thời gian truy cập web)", "s",
                        [Query(f"probe_http_duration_seconds{{{http}}}", "{{target}} {{phase}}")], stacked=True),
-            timeseries("DNS lookup time of $dns_target (Phân giải tên miền)", "s",
-                       [Query(f"probe_dns_lookup_time_seconds{{{dns}}}", "{{target}}")]),
+            timeseries("DNS query time of $dns_target (Phân giải tên miền)", "s",
+                       [Query(f"probe_dns_query_duration_seconds{{{dns}}}", "{{target}}")]),
             timeseries("LAN device traffic (Lưu lượng thiết bị mạng)", "bps",
                        [Query(bits_per_second("In", agency), "{{target}} {{ifName}} in"),
                         Query(bits_per_second("Out", agency), "{{target}} {{ifName}} out")],
@@ -334,12 +335,36 @@ def network_devices() -> dict:
     )
 
 
+TRANSACTION = Variable("transaction", "Transaction (Giao dịch)", 'label_values(probe_transaction_steps{agency=~"$agency"}, target)')
+
+
+def transaction_panels() -> list[Panel]:
+    """One row per transaction (the `transaction` variable): its result, the step that failed, each step's time."""
+    selected = 'agency=~"$agency", target=~"$transaction"'
+    per_transaction = {"repeat": "transaction", "repeat_direction": "v", "height": 6}
+    return [
+        stat("$transaction: result (Kết quả)", "none",
+             [Query(f"probe_success{{{selected}}} and on (agency, agent, target, module) probe_transaction_steps", "{{agent}}")],
+             defaults={"mappings": UP_DOWN, "thresholds": RED_BELOW_ONE}, **per_transaction),
+        table("$transaction: failed step (Bước lỗi)", "none", [
+            Query(f"probe_transaction_failed_step{{{selected}}}", "{{agent}} {{step}}", instant=True),
+            Query(f"probe_failure_info{{{selected}}} and on (agency, agent, target, module) probe_transaction_steps",
+                  "{{agent}} {{reason}}", instant=True),
+        ], width=6, description="Number and name of the step that failed (0: every step passed), and the reason.",
+              **per_transaction),
+        timeseries("$transaction: duration per step (Thời gian từng bước)", "s",
+                   [Query(f"probe_transaction_step_duration_seconds{{{selected}}}", "{{step}} ({{agent}})")],
+                   stacked=True, **per_transaction),
+    ]
+
+
 def portals() -> dict:
     selected = 'agency=~"$agency", target=~"$target"'
     return dashboard(
         "netmon-portals", "Portals and services (Cổng thông tin và dịch vụ)",
         "Provincial portal, public-services portal (Cổng dịch vụ công), document management and interconnection endpoints.",
-        [DISTRICT, AGENCY, Variable("target", "Service (Dịch vụ)", 'label_values(probe_http_status_code{agency=~"$agency"}, target)')],
+        [DISTRICT, AGENCY, Variable("target", "Service (Dịch vụ)", 'label_values(probe_http_status_code{agency=~"$agency"}, target)'),
+         TRANSACTION],
         [
             table("Availability over the range (Tỷ lệ sẵn sàng)", "percentunit",
                   [Query(f"avg_over_time(probe_success{{{selected}}}[$__range]) {HTTP_TARGETS}", "{{target}} from {{agency}}", instant=True)],
@@ -354,6 +379,7 @@ def portals() -> dict:
                   [Query(f"probe_ssl_earliest_cert_expiry{{{selected}}} - time() {HTTP_TARGETS}", "{{target}}", instant=True)]),
             timeseries("Availability 1 h (SLA)", "percentunit",
                        [Query(f"target:probe_success:avg1h{{{selected}}} {HTTP_TARGETS}", "{{target}} from {{agency}}")]),
+            *transaction_panels(),
         ],
     )
 

@@ -66,6 +66,13 @@ class HttpError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.request: Request | None = None  # what was read of the request before the error: its body never is
+
+
+# Told of every error reply the server gives itself (a body over the limit, a malformed request, a handler's
+# HttpError or crash, an unknown path): the request as far as it was read (None when even its first line was not
+# understood), the client's address and the error. The program counts and logs them with its own replies.
+ErrorObserver = Callable[[Request | None, str, HttpError], None]
 
 
 def default_max_connections() -> int:
@@ -81,9 +88,10 @@ class HttpServer:
 
     def __init__(
         self, routes: dict[str, Handler], max_body_bytes: int = 1 << 20, ssl_context: ssl.SSLContext | None = None,
-        max_connections: int | None = None,
+        max_connections: int | None = None, on_error: ErrorObserver | None = None,
     ) -> None:
         self._routes = routes
+        self._on_error = on_error
         self._max_body = max_body_bytes
         self._ssl = ssl_context
         self._server: asyncio.base_events.Server | None = None
@@ -135,6 +143,7 @@ class HttpServer:
                 try:
                     request = await self._read_request(reader, peer_text, IDLE_TIMEOUT if not first else HEADER_TIMEOUT)
                 except HttpError as exc:
+                    self._observe(exc.request, peer_text, exc)
                     await self._write(writer, Response.text(exc.status, exc.reason + "\n"), close=True)
                     return
                 if request is None:
@@ -173,10 +182,15 @@ class HttpServer:
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise HttpError(400, "malformed request line")
         method, target, version = parts
-        headers = await asyncio.wait_for(self._read_headers(reader), HEADER_TIMEOUT)
-        body = await self._read_body(reader, headers)
         split = urlsplit(target)
-        return Request(method, unquote(split.path), parse_qs(split.query), headers, body, peer, version)
+        request = Request(method, unquote(split.path), parse_qs(split.query), {}, b"", peer, version)
+        try:
+            request.headers = await asyncio.wait_for(self._read_headers(reader), HEADER_TIMEOUT)
+            request.body = await self._read_body(reader, request.headers)
+        except HttpError as exc:
+            exc.request = request
+            raise
+        return request
 
     async def _read_headers(self, reader: asyncio.StreamReader) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -219,15 +233,25 @@ class HttpServer:
 
     async def _dispatch(self, request: Request) -> Response:
         handler = self._handler(request.path)
-        if handler is None:
-            return Response.text(404, f"no such path {request.path}; see / for what is served\n")
         try:
+            if handler is None:
+                raise HttpError(404, f"no such path {request.path}; see / for what is served")
             return await handler(request)
         except HttpError as exc:
-            return Response.text(exc.status, exc.reason + "\n")
+            error = exc
         except Exception:  # noqa: BLE001 - one bad request must not take the server down
             log.exception("handler for %s failed", request.path)
-            return Response.text(500, "internal error; see the server log\n")
+            error = HttpError(500, "internal error; see the server log")
+        self._observe(request, request.peer, error)
+        return Response.text(error.status, error.reason + "\n")
+
+    def _observe(self, request: Request | None, peer: str, error: HttpError) -> None:
+        if self._on_error is None:
+            return
+        try:
+            self._on_error(request, peer, error)
+        except Exception:  # noqa: BLE001 - counting a refusal must not stop the reply
+            log.exception("error observer failed")
 
     async def _write(
         self, writer: asyncio.StreamWriter, response: Response, close: bool, gzip_ok: bool = False, head_only: bool = False

@@ -147,11 +147,19 @@ def test_status_page_lists_targets(agent):
 def test_sighup_with_invalid_config_keeps_old_config_and_reports_it(agent):
     port = agent["port"]
     wait_for_metric(port, "probe_success", target="self-port")
+    assert "reload failed" not in http_get(f"http://127.0.0.1:{port}/")[1]
+    good = agent["config"].read_text(encoding="utf-8")
     agent["config"].write_text("agent: {id: broken\n", encoding="utf-8")
     os.kill(agent["proc"].pid, signal.SIGHUP)
     text = _wait_for_value(port, "netmon_agent_config_last_reload_successful", 0)
     assert metric_value(text, "probe_success", target="self-port") == 1
     assert "config reload failed" in agent["log"].read_text()
+    page = http_get(f"http://127.0.0.1:{port}/")[1]  # the status page says it too, with the reason
+    assert "Config reload failed</b> at " in page and f"config reload failed, the previous config keeps running: {agent['config']}:" in page
+    agent["config"].write_text(good, encoding="utf-8")
+    os.kill(agent["proc"].pid, signal.SIGHUP)
+    _wait_for_value(port, "netmon_agent_config_last_reload_successful", 1)
+    assert "reload failed" not in http_get(f"http://127.0.0.1:{port}/")[1]  # gone once a reload succeeds
 
 
 def test_sighup_with_new_config_applies_it(agent):

@@ -29,7 +29,7 @@ REASONS = (
     "dns_answer_mismatch", "dns_no_answer", "http_status", "http_body_mismatch", "http_too_many_redirects",
     "http_content_too_old", "auth_unsupported", "bad_banner", "no_starttls", "mail_rejected", "not_delivered",
     "host_key_unknown", "host_key_changed", "command_failed", "parse_error", "unknown_user", "not_in_time_window",
-    "too_big", "no_such_name", "decode_error",
+    "too_big", "no_such_name", "decode_error", "assertion_failed", "extract_failed", "soap_fault",
 )
 
 

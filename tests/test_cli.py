@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agents.catalog import PROBERS
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,18 @@ def test_check_config_exits_2_with_file_line_and_key(tmp_path):
     result = cli("check-config", str(path))
     assert result.returncode == 2
     assert f"{path}:5: targets[0].module: unknown module 'nope'" in result.stderr
+
+
+def test_check_config_prints_every_error_of_the_file_each_on_its_own_line(tmp_path):
+    path = write_config(tmp_path, "  - {name: a, address: x, module: nope}\n  - {name: b, address: 'h:1', module: tcp_connect, interval: 5}\n",
+                        modules="  tcp_connect: {prober: tcp, timeout: 1s}\n  web: {prober: htp}\n")
+    result = cli("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"config error: {path}:4: modules.web.prober: unknown prober 'htp'; known probers: {', '.join(sorted(PROBERS))}",
+        f"config error: {path}:6: targets[0].module: unknown module 'nope'; modules: tcp_connect, web",
+        f"config error: {path}:7: targets[1].interval: duration must be a string with a unit like '15s' or '2m', got 5",
+    ]
 
 
 def test_probe_once_prints_json_and_exits_0_when_all_succeed(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -247,6 +248,49 @@ def test_remote_write_out_gets_each_sample_once_in_order_when_batches_overlap(tm
     assert list(exported.values()) == [[(start + n * 1_000, float(n)) for n in range(5)]]
 
 
+YEAR_2100_MS = 4_102_444_800_000
+
+
+def test_samples_with_timestamps_the_tsdb_refuses_are_dropped_and_counted_the_rest_of_the_push_is_forwarded(tmp_path):
+    """VictoriaMetrics acknowledges samples outside its retention (-retentionPeriod, 1d in the tests) or more than 2
+    days ahead (its -futureRetention) and drops them silently (vm_rows_ignored_total): the collector, told the
+    retention by ingest.max_sample_age, drops them itself, counts them and logs the agent; the push's other samples
+    are stored and forwarded, and VictoriaMetrics ignores none of what it gets."""
+    now = now_ms()
+    stamps = {"epoch": 0, "two-days-old": now - 2 * 86_400_000, "year-2100": YEAR_2100_MS, "hour-old": now - 3_600_000, "now": now}
+    body = rw.encode([make_series("netmon_test_clock", {"at": name}, [(stamp, 1.0)]) for name, stamp in stamps.items()])
+    with running_victoria_metrics(tmp_path / "vm") as vm:
+        extra = (f"ingest: {{max_sample_age: 1d}}\nremote_write:\n  - url: {vm.url}/api/v1/write\n"
+                 f"    queue: {{directory: {tmp_path / 'queue'}}}\n    interval: 200ms\n")
+        with running_collector(tmp_path / "collector", extra) as running_one:
+            status, text, _ = push(running_one.url, body, TOKENS["so-tttt-1"])
+            wait_until(lambda: metric_value(running_one.metrics(), "netmon_collector_remote_write_samples_sent_total") == 2, 20, "forwarding")
+            wait_until(lambda: len(victoria_metrics_export(vm, "netmon_test_clock")) == 2, 20, "samples in VictoriaMetrics")
+            exported = victoria_metrics_export(vm, "netmon_test_clock")
+            metrics, log = running_one.metrics(), running_one.log.read_text(encoding="utf-8")
+        with urllib.request.urlopen(f"{vm.url}/metrics", timeout=10) as reply:
+            vm_metrics = reply.read().decode()
+    assert (status, text) == (204, "")
+    assert metric_value(metrics, "netmon_collector_samples_dropped_total", reason="timestamp_too_old") == 2
+    assert metric_value(metrics, "netmon_collector_samples_dropped_total", reason="timestamp_too_new") == 1
+    assert metric_value(metrics, "netmon_collector_samples_received_total", mode="push") == 2
+    assert sorted(re.search(r'at="([^"]+)"', line).group(1) for line in series_lines(metrics, "netmon_test_clock")) == ["hour-old", "now"]
+    assert sorted(dict(labels)["at"] for labels in exported) == ["hour-old", "now"]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in vm_metrics.splitlines() if line.startswith("vm_rows_ignored_total")) == 0
+    assert ("push from so-tttt-1: samples dropped for their timestamps, 2 older than ingest.max_sample_age and 1 ahead" in log
+            and 'netmon_test_clock{agency="so-tttt",agent="so-tttt-1",at="epoch",district="tp-my-tho",level="department"} '
+                "at 1970-01-01T00:00:00.000+00:00" in log)
+
+
+def test_a_sample_from_the_far_future_does_not_stop_its_series(collector):
+    """Stored, it would make every later sample look like a duplicate until the year 2100."""
+    stamp = now_ms()
+    for samples in ([(stamp, 1.0)], [(YEAR_2100_MS, 5.0)], [(stamp + 1_000, 2.0)]):
+        body = rw.encode([make_series("netmon_test_future", {"target": "dc"}, samples)])
+        assert push(collector.url, body, TOKENS["so-tttt-1"])[0] == 204
+    assert [line.rsplit(" ", 1)[1] for line in series_lines(collector.metrics(), "netmon_test_future")] == ["2.0"]
+
+
 # --- bad input
 
 
@@ -269,9 +313,6 @@ BAD_BODIES = {
     "invalid-metric-name": (raw_body([("__name__", "probe success")]), 400, "invalid_metric_name"),
     "invalid-label-name": (raw_body([("__name__", "probe_success"), ("bad-label", "x")]), 400, "invalid_label_name"),
     "no-metric-name": (raw_body([("target", "x")]), 400, "missing_metric_name"),
-    "nan-value": (raw_body([("__name__", "probe_success")], math.nan), 400, "non_finite_value"),
-    "inf-value": (raw_body([("__name__", "probe_success")], math.inf), 400, "non_finite_value"),
-    "minus-inf-value": (raw_body([("__name__", "probe_success")], -math.inf), 400, "non_finite_value"),
     "reserved-name": (raw_body([("__name__", "netmon_agent_up")], 1.0), 400, "reserved_name"),
     "decompresses-too-large": (rw.compress(b"\x00" * 1_000_001), 413, "too_large"),
 }
@@ -288,17 +329,68 @@ def test_bad_push_gets_its_4xx_with_the_reason_and_the_collector_keeps_serving(c
 
 def test_a_push_with_one_bad_series_stores_none_of_it(collector):
     good = rw.WriteRequest.FromString(rw.decompress(rw.encode([probe_series(target="all-or-nothing")]), 1 << 20))
-    bad = rw.WriteRequest.FromString(rw.decompress(raw_body([("__name__", "probe_success")], math.nan), 1 << 20))
+    bad = rw.WriteRequest.FromString(rw.decompress(raw_body([("__name__", "netmon_agent_up")]), 1 << 20))
     good.MergeFrom(bad)
-    status, _, _ = push(collector.url, rw.compress(good.SerializeToString()), TOKENS["so-tttt-1"])
-    assert status == 400
+    status, text, _ = push(collector.url, rw.compress(good.SerializeToString()), TOKENS["so-tttt-1"])
+    assert (status, text.split(":")[0]) == (400, "reserved_name")
     assert 'target="all-or-nothing"' not in collector.metrics()
 
 
-def test_a_body_larger_than_the_limit_is_refused_with_413(collector):
-    status, text, _ = push(collector.url, os.urandom(200_001), TOKENS["so-tttt-1"])
+def test_nan_and_infinite_values_are_stored_and_shown_as_prometheus_shows_them(collector):
+    """Prometheus in agent mode and vmagent send NaN (a summary's quantile without observations) and ±Inf: a 400
+    would make them drop the whole batch."""
+    stamp = now_ms()
+    values = {"nan": math.nan, "plus-inf": math.inf, "minus-inf": -math.inf, "finite": 0.25}
+    body = rw.encode([make_series("netmon_test_special", {"target": name}, [(stamp, value)]) for name, value in values.items()])
+    status, text, _ = push(collector.url, body, TOKENS["so-tttt-1"])
+    assert (status, text) == (204, "")
+    shown = {re.search(r'target="([^"]+)"', line).group(1): line.rsplit(" ", 1)[1] for line in series_lines(collector.metrics(), "netmon_test_special")}
+    assert shown == {"nan": "NaN", "plus-inf": "+Inf", "minus-inf": "-Inf", "finite": "0.25"}
+
+
+def test_a_nan_value_does_not_end_its_series_only_the_stale_marker_does(collector):
+    stamp = now_ms()
+    series = [make_series("netmon_test_nan_then", {"target": "kept"}, [(stamp, 1.0), (stamp + 1, math.nan)])]
+    assert push(collector.url, rw.encode(series), TOKENS["so-tttt-1"])[0] == 204
+    assert [line.rsplit(" ", 1)[1] for line in series_lines(collector.metrics(), "netmon_test_nan_then")] == ["NaN"]
+    stale = [make_series("netmon_test_nan_then", {"target": "kept"}, [(stamp + 2, rw.STALE_NAN)])]
+    assert push(collector.url, rw.encode(stale), TOKENS["so-tttt-1"])[0] == 204
+    assert series_lines(collector.metrics(), "netmon_test_nan_then") == []
+
+
+def write_requests(collector: RunningCollector, code: str, reason: str) -> float:
+    return metric_value(collector.metrics(), "netmon_collector_write_requests_total", code=code, reason=reason) or 0.0
+
+
+def test_a_body_larger_than_the_limit_is_refused_with_413_counted_and_logged(collector):
+    """The HTTP server answers before the body is read, so before the receiver: the reply is counted all the same."""
+    before = write_requests(collector, "413", "too_large")
+    status, text, _ = push(collector.url, os.urandom(200_001), TOKENS["xa-my-tho-1"])
     assert status == 413, text
+    assert write_requests(collector, "413", "too_large") == before + 1
+    wait_until(lambda: "push from xa-my-tho-1 refused (413 too_large): request body of 200001 bytes" in collector.log.read_text(), 5, "the log line")
     assert push(collector.url, rw.encode([probe_series()]), TOKENS["so-tttt-1"])[0] == 204
+
+
+def raw_request(port: int, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        return sock.recv(4096)
+
+
+@pytest.mark.parametrize(
+    "head, code, reason",
+    [
+        (b"GET /api/v1/write HTTP/1.1\r\nHost: x\r\n\r\n", "405", "method_not_allowed"),
+        (b"POST /api/v1/write HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", "411", "length_required"),
+        (b"POST /api/v1/write HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n", "400", "bad_request"),
+    ],
+    ids=["wrong-method", "chunked-body", "bad-content-length"],
+)
+def test_every_reply_to_a_push_is_counted_whatever_layer_gives_it(collector, head, code, reason):
+    before = write_requests(collector, code, reason)
+    assert raw_request(collector.port, head).startswith(f"HTTP/1.1 {code} ".encode())
+    assert write_requests(collector, code, reason) == before + 1
 
 
 def test_a_non_snappy_content_encoding_is_refused(collector):
@@ -457,7 +549,7 @@ BAD_CONFIGS = {
     "unknown-agency": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-x, mode: pull, address: '10.0.0.1:9855'}\n",
                        ":4: agents[0].agency: unknown agency 'so-x'"),
     "duplicate-agency": ("agencies:\n" + AGENCY + AGENCY, ":3: agencies[1].id: duplicate id 'so-tttt' (first defined in agencies[0])"),
-    "bad-level": ("agencies:\n  - {id: x, name: X, district: d, level: hamlet}\n", ":2: agencies[0].level: Invalid enum value 'hamlet'"),
+    "bad-level": ("agencies:\n  - {id: x, name: X, district: d, level: hamlet}\n", ":2: agencies[0].level: invalid value 'hamlet'; expected one of: commune, department, district, province"),
     "pull-without-address": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-tttt, mode: pull}\n",
                              ":4: agents[0].address: a pull agent needs address"),
     "push-without-token": ("agencies:\n" + AGENCY + "agents:\n  - {id: a1, agency: so-tttt, mode: push}\n",

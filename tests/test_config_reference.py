@@ -45,3 +45,29 @@ def test_every_prober_configurable_as_a_module_has_a_section(generated):
     text = (generated / "agent.md").read_text(encoding="utf-8")
     for name in set(PROBERS) - {"snmp", "ssh"}:  # those two are configured by snmp_devices and ssh_checks
         assert f"Chosen with `prober: {name}`." in text, name
+
+
+def test_every_ssh_fixed_command_has_a_row_with_the_line_it_sends(generated):
+    from agents.ssh.commands import FIXED_COMMANDS
+
+    text = (generated / "agent.md").read_text(encoding="utf-8").split("## SSH fixed commands")[1]
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1].split()[0] for row in rows[: len(FIXED_COMMANDS)]] == list(FIXED_COMMANDS)
+    assert "| `df /var /` | `df -P -- /var /` | `df` |" in text
+
+
+def test_the_ssh_page_names_every_fixed_command_with_its_argument_form():
+    from agents.ssh.commands import FIXED_COMMANDS
+
+    page = " ".join((ROOT / "docs" / "ssh.md").read_text(encoding="utf-8").split())  # rewrapped lines read as one
+    assert [name for name, command in FIXED_COMMANDS.items() if f"`{name} {command.usage}`" not in page] == []
+
+
+def test_every_failure_reason_has_a_row_that_says_what_it_means(generated):
+    from agents.catalog import failure_reasons
+
+    text = (generated / "agent.md").read_text(encoding="utf-8").split("## Failure reasons")[1]
+    rows = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| `")}
+    assert list(rows) == list(failure_reasons())
+    assert [reason for reason, row in rows.items() if row.endswith("|  |")] == [], "a reason without a comment in its set"
+    assert rows["port_open"] == "| `port_open` | `tcp` | must_be_closed, and the port accepted the connection |"

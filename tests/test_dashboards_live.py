@@ -39,7 +39,7 @@ PUSH_TOKEN = "live-dashboards-push-token-5c1e"
 # one value per variable; the agency page has one target variable per prober, so no "All" is needed
 VALUES = {
     "district": "tp-my-tho", "agency": "so-y-te", "device": "sw-core",
-    "icmp_target": "dc-core", "http_target": "cong-tinh", "dns_target": "dns-tinh",
+    "icmp_target": "dc-core", "http_target": "cong-tinh", "dns_target": "dns-tinh", "transaction": "dvc-journey",
 }
 TARGET_BY_DASHBOARD = {"netmon-portals": "cong-tinh"}
 OLD_DEVICES = ("sw-old", "sw-v1")  # no ifXTable; SNMPv1 (no Counter64)
@@ -78,6 +78,11 @@ host: {{enabled: true}}
 modules:
   icmp: {{prober: icmp, icmp: {{count: 5, packet_interval: 100ms}}}}
   https_portal: {{prober: http, http: {{tls_config: {{ca_file: '{portal_ca}'}}}}}}
+  portal_journey:
+    prober: transaction
+    transaction:
+      tls_config: {{ca_file: '{portal_ca}'}}
+      steps: [{{name: home, url: /, assert: {{body_matches: ["Cổng thông tin"]}}}}, {{name: again, url: /}}]
   smtp_starttls: {{prober: smtp, smtp: {{{mail_tls}}}}}
   imap_login: {{prober: imap, imap: {{{mail_tls}, auth: {{username: '{USER.address}', password_file: '{wrong_password}'}}}}}}
   pop3_login: {{prober: pop3, pop3: {{{mail_tls}, stat: true, {probe_auth}}}}}
@@ -92,6 +97,7 @@ modules:
 targets:
   - {{name: dc-core, address: 127.0.0.1, module: icmp}}
   - {{name: cong-tinh, address: '{portal_url}', module: https_portal}}
+  - {{name: dvc-journey, address: '{portal_url}', module: portal_journey}}
   - {{name: smtp-tinh, address: '{mail.address("smtp")}', module: smtp_starttls}}
   - {{name: imap-tinh, address: '{mail.address("imap")}', module: imap_login}}
   - {{name: pop3-tinh, address: '{mail.address("pop3")}', module: pop3_login}}

@@ -112,8 +112,8 @@ def demo(tmp_path_factory):
 def test_collector_status_page_lists_the_demo_agency_with_its_agent_up(demo):
     page = demo["status_page"]
     assert "Trung tâm Công nghệ thông tin và Truyền thông (demo)" in page
-    assert "demo-agent (lên)" in page
-    assert "1/1 agent hoạt động" in page
+    assert 'data-agency="demo" data-status="up"' in page
+    assert 'data-down="0" data-partial="0" data-up="1" data-agencies="1"' in page and "1 bình thường" in page
 
 
 def test_collector_metrics_carry_the_agents_probe_series_with_identity_labels(demo):

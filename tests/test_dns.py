@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -18,13 +17,12 @@ from agents.catalog import parse_config
 from agents.config import ConfigError
 from agents.config.model import ModuleConfig
 from agents.probes.dns import DnsFailure as Failure
-from agents.results import ProbeResult, ProbeTarget
 from agents.probes.dns import probe
 from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
+from tests.support.blackbox import running_blackbox
 from tests.support.dnsmasq import Dnsmasq, free_udp_and_tcp_port, running_dnsmasq
 from tests.support.ports import free_port
-from tests.support.procs import running, wait_for_port
-from tests.support.require import require_binary
 
 SERIAL = 2024010101
 BIG_TXT_COUNT = 6  # 6 x 200-byte strings: too big for a 512-byte UDP reply, so dnsmasq sets TC
@@ -90,12 +88,13 @@ async def test_a_query_counts_every_address_record(dnsmasq: Dnsmasq) -> None:
     assert value(result, "probe_ip_protocol") == 4
 
 
-async def test_a_query_reports_each_phase_and_the_whole_lookup_time(dnsmasq: Dnsmasq) -> None:
+async def test_a_query_reports_each_phase_and_the_whole_query_time(dnsmasq: Dnsmasq) -> None:
     result = await ask(dnsmasq.address, "query_name: www.test.lan\nquery_type: A")
     phases = {phase: value(result, "probe_dns_duration_seconds", phase=phase) for phase in ("resolve", "connect", "request")}
     assert phases["resolve"] == 0  # the resolver is an IP literal
     assert 0 < phases["request"] < 1
-    assert value(result, "probe_dns_lookup_time_seconds") >= sum(phases.values())
+    assert value(result, "probe_dns_query_duration_seconds") >= sum(phases.values())
+    assert value(result, "probe_dns_lookup_time_seconds") == phases["resolve"], "blackbox's meaning: resolving the resolver"
 
 
 async def test_aaaa_query_returns_the_ipv6_address(dnsmasq: Dnsmasq) -> None:
@@ -318,6 +317,7 @@ async def test_system_resolver_resolves_localhost() -> None:
     assert value(result, "probe_dns_answer_rrs") == 1
     assert value(result, "probe_dns_query_succeeded") == 1
     assert 0 <= value(result, "probe_dns_lookup_time_seconds") < 2
+    assert value(result, "probe_dns_query_duration_seconds") == value(result, "probe_dns_lookup_time_seconds")
 
 
 # --- failures -----------------------------------------------------------------------------------
@@ -417,6 +417,23 @@ def test_unknown_query_type_is_rejected_naming_query_type() -> None:
     assert "AXFR" in str(error.value)
 
 
+def test_an_unknown_query_type_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as error:
+        dns_module("query_name: www.test.lan\nquery_type: MXX")
+    assert str(error.value).endswith(
+        "modules.m.dns.query_type: invalid value 'MXX'; expected one of: A, AAAA, MX, TXT, NS, SOA, CNAME, PTR, SRV, CAA, ANY (in any case)"
+    )
+
+
+async def test_dns_types_classes_and_rcodes_are_accepted_in_any_case(dnsmasq: Dnsmasq) -> None:
+    """`query_type: mx` is what dig and zone files accept; the module holds the canonical MX."""
+    settings = dns_module("query_name: test.lan\nquery_type: mx\nquery_class: in\nvalid_rcodes: [noError, nxdomain]").settings
+    assert (settings.query_type, settings.query_class, settings.valid_rcodes) == ("MX", "IN", ("NOERROR", "NXDOMAIN"))
+    result = await ask(dnsmasq.address, "query_name: test.lan\nquery_type: mx\nvalid_rcodes: [noerror]")
+    assert result.success, result.detail
+    assert value(result, "probe_dns_answer_rrs") == 1
+
+
 def test_system_resolver_with_a_non_address_type_is_rejected() -> None:
     with pytest.raises(ConfigError) as error:
         dns_module("resolver: system\nquery_type: MX")
@@ -451,29 +468,18 @@ def test_loading_the_prober_table_does_not_load_dnspython() -> None:
 # --- agreement with blackbox_exporter -----------------------------------------------------------
 
 
+BLACKBOX_MODULES = """\
+modules:
+  dns:
+    prober: dns
+    timeout: 2s
+    dns: {query_name: test.lan, query_type: SOA, preferred_ip_protocol: ip4}
+"""
+
+
 def _blackbox_metrics(tmp_path: Path, resolver: str) -> dict[str, float]:
-    binary = require_binary("prometheus-blackbox-exporter")
-    config = tmp_path / "blackbox.yml"
-    config.write_text(textwrap.dedent("""\
-        modules:
-          dns:
-            prober: dns
-            timeout: 2s
-            dns: {query_name: test.lan, query_type: SOA, preferred_ip_protocol: ip4}
-    """))
-    port = free_port()
-    argv = [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"]
-    with running(argv, log_path=str(tmp_path / "blackbox.log")) as proc:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        url = f"http://127.0.0.1:{port}/probe?module=dns&target={resolver}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-    metrics = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, sample = line.rpartition(" ")
-            metrics[series] = float(sample)
-    return metrics
+    with running_blackbox(tmp_path, BLACKBOX_MODULES) as blackbox:
+        return blackbox("dns", resolver)
 
 
 async def test_reports_every_metric_blackbox_reports_for_the_same_query(dnsmasq: Dnsmasq, tmp_path: Path) -> None:
@@ -483,3 +489,21 @@ async def test_reports_every_metric_blackbox_reports_for_the_same_query(dnsmasq:
     assert their_names <= names(ours)
     for name in ("probe_dns_answer_rrs", "probe_dns_authority_rrs", "probe_dns_additional_rrs", "probe_dns_serial"):
         assert value(ours, name) == theirs[name], name
+
+
+async def test_lookup_time_and_address_hash_mean_what_blackbox_means(dnsmasq: Dnsmasq, tmp_path: Path) -> None:
+    """The resolver named by a host name: probe_dns_lookup_time_seconds is the time to resolve that name (equal to
+    the resolve phase, in blackbox as here), not the query; probe_ip_addr_hash is the same number."""
+    resolver = f"localhost:{dnsmasq.address.rpartition(':')[2]}"
+    with running_blackbox(tmp_path, BLACKBOX_MODULES) as blackbox:
+        theirs = await asyncio.to_thread(blackbox, "dns", resolver)
+    ours = await ask(resolver, "query_name: test.lan\nquery_type: SOA")
+    assert ours.success, ours.detail
+    for samples in (theirs, {sample.metric.name + _labels(sample.labels): sample.value for sample in ours.samples}):
+        assert samples["probe_dns_lookup_time_seconds"] == samples['probe_dns_duration_seconds{phase="resolve"}'] > 0
+    assert value(ours, "probe_dns_query_duration_seconds") > value(ours, "probe_dns_lookup_time_seconds")
+    assert value(ours, "probe_ip_addr_hash") == theirs["probe_ip_addr_hash"]
+
+
+def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+    return "{" + ",".join(f'{name}="{text}"' for name, text in labels) + "}" if labels else ""

@@ -3,6 +3,7 @@ loader (errors name template key and agent), `render-config`, and the agent's me
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import yaml
 
 from agents.config import ConfigError
 from agents.fleet import Served, load_agent_config, load_at_start, write_cache
-from foundation.fleet_protocol import config_hash
+from collector import agent_check
 from collector.config import parse_collector_config
+from foundation.fleet_protocol import config_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"FLEET_CFG_TOKEN_1": "cfg-token-1-a9", "FLEET_CFG_TOKEN_2": "cfg-token-2-b7"}
@@ -235,3 +237,59 @@ def test_a_failed_fetch_is_retried_with_backoff_never_later_than_the_refresh_int
     assert delays[0] <= 1.0 and delays[1] <= 2.0 and delays[2] <= 4.0
     assert max(delays) <= FETCH_RETRY_MAX and delays[-1] > FETCH_RETRY_MAX / 2
     assert all(retry_delay(failures, 3.0) <= 3.0 for failures in range(1, 2000))  # no overflow after long outages
+
+
+def test_the_collector_loads_templates_without_importing_agent_code(tmp_path):
+    config = tmp_path / "collector.yml"
+    config.write_text(INVENTORY + TEMPLATES, encoding="utf-8")
+    script = (
+        "import sys; from collector.cli import main; code = main(['check-config', sys.argv[1]]); "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'agents')); sys.exit(code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(config)], capture_output=True, text=True, env={**os.environ, **ENV}, cwd=str(ROOT), timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_agent_program_checks_served_configs_as_json(tmp_path):
+    request = {
+        "a-1": {"agent": {"id": "a-1", "agency": "x"}, "targets": [{"name": "t", "address": "192.0.2.1", "module": "nope"}]},
+        "b-1": {"agent": {"id": "b-1", "agency": "y"}, "modules": {"icmp": {"prober": "icmp"}}},
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "check-served"], input=json.dumps(request), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "a-1": {"ok": False, "path": ["targets", 0, "module"], "message": "unknown module 'nope'; modules: none defined"},
+        "b-1": {"ok": True},
+    }
+
+
+def test_a_value_json_cannot_hold_reaches_the_agent_program_as_the_agent_reads_it():
+    message = error_of(TEMPLATES.replace("{name: mail-smtp, address: \"10.0.0.25:25\"", "{name: 2026-12-06, address: \"10.0.0.25:25\""))
+    assert "templates[0].targets[0].name: rendered for agent so-tttt-1 (agency so-tttt), key targets[0].name: Expected `str`, got `date`" in message
+
+
+def test_a_collector_without_templates_needs_no_agent_program(monkeypatch):
+    monkeypatch.setattr(agent_check, "AGENT_CHECK_COMMAND", ("/nonexistent/netmon-agent",))
+    assert parse_collector_config(INVENTORY, "collector.yml").fleet.configs["xa-a-1"].text == "{}\n"
+
+
+@pytest.mark.parametrize(
+    "command, timeout, reason",
+    [
+        (("/nonexistent/netmon-agent", "check-served"), 60, "cannot run the agent program (/nonexistent/netmon-agent check-served): No such file"),
+        ((sys.executable, "-c", "import sys; sys.exit('no such command')"), 60, "failed (exit status 1): no such command"),
+        ((sys.executable, "-c", "import time; time.sleep(30)"), 0.5, "gave no answer: none within 0.5 s"),
+        ((sys.executable, "-c", "print('ok')"), 60, "gave an unreadable answer"),
+        ((sys.executable, "-c", "print('{}')"), 60, "gave no verdict for agent so-tttt-1"),
+    ],
+)
+def test_an_agent_program_that_cannot_check_fails_the_load_and_says_why(monkeypatch, command, timeout, reason):
+    monkeypatch.setattr(agent_check, "AGENT_CHECK_COMMAND", command)
+    monkeypatch.setattr(agent_check, "AGENT_CHECK_TIMEOUT", timeout)
+    message = error_of(TEMPLATES)
+    assert message.startswith("collector.yml:9: templates: cannot check the served configs: ") and reason in message

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("paramiko", "pysnmp", "pyasn1", "dns", "cryptography", "google.protobuf", "cramjam")
+HEAVY = ("paramiko", "pysnmp", "pyasn1", "dns", "cryptography", "google.protobuf", "cramjam", "lxml", "cssselect", "jsonpath")
 
 
 def test_loading_the_agent_and_its_config_imports_no_heavy_library():

@@ -75,6 +75,30 @@ async def test_malformed_requests_get_a_4xx_with_the_reason(server, raw, status,
     assert reason in data
 
 
+async def test_every_error_reply_the_server_gives_itself_is_told_to_the_observer_with_the_request_as_read():
+    """A program counts its replies: those the server gives before or instead of a handler must reach it too."""
+    seen: list[tuple[str | None, str | None, int]] = []
+
+    async def crash(request: Request) -> Response:
+        raise RuntimeError("bug")
+
+    def observe(request: Request | None, peer: str, error) -> None:
+        assert peer.startswith("127.0.0.1:")
+        seen.append((request.path if request else None, request.headers.get("authorization") if request else None, error.status))
+
+    srv = HttpServer({"/echo": echo, "/crash": crash}, max_body_bytes=1000, on_error=observe)
+    _, port = await srv.start("127.0.0.1", 0)
+    try:
+        await exchange(port, b"POST /echo HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 5000\r\n\r\n")
+        await exchange(port, b"DELETE /echo HTTP/1.1\r\nConnection: close\r\n\r\n")
+        await exchange(port, b"GET /crash HTTP/1.1\r\nConnection: close\r\n\r\n")
+        await exchange(port, b"NONSENSE\r\n\r\n")
+        await exchange(port, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n")  # a success is not an error
+    finally:
+        await srv.close()
+    assert seen == [("/echo", "Bearer t", 413), ("/echo", None, 405), ("/crash", None, 500), (None, None, 400)]
+
+
 async def test_too_many_headers_is_431(server):
     headers = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
     data = await exchange(server, b"GET /echo HTTP/1.1\r\n" + headers + b"\r\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,9 +17,9 @@ import pytest
 
 from agents.config import ConfigError
 from agents.probes.mail_roundtrip import RoundtripFailure as Failure
-from agents.results import ProbeResult, ProbeTarget
 from agents.probes.mail_roundtrip import probe
 from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
 from tests.support.mailserver import (
     PROBE,
     USER,
@@ -109,6 +110,37 @@ async def test_imap_roundtrip_reports_send_and_delivery_and_leaves_nothing_behin
     message_id = result.detail.split()[0]
     assert f"message-id={message_id}" in mail.postfix_log.read_text()  # really through Postfix, with its Message-ID
     assert mail.message_count(PROBE) == before
+
+
+def test_run_mode_logs_each_runs_message_id_and_queue_id_at_info(mail: MailSystem, tmp_path: Path) -> None:
+    """Operators find the run's message in the mail server's log by its Message-ID (Postfix: by its queue id)."""
+    port = free_port()
+    config = tmp_path / "agent.yml"
+    config.write_text(
+        f"agent: {{id: roundtrip-log, agency: so-test}}\nlisten: 127.0.0.1:{port}\n"
+        f"modules:\n  roundtrip: {{prober: mail_roundtrip, timeout: 5s, mail_roundtrip: {roundtrip_settings(mail)}}}\n"
+        "targets:\n  - {name: mail-rt, address: 127.0.0.1, module: roundtrip, interval: 10s}\n",
+        encoding="utf-8",
+    )
+    log = tmp_path / "agent.log"
+    argv = [sys.executable, "-m", "agents.cli", "run", "--config", str(config)]  # the default log level: info
+    with running(argv, log_path=str(log), cwd=str(ROOT)) as proc:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        line = _wait_for_line(log, " INFO agents.probes.mail_roundtrip: mail_roundtrip mail-rt: <netmon-roundtrip.")
+    message_id = re.search(r"<netmon-roundtrip\.[^>]+>", line).group(0)
+    queue_id = re.search(r"queued as (\w+)", line).group(1)
+    postfix_log = mail.postfix_log.read_text()
+    assert f"{queue_id}: message-id={message_id}" in postfix_log, line
+
+
+def _wait_for_line(log: Path, wanted: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [line for line in log.read_text(encoding="utf-8").splitlines() if wanted in line]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no log line with {wanted!r}:\n{log.read_text(encoding='utf-8')}")
 
 
 async def test_twenty_rounds_bring_the_mailbox_back_to_its_start_and_keep_other_mail(mail: MailSystem) -> None:

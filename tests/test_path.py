@@ -113,6 +113,13 @@ def test_invalid_triggers_are_rejected_with_file_line_and_key(trigger: str, mess
     assert str(error.value).startswith("agent.yml:11: ") and message in str(error.value)
 
 
+def test_a_trigger_of_a_target_whose_module_failed_adds_no_error_of_its_own() -> None:
+    text = path_config("count: 0", timeout="15s", triggers="  - {path: dc-path, parent: dc-ping}\n")
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "agent.yml")
+    assert str(error.value) == "agent.yml:5: modules.path.path.count: must be between 1 and 1000"
+
+
 def test_a_trigger_whose_parent_is_disabled_waits() -> None:
     disabled = "  - {name: spare, address: 127.0.0.2, module: ping, enabled: false}\n"
     config = parse_config(path_config(timeout="15s", triggers="  - {path: dc-path, parent: spare}\n", extra_targets=disabled))

@@ -20,10 +20,10 @@ import pytest
 from agents.catalog import parse_config
 from agents.config import ConfigError
 from agents.config.model import Target
-from agents.ssh.failures import SshFailure as Failure
-from agents.results import ProbeResult
 from agents.resources import ProbeResources
+from agents.results import ProbeResult
 from agents.runner import run_target
+from agents.ssh.failures import SshFailure as Failure
 from agents.ssh.parsers import ParseError, parse_systemd_unit
 from tests.support.mailserver import running_mail_system
 from tests.support.ports import free_port
@@ -369,7 +369,10 @@ async def test_postfix_queue_counts_deferred_and_held_messages(sshd, keys, resou
     [
         ({}, {"host": "nope", "command": "df"}, "ssh_checks[0].host: unknown ssh host 'nope'"),
         ({}, {"command": "df", "exec": "true"}, "set exactly one of command (a fixed command) and exec"),
-        ({}, {"command": "top"}, "ssh_checks[0].command: unknown command 'top'"),
+        ({}, {"command": "top"}, "ssh_checks[0].command: unknown command 'top'; fixed commands: df [PATH ...], "
+                                 "mailq [CONFIG_DIR], postqueue_json [CONFIG_DIR], systemctl_show UNIT ... (or use exec)"),
+        ({}, {"command": "df var"}, "ssh_checks[0].command: df [PATH ...]: arguments must be absolute paths"),
+        ({}, {"command": "systemctl_show"}, "ssh_checks[0].command: systemctl_show UNIT ...: name at least one unit"),
         ({}, {"command": "df", "labels": {"mountpoint": "x"}}, "label name 'mountpoint' is set by the df check"),
         ({"host_key_fingerprint": None}, {"command": "df"}, "set exactly one of known_hosts and host_key_fingerprint"),
         ({"host_key_fingerprint": "SHA256:short"}, {"command": "df"}, "ssh_hosts.box.host_key_fingerprint: expected"),

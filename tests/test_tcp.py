@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import textwrap
 import time
@@ -13,9 +14,10 @@ from agents.catalog import parse_config
 from agents.config import ConfigError
 from agents.config.model import ModuleConfig
 from agents.probes.tcp import TcpFailure as Failure
-from agents.results import ProbeResult, ProbeTarget
-from agents.resources import ProbeResources
 from agents.probes.tcp import probe
+from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
+from tests.support.blackbox import running_blackbox
 from tests.support.certs import CertFiles, make_ca, make_leaf, make_self_signed
 from tests.support.ports import free_port
 from tests.support.tcpservers import LineServer, server_tls_context, serving
@@ -255,3 +257,44 @@ def test_missing_ca_file_is_rejected_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         tcp_module(f"tls: true\ntls_config: {{ca_file: '{tmp_path / 'absent.pem'}'}}")
     assert "modules.m.tcp.tls_config.ca_file" in str(error.value)
+
+
+def targets_of(module: str, *addresses: str) -> str:
+    listed = "".join(f'  - {{name: t{index}, address: "{address}", module: m}}\n' for index, address in enumerate(addresses))
+    return f"agent: {{id: test-agent, agency: so-test}}\nmodules:\n  m: {module}\ntargets:\n{listed}"
+
+
+def test_a_target_without_a_port_is_rejected_at_load_when_the_module_has_none() -> None:
+    """It used to load and then fail every run with resolve_failed."""
+    with pytest.raises(ConfigError) as error:
+        parse_config(targets_of("{prober: tcp}", "mail.example", "[2001:db8::1]:25", "2001:db8::1", "mail.example:99999"), "t.yml")
+    assert [(one.line, one.path) for one in error.value.each()] == [(5, ("targets", 0, "address")), (7, ("targets", 2, "address")),
+                                                                    (8, ("targets", 3, "address"))]
+    assert "t.yml:5: targets[0].address: 'mail.example' has no port" in str(error.value)
+    assert "write host:port ([v6]:port for IPv6) or set the module's tcp.port" in str(error.value)
+
+
+def test_a_target_without_a_port_loads_when_the_module_sets_one() -> None:
+    config = parse_config(targets_of("{prober: tcp, tcp: {port: 25}}", "mail.example", "2001:db8::1", "[2001:db8::1]:587"))
+    assert [target.address for target in config.targets] == ["mail.example", "2001:db8::1", "[2001:db8::1]:587"]
+
+
+# --- agreement with blackbox_exporter -----------------------------------------------------------
+
+
+BLACKBOX_TCP = "modules:\n  tcp: {prober: tcp, timeout: 2s, tcp: {preferred_ip_protocol: ip4}}\n"
+
+
+async def test_address_hash_is_blackboxs_for_ipv4_ipv6_and_names(tmp_path: Path) -> None:
+    """blackbox hashes the address's bytes (FNV-1a over 4 or 16 bytes), not its text: the same target gives the
+    same probe_ip_addr_hash, so alerts on changes() work across both."""
+    with socket.create_server(("127.0.0.1", 0)) as v4, socket.create_server(("::1", 0), family=socket.AF_INET6) as v6:
+        port4, port6 = v4.getsockname()[1], v6.getsockname()[1]
+        targets = [f"127.0.0.1:{port4}", f"localhost:{port4}", f"[::1]:{port6}"]
+        with running_blackbox(tmp_path, BLACKBOX_TCP) as blackbox:
+            theirs = [await asyncio.to_thread(blackbox, "tcp", target) for target in targets]
+        ours = [await run(target) for target in targets]
+    for target, their, our in zip(targets, theirs, ours):
+        assert their["probe_success"] == 1 and our.success, (target, our.detail)
+        assert value(our, "probe_ip_addr_hash") == their["probe_ip_addr_hash"], target
+    assert value(ours[0], "probe_ip_addr_hash") == 3668918509  # FNV-1a of 127.0.0.1's 4 bytes

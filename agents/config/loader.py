@@ -7,17 +7,21 @@ prober and no domain.
 
 from __future__ import annotations
 
+import re
 import types
+import typing
 from pathlib import Path as FsPath
 from typing import Any, Iterable, Protocol, Sequence, Union
 
 import msgspec
 
-from agents.config.model import AgentConfig, AgentSections, IpProtocol, ModuleConfig, Target
+from agents.config.model import AgentConfig, AgentSections, IpProtocol, ModuleConfig, Target, TargetConfig
 from agents.config.sections import SectionContext, SectionSpec
 from foundation.config.base import (
     ConfigContext,
+    ErrorLog,
     check_interval,
+    format_path,
     parse_listen,
     read_config_file,
     yaml_sections,
@@ -26,9 +30,10 @@ from foundation.config.types import Duration
 from foundation.config.yamlpos import Path
 
 DEFAULT_PORT = 9855
+_KEY_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")  # a name, or an [index]
 RAW_DOC = (
-    "The file's shape: the agent's own keys and those each domain registers. Modules are decoded one by one "
-    "(see loader) so errors keep their key."
+    "The file's shape: the agent's own keys and those each domain registers. Each section, module and entry is "
+    "decoded on its own (see loader), so every error in the file is reported with its key."
 )
 
 
@@ -58,23 +63,27 @@ class AgentConfigSchema:
         return self.from_sections(ctx, sections)
 
     def from_sections(self, ctx: ConfigContext, sections: dict[str, Any]) -> AgentConfig:
-        """The typed config of already-parsed top-level sections (e.g. a local file merged with a served one)."""
-        raw = ctx.convert(sections, self.raw_type, ())
-        context = SectionContext(ctx, raw.defaults, raw.agent.labels)
-        context.check_labels(raw.agent.labels, ("agent", "labels"))
-        if raw.max_concurrent_probes < 1:
-            raise ctx.error(("max_concurrent_probes",), "must be at least 1")
-        host, port = parse_listen(ctx, raw.listen, DEFAULT_PORT)
-        modules = {name: self._build_module(ctx, name, body, raw.defaults.timeout) for name, body in raw.modules.items()}
+        """The typed config of already-parsed top-level sections (e.g. a local file merged with a served one).
+        Every problem is reported at once (ConfigErrors), each unit's first: see foundation ErrorLog."""
+        log = ErrorLog()
+        decoded, kept = self._decode(ctx, sections, log)
+        required = [info.name for info in msgspec.structs.fields(self.raw_type) if info.required]
+        if log.failed(("defaults",)) or any(name not in decoded for name in required):
+            log.raise_any()  # the rest is checked against these (agent, defaults): judging it now would mislead
+        raw = self.raw_type(**decoded)
+        context = SectionContext(ctx, raw.defaults, raw.agent.labels, log, kept)
+        host, port = _check_own_keys(context, raw)
+        modules: dict[str, ModuleConfig[Any]] = {}
+        for name, body in raw.modules.items():
+            with log.unit():
+                modules[name] = self._build_module(ctx, name, body, raw.defaults.timeout)
         targets = _build_targets(context, raw, modules)
-        decoded: dict[type, Any] = {}
+        keys_of: dict[type, Any] = {}
         for section in self.sections:
-            keys = decoded[section.keys] = _keys_of(raw, section.keys)
-            targets += section.expand(keys, context)
-        if raw.push is not None:
-            ctx.check(raw.push.validate, ("push",))
-        if raw.fleet is not None:
-            ctx.check(raw.fleet.validate, ("fleet",))
+            keys = keys_of[section.keys] = _keys_of(raw, section.keys)
+            with log.unit():
+                targets += section.expand(keys, context)
+        log.raise_any()
         return AgentConfig(
             source=ctx.file,
             agent=raw.agent,
@@ -86,8 +95,37 @@ class AgentConfigSchema:
             targets=tuple(targets),
             push=raw.push,
             fleet=raw.fleet,
-            sections=types.MappingProxyType(decoded),
+            sections=types.MappingProxyType(keys_of),
         )
+
+    def _decode(self, ctx: ConfigContext, sections: dict[str, Any], log: ErrorLog) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+        """Each top-level section on its own, and each entry of a list or mapping of structs (targets, ssh_checks,
+        ssh_hosts, snmp_devices) on its own, so one wrong key does not hide the next. Returns the decoded
+        fields, and for each list the original index of every entry kept (errors keep pointing at the file)."""
+        fields = {info.encode_name: info for info in msgspec.structs.fields(self.raw_type)}
+        for key in sections:
+            if key not in fields:
+                log.add(ctx.error((key,), "unknown key (check spelling and indentation)"))
+        decoded: dict[str, Any] = {}
+        kept: dict[str, tuple[int, ...]] = {}
+        for key, info in fields.items():
+            if key not in sections:
+                if info.required:
+                    log.add(ctx.error((), f"missing required key {key!r}"))
+                continue
+            value, entry = sections[key], _entry_struct(info.type)
+            if entry is not None and isinstance(value, list):
+                entries = {index: _decoded(ctx, log, item, entry, (key, index)) for index, item in enumerate(value)}
+                kept[key] = tuple(index for index, item in entries.items() if item is not _FAILED)
+                decoded[info.name] = [entries[index] for index in kept[key]]
+            elif entry is not None and isinstance(value, dict):
+                entries = {name: _decoded(ctx, log, item, entry, (key, name)) for name, item in value.items()}
+                decoded[info.name] = {name: item for name, item in entries.items() if item is not _FAILED}
+            else:
+                item = _decoded(ctx, log, value, info.type, (key,))
+                if item is not _FAILED:
+                    decoded[info.name] = item
+        return decoded, kept
 
     def _build_module(self, ctx: ConfigContext, name: str, body: Any, default_timeout: float) -> ModuleConfig[Any]:
         path: Path = ("modules", name)
@@ -110,8 +148,48 @@ class AgentConfigSchema:
                 check(timeout)
             except ValueError as exc:
                 key, _, message = str(exc).partition(": ")
-                raise ctx.error(path + (prober, key) if message else path + (prober,), message or key) from None
+                raise ctx.error(path + (prober, *_key_path(key)) if message else path + (prober,), message or key) from None
         return ModuleConfig(name, prober, timeout, decoded.preferred_ip_protocol, decoded.ip_protocol_fallback, settings)
+
+
+def _key_path(key: str) -> Path:
+    """`steps[1].url` -> ("steps", 1, "url"), so the error points at that key's own line; a key that does not read
+    back the same (a header name with a dot) stays one part."""
+    parts: list[str | int] = [int(index) if index else name for name, index in _KEY_PART.findall(key)]
+    return tuple(parts) if format_path(tuple(parts)) == key else (key,)
+
+
+def _check_own_keys(context: SectionContext, raw: AgentSections) -> tuple[str, int]:
+    """The agent's own keys beyond their types; the listen address (host, port)."""
+    ctx, log = context.ctx, context.log
+    with log.unit():
+        context.check_labels(raw.agent.labels, ("agent", "labels"))
+    if raw.max_concurrent_probes < 1:
+        log.add(ctx.error(("max_concurrent_probes",), "must be at least 1"))
+    host, port = "", DEFAULT_PORT
+    with log.unit():
+        host, port = parse_listen(ctx, raw.listen, DEFAULT_PORT)
+    for key, section in (("push", raw.push), ("fleet", raw.fleet)):
+        if section is not None:
+            with log.unit():
+                ctx.check(section.validate, (key,))
+    return host, port
+
+
+_FAILED = object()  # an entry that did not decode (its error is logged)
+
+
+def _decoded(ctx: ConfigContext, log: ErrorLog, data: Any, type_: Any, path: Path) -> Any:
+    with log.unit():
+        return ctx.convert(data, type_, path)
+    return _FAILED
+
+
+def _entry_struct(type_: Any) -> type | None:
+    """The struct of a `list[S]` or `dict[str, S]` field (its entries are decoded one by one), else None."""
+    origin, arguments = typing.get_origin(type_), typing.get_args(type_)
+    entry = arguments[0] if origin is list and arguments else arguments[1] if origin is dict and len(arguments) == 2 else None
+    return entry if isinstance(entry, type) and issubclass(entry, msgspec.Struct) else None
 
 
 def _module_type(name: str, settings: type) -> type:
@@ -132,8 +210,8 @@ def _module_type(name: str, settings: type) -> type:
 
 
 def _raw_type(sections: Sequence[SectionSpec[Any]]) -> type:
-    """The whole file's struct: the agent's own keys and every section's, decoded in one pass (so the first
-    error in the file is the one reported, wherever it is)."""
+    """The whole file's struct: the agent's own keys and every section's (the loader decodes it section by
+    section, see `_decode`)."""
     taken = set(AgentSections.__struct_fields__)
     fields: list[tuple[str, Any, Any]] = []
     for section in sections:
@@ -157,21 +235,37 @@ def _keys_of(raw: Any, keys: type[msgspec.Struct]) -> Any:
 
 def _build_targets(context: SectionContext, raw: AgentSections, modules: dict[str, ModuleConfig[Any]]) -> list[Target]:
     targets = []
-    for index, target in enumerate(raw.targets):
-        path: Path = ("targets", index)
-        if not target.name.strip():
-            raise context.error(path + ("name",), "must not be empty")
-        context.claim_name(target.name, path)
-        if target.module not in modules:
-            known = ", ".join(sorted(modules)) or "none defined"
-            raise context.error(path + ("module",), f"unknown module {target.module!r}; modules: {known}")
-        context.check_labels(target.labels, path + ("labels",))
-        if not target.enabled:
-            continue
-        module = modules[target.module]
-        interval = context.interval(target.interval)
-        blame = path + ("interval",) if target.interval is not None else path + ("module",)
-        check_interval(context.ctx, interval, module.timeout, f"module {module.name!r}",
-                       (path + ("interval",), ("modules", module.name, "timeout"), blame))
-        targets.append(context.target(target.name, target.address, module, interval, target.labels, target.all_addresses))
+    for path, target in context.entries("targets", raw.targets):
+        with context.unit():
+            built = _build_target(context, path, target, modules, raw.modules)
+            if built is not None:
+                targets.append(built)
     return targets
+
+
+def _build_target(context: SectionContext, path: Path, target: TargetConfig, modules: dict[str, ModuleConfig[Any]],
+                  defined: dict[str, Any]) -> Target | None:
+    """The target to schedule, or None when disabled or when its module failed to load (reported there)."""
+    if not target.name.strip():
+        raise context.error(path + ("name",), "must not be empty")
+    context.claim_name(target.name, path)
+    if target.module not in modules:
+        if context.failed(("modules", target.module)):
+            return None
+        known = ", ".join(sorted(defined)) or "none defined"  # those that failed to load too: a typo is a typo
+        raise context.error(path + ("module",), f"unknown module {target.module!r}; modules: {known}")
+    context.check_labels(target.labels, path + ("labels",))
+    module = modules[target.module]
+    check_address = getattr(module.settings, "check_address", None)
+    if check_address is not None:
+        try:
+            check_address(target.address)
+        except ValueError as exc:
+            raise context.error(path + ("address",), str(exc)) from None
+    if not target.enabled:
+        return None
+    interval = context.interval(target.interval)
+    blame = path + ("interval",) if target.interval is not None else path + ("module",)
+    check_interval(context.ctx, interval, module.timeout, f"module {module.name!r}",
+                   (path + ("interval",), ("modules", module.name, "timeout"), blame))
+    return context.target(target.name, target.address, module, interval, target.labels, target.all_addresses)

@@ -70,8 +70,8 @@ class FleetConfig(_Strict):
 
 
 class AgentSections(_Strict):
-    """The agent's own top-level keys. The loader adds the keys domains register, decodes the whole file into
-    that struct (`RawAgentConfig`), and decodes modules one by one so errors keep their key."""
+    """The agent's own top-level keys. The loader adds the keys domains register (`RawAgentConfig`) and decodes
+    each section, module and entry on its own, so every error in the file is reported with its key."""
 
     agent: AgentIdentity
     listen: str = DEFAULT_LISTEN

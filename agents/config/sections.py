@@ -7,13 +7,14 @@ The loader imports no domain: the prober table (agents/catalog.py) gives it ever
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 import msgspec
 
 from agents.config.model import Defaults, ModuleConfig, Target
-from foundation.config.base import ConfigContext, ConfigError, format_path
+from foundation.config.base import ConfigContext, ConfigError, ErrorLog, format_path
 from foundation.config.types import Duration
 from foundation.config.yamlpos import Path
 
@@ -21,6 +22,7 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = {"target", "module", "ip", "job", "instance", "le", "quantile", "reason", "phase"}
 
 K = TypeVar("K", bound=msgspec.Struct)
+E = TypeVar("E")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,17 +37,37 @@ class SectionSpec(Generic[K]):
 class SectionContext:
     """One load's view for the sections: errors at a key path, the defaults, the agent's labels, and the target
     names taken so far (targets, then each section in table order), so names stay unique across sections; and the
-    targets made so far, so a section can refer to them (path_triggers names a path target and its parent)."""
+    targets made so far, so a section can refer to them (path_triggers names a path target and its parent).
 
-    def __init__(self, ctx: ConfigContext, defaults: Defaults, agent_labels: dict[str, str]) -> None:
+    Every problem of the file is reported at once: check each independent entry (an ssh host, a check, a
+    device) inside `with context.unit():`, iterate list sections with `entries` (an entry that did not decode
+    is left out, the others keep their index), and skip what refers to an entry that `failed`."""
+
+    def __init__(self, ctx: ConfigContext, defaults: Defaults, agent_labels: dict[str, str], log: ErrorLog | None = None,
+                 kept: dict[str, tuple[int, ...]] | None = None) -> None:
         self.ctx = ctx
         self.defaults = defaults
         self.agent_labels = agent_labels
+        self.log = log if log is not None else ErrorLog()
+        self._kept = kept or {}  # list section -> the index in the file of each entry that decoded
         self._first_defined: dict[str, str] = {}  # target name -> where, e.g. "ssh_checks[2]"
         self._made: dict[str, Target] = {}  # targets made so far, by name
 
     def error(self, path: Path, message: str) -> ConfigError:
         return self.ctx.error(path, message)
+
+    def unit(self) -> AbstractContextManager[None]:
+        """One independent entry: its first ConfigError is recorded and the load goes on with the next."""
+        return self.log.unit()
+
+    def failed(self, path: Path) -> bool:
+        """Whether the entry at `path` (e.g. ("ssh_hosts", "mail")) had a problem already reported."""
+        return self.log.failed(path)
+
+    def entries(self, section: str, items: Sequence[E]) -> Iterator[tuple[Path, E]]:
+        """A list section's decoded entries, each with its key path in the file."""
+        indices = self._kept.get(section, range(len(items)))
+        return (((section, index), item) for index, item in zip(indices, items))
 
     def convert(self, data: Any, type_: Any, path: Path) -> Any:
         return self.ctx.convert(data, type_, path)

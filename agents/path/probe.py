@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-import msgspec
-
 from agents.config.model import ModuleConfig
 from agents.net.icmp_engine import unreachable_failure
 from agents.net.trace_engine import TRACE_ENGINE, TraceRound
@@ -30,6 +28,7 @@ from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve
 from agents.resources import ProbeResources, Resource
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample
+from foundation.config.base import Strict
 from foundation.config.types import Duration
 
 MAX_COUNT = 1000
@@ -66,7 +65,7 @@ PATH_CHANGES = Metric(
 )
 
 
-class PathSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class PathSettings(Strict):
     protocol: Literal["icmp", "udp", "tcp"] = "icmp"  # echo; or udp / tcp SYN to `port` where firewalls drop echo
     port: int | None = None  # udp: default 33434; tcp: required (an open port answers SYN-ACK, a closed one RST)
     count: int = 10  # probes per hop per round

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import msgspec
-
 from agents.config.model import AgentConfig, Target
 from agents.config.sections import SectionContext, SectionSpec
 from agents.probes.icmp import LOSS_RATIO, RTT_AVG
 from agents.probes.tcp import CONNECT_TIME
 from agents.results import Failure, Metric, ProbeResult
+from foundation.config.base import Strict
 from foundation.config.types import Duration
+from foundation.config.yamlpos import Path
 
 PARENT_PROBERS = ("icmp", "tcp")
 NETWORK_FAILURES = frozenset(
@@ -33,7 +33,7 @@ NETWORK_FAILURES = frozenset(
 )
 
 
-class PathTriggerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class PathTriggerConfig(Strict):
     path: str  # a target of the path prober
     parent: str  # an icmp or tcp target whose degradation runs the path target at once
     loss_ratio: float = 0.05  # the parent's loss (icmp) above this share triggers
@@ -41,7 +41,7 @@ class PathTriggerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
     cooldown: Duration = Duration(300)  # at most one triggered trace of the path target per this long
 
 
-class PathTriggerKeys(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class PathTriggerKeys(Strict):
     """The top-level keys the path domain owns (registered by agents/path/probe.py's SPEC)."""
 
     path_triggers: list[PathTriggerConfig] = []  # trace a path when its parent target degrades (docs/configuration.md)
@@ -49,22 +49,24 @@ class PathTriggerKeys(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
 
 def check_triggers(keys: PathTriggerKeys, context: SectionContext) -> list[Target]:
     """Check that each trigger names a path target and an icmp or tcp parent; triggers make no targets."""
-    for index, trigger in enumerate(keys.path_triggers):
-        _check_target(context, ("path_triggers", index, "path"), trigger.path, ("path",))
-        _check_target(context, ("path_triggers", index, "parent"), trigger.parent, PARENT_PROBERS)
-        if not 0 <= trigger.loss_ratio < 1:
-            raise context.error(("path_triggers", index, "loss_ratio"), "must be at least 0 and below 1")
-        if trigger.rtt is not None and trigger.rtt <= 0:
-            raise context.error(("path_triggers", index, "rtt"), "must be greater than 0")
-        if trigger.cooldown <= 0:
-            raise context.error(("path_triggers", index, "cooldown"), "must be greater than 0")
+    for path, trigger in context.entries("path_triggers", keys.path_triggers):
+        with context.unit():
+            _check_target(context, path + ("path",), trigger.path, ("path",))
+            _check_target(context, path + ("parent",), trigger.parent, PARENT_PROBERS)
+            if not 0 <= trigger.loss_ratio < 1:
+                raise context.error(path + ("loss_ratio",), "must be at least 0 and below 1")
+            if trigger.rtt is not None and trigger.rtt <= 0:
+                raise context.error(path + ("rtt",), "must be greater than 0")
+            if trigger.cooldown <= 0:
+                raise context.error(path + ("cooldown",), "must be greater than 0")
     return []
 
 
-def _check_target(context: SectionContext, path: tuple, name: str, probers: tuple[str, ...]) -> None:
+def _check_target(context: SectionContext, path: Path, name: str, probers: tuple[str, ...]) -> None:
     target = context.made(name)
     if target is None:
-        if not context.defined(name):  # a disabled one is fine: its trigger waits until it is enabled
+        # defined but not made: disabled (its trigger waits until it is enabled), or failed (reported there)
+        if not context.defined(name):
             raise context.error(path, f"unknown target {name!r}")
         return
     if target.module.prober not in probers:

@@ -36,3 +36,5 @@ class ProberSpec(Generic[S]):
     host_of: Callable[[str], str] = _whole_address  # host part of a target address
     failures: type[Reasons] = Failure
     section: SectionSpec[Any] | None = None
+    # more lines under a result in `netmon-agent probe --once` (the transaction prober: a table of its steps)
+    result_lines: Callable[[ModuleConfig[Any], ProbeResult], list[str]] | None = None

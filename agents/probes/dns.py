@@ -7,14 +7,18 @@ A module has one of two shapes, checked at load:
 * ours: the module sets ``resolver`` and the target address is the name to ask for, so one module checks many
   names against one resolver. ``resolver: system`` asks the operating system instead (getaddrinfo: /etc/hosts,
   then nsswitch). That path knows only A and AAAA (unset query_type: the module's preferred_ip_protocol with its
-  fallback) and reports only probe_dns_lookup_time_seconds, probe_dns_answer_rrs (distinct addresses) and
-  probe_dns_query_succeeded; validate_answer_rrs sees each address as ``name.<TAB>0<TAB>IN<TAB>A<TAB>address``.
+  fallback) and reports only probe_dns_lookup_time_seconds and probe_dns_query_duration_seconds (both the
+  getaddrinfo time), probe_dns_answer_rrs (distinct addresses) and probe_dns_query_succeeded;
+  validate_answer_rrs sees each address as ``name.<TAB>0<TAB>IN<TAB>A<TAB>address``.
 
 RRs are matched as miekg/dns prints them (``name.<TAB>ttl<TAB>class<TAB>type<TAB>rdata``), so blackbox regexps
 keep working. Where this prober deliberately differs from blackbox_exporter 0.23:
 
-* probe_dns_lookup_time_seconds is the whole lookup (resolve + connect + request); blackbox puts only the time
-  to resolve the resolver's own name there, which stays available as probe_dns_duration_seconds{phase="resolve"}.
+* probe_dns_query_duration_seconds (ours) is the whole query (resolve + connect + request, a TCP retry
+  included), reported when a reply arrived. probe_dns_lookup_time_seconds means what it means in blackbox:
+  the time to resolve the name of the host the probe talks to (the resolver; 0 for an IP literal), the same
+  value as probe_dns_duration_seconds{phase="resolve"}. With ``resolver: system`` the lookup is the query, so
+  both carry the getaddrinfo time.
 * probe_dns_rcode (ours) is the numeric response code: 0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, 5 REFUSED, ...
   A number, not a label, so it adds no series; alert on ``probe_dns_rcode != 0``.
 * RR counts are reported only when a reply arrived (blackbox reports 0 when there was none).
@@ -46,6 +50,7 @@ from agents.probes.base import ProberSpec
 from agents.probes.resolve import DNS_LOOKUP_TIME, ResolveError, resolve, resolve_all, split_host_port
 from agents.resources import ProbeResources
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample, socket_failure
+from foundation.config.types import Choice
 
 if TYPE_CHECKING:
     import dns.message
@@ -57,17 +62,29 @@ AUTHORITY_RRS = Metric("probe_dns_authority_rrs", "Returns number of entries in 
 ADDITIONAL_RRS = Metric("probe_dns_additional_rrs", "Returns number of entries in the additional resource record list")
 QUERY_SUCCEEDED = Metric("probe_dns_query_succeeded", "Displays whether or not the query was executed successfully")
 SERIAL = Metric("probe_dns_serial", "Returns the serial number of the zone")
+QUERY_DURATION = Metric(
+    "probe_dns_query_duration_seconds", "Time from the start of the query to its reply: resolving the resolver, connecting, asking"
+)
 RCODE = Metric("probe_dns_rcode", "Response code of the DNS reply as a number (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, 5 REFUSED)")
 
 DNS_PORT = 53
 SYSTEM = "system"  # `resolver: system`: the operating system's resolver
 
-QueryType = Literal["A", "AAAA", "MX", "TXT", "NS", "SOA", "CNAME", "PTR", "SRV", "CAA", "ANY"]
-QueryClass = Literal["IN", "CH", "HS", "ANY"]
-RcodeName = Literal[
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
-    "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "BADVERS",
-]
+
+# DNS mnemonics are case-insensitive (RFC 1035 master files, dig): `query_type: mx` is MX
+class QueryType(Choice):
+    values = ("A", "AAAA", "MX", "TXT", "NS", "SOA", "CNAME", "PTR", "SRV", "CAA", "ANY")
+
+
+class QueryClass(Choice):
+    values = ("IN", "CH", "HS", "ANY")
+
+
+class RcodeName(Choice):
+    values = (
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+        "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "BADVERS",
+    )
 
 
 class DnsFailure(Failure):
@@ -128,10 +145,10 @@ class DnsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     query_name: str | None = None  # blackbox shape: the target is the resolver
     resolver: str | None = None  # our shape: the target is the name; an address or `system`
     query_type: QueryType | None = None  # unset: ANY (blackbox's default); with `system`, see the module doc
-    query_class: QueryClass = "IN"
+    query_class: QueryClass = QueryClass("IN")
     transport_protocol: Literal["udp", "tcp"] = "udp"
     recursion_desired: bool = True
-    valid_rcodes: tuple[RcodeName, ...] = ("NOERROR",)
+    valid_rcodes: tuple[RcodeName, ...] = (RcodeName("NOERROR"),)
     validate_answer_rrs: RRValidator = RRValidator()
     validate_authority_rrs: RRValidator = RRValidator()
     validate_additional_rrs: RRValidator = RRValidator()
@@ -241,8 +258,7 @@ async def _probe_resolver(
         async with asyncio.timeout(module.timeout):
             resolved = await resolve(host, module.preferred_ip_protocol, module.ip_protocol_fallback, module.timeout)
             phases.resolve = resolved.seconds
-            # the lookup time reported below covers the whole query, not only this resolve
-            samples += [sample for sample in resolved.samples() if sample.metric is not DNS_LOOKUP_TIME]
+            samples += resolved.samples()
             response = await _exchange(query, resolved.ip, port, settings.transport_protocol, phases)
     except TimeoutError:
         return _no_reply(Failure.TIMEOUT, f"no reply from {host}:{port} within {module.timeout:g}s", samples, phases)
@@ -257,7 +273,7 @@ async def _probe_resolver(
     except Exception as exc:  # noqa: BLE001 - dnspython's wire parser may raise others on hostile bytes
         return _no_reply(Failure.PROTOCOL_ERROR, f"unreadable reply from {host}:{port}: {exc!r}", samples, phases)
     samples += phases.samples()
-    samples.append(DNS_LOOKUP_TIME(time.perf_counter() - started))
+    samples.append(QUERY_DURATION(time.perf_counter() - started))
     return _judge(response, settings, samples)
 
 
@@ -392,7 +408,8 @@ async def _probe_system(name: str, module: ModuleConfig[DnsSettings], settings: 
         return ProbeResult.failed(Failure.TIMEOUT, f"resolving {name} timed out", [QUERY_SUCCEEDED(0)])
     except ResolveError as exc:
         return ProbeResult.failed(exc.failure, exc.detail, [QUERY_SUCCEEDED(0)])
-    samples = [DNS_LOOKUP_TIME(addresses[0].seconds), ANSWER_RRS(len(addresses)), QUERY_SUCCEEDED(1)]
+    lookup = addresses[0].seconds
+    samples = [DNS_LOOKUP_TIME(lookup), QUERY_DURATION(lookup), ANSWER_RRS(len(addresses)), QUERY_SUCCEEDED(1)]
     fqdn = name if name.endswith(".") else name + "."
     lines = [f"{fqdn}\t0\tIN\t{'AAAA' if a.family == socket.AF_INET6 else 'A'}\t{a.ip}" for a in addresses]
     failed = _validate("validate_answer_rrs", settings.validate_answer_rrs, lines, samples)

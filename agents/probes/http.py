@@ -21,27 +21,27 @@ import ssl
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Awaitable, Literal, TypeVar
+from typing import Awaitable, Literal, Protocol, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import msgspec
 
-from foundation import __version__
 from agents.config.model import ModuleConfig
-from foundation.config.types import Duration, SecretFile, SecretRef
 from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve
 from agents.probes.tlsinfo import (
     TLS_CONTEXTS,
+    TlsContexts,
     TlsSettings,
     classify_tls_error,
-    TlsContexts,
     fetch_chain,
     session_samples,
     version_ok,
 )
 from agents.resources import ProbeResources
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample, socket_failure
+from foundation import __version__
+from foundation.config.types import Duration, SecretFile, SecretRef
 
 DURATION = Metric("probe_http_duration_seconds", "Duration of http request by phase, summed over all redirects")
 CONTENT_LENGTH = Metric("probe_http_content_length", "Length of http content response")
@@ -63,7 +63,7 @@ CONTENT_AGE = Metric(
 class HttpFailure(Failure):
     HTTP_STATUS = Reason("http_status")  # the final status is not one of valid_status_codes
     HTTP_BODY_MISMATCH = Reason("http_body_mismatch")  # fail_if_body_(not_)matches_regexp
-    HTTP_TOO_MANY_REDIRECTS = Reason("http_too_many_redirects")
+    HTTP_TOO_MANY_REDIRECTS = Reason("http_too_many_redirects")  # more redirects than max_redirects
     HTTP_CONTENT_TOO_OLD = Reason("http_content_too_old")  # max_content_age exceeded, or no Last-Modified
 
 
@@ -257,7 +257,8 @@ class _Chain:
     deadline: float  # time.monotonic()
     contexts: TlsContexts
     context: ssl.SSLContext | None = None  # taken on the first https request
-    cookies: dict[str, dict[str, str]] = field(default_factory=dict)  # per host: cookie-check redirects work
+    jar: "Cookies" = field(default_factory=lambda: HostCookies())  # per host: cookie-check redirects work
+    body_kept: int = 0  # bytes of the final body kept for a caller's queries, whatever the body regexes
 
 
 async def _exchange_chain(
@@ -268,7 +269,13 @@ async def _exchange_chain(
     except ValueError as exc:
         raise _HopFailure(Failure.RESOLVE, f"invalid target URL {target.address!r}: {exc}") from None
     chain = _Chain(first, target.ip, time.monotonic() + module.timeout, resources.get(TLS_CONTEXTS))
-    url, method, body = first, settings.method, settings.body
+    await _follow(first, settings.method, settings.body, chain, module, settings, run)
+
+
+async def _follow(
+    url: Url, method: str, body: str | None, chain: _Chain, module: ModuleConfig, settings: HttpSettings, run: _Run
+) -> None:
+    """One request and the redirects it leads to; the final response and body end up in `run`."""
     while (redirect := await _exchange(url, method, body, chain, module, settings, run)) is not None:
         location = _location(redirect) or ""
         if run.redirects > settings.max_redirects:
@@ -291,15 +298,15 @@ async def _exchange(
         run.tls_samples = []
         if url.https:
             await _handshake(writer, ip, url, chain, settings, trace, run)
-        request = _request_bytes(method, url, chain.first, settings, body, chain.cookies.get(url.host, {}))
+        request = _request_bytes(method, url, chain.first, settings, body, chain.jar.header(url))
         response = await _guarded(_send_and_read_head(reader, writer, request, trace))
         run.response, run.final_https, run.body = response, url.https, None
-        _keep_cookies(response, chain.cookies.setdefault(url.host, {}))
+        chain.jar.keep(url, response)
         if _location(response) is not None:
             run.redirects += 1
             if not settings.no_follow_redirects:
                 return response
-        run.body = await _guarded(_read_body(reader, method, response, settings))
+        run.body = await _guarded(_read_body(reader, method, response, settings, chain.body_kept))
         trace.body_done = time.perf_counter()
         return None
     finally:
@@ -379,6 +386,28 @@ def _redirect_request(status: int, method: str, body: str | None) -> tuple[str, 
     return ("HEAD" if method == "HEAD" else "GET"), None
 
 
+class Cookies(Protocol):
+    """Where a chain's requests take their Cookie header from and put the cookies responses set."""
+
+    def header(self, url: Url) -> str | None: ...
+
+    def keep(self, url: Url, response: Response) -> None: ...
+
+
+class HostCookies:
+    """The http prober's cookies: name -> value per host, for the redirects of one probe."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, dict[str, str]] = {}
+
+    def header(self, url: Url) -> str | None:
+        cookies = self._hosts.get(url.host)
+        return "; ".join(f"{name}={value}" for name, value in cookies.items()) if cookies else None
+
+    def keep(self, url: Url, response: Response) -> None:
+        _keep_cookies(response, self._hosts.setdefault(url.host, {}))
+
+
 def _keep_cookies(response: Response, jar: dict[str, str]) -> None:
     for value in response.values("set-cookie"):
         name, sep, rest = value.partition("=")
@@ -446,7 +475,7 @@ def _authorization(settings: HttpSettings) -> str | None:
 
 
 def _request_bytes(
-    method: str, url: Url, first: Url, settings: HttpSettings, body: str | None, cookies: dict[str, str]
+    method: str, url: Url, first: Url, settings: HttpSettings, body: str | None, cookie: str | None
 ) -> bytes:
     """Request line and headers. Credentials and a configured Host go only to the target's own host."""
     same_host = url.host == first.host
@@ -459,8 +488,8 @@ def _request_bytes(
     authorization = _authorization(settings) if same_host else None
     if authorization is not None:
         headers["authorization"] = ("Authorization", authorization)
-    if cookies:
-        headers["cookie"] = ("Cookie", "; ".join(f"{name}={value}" for name, value in cookies.items()))
+    if cookie:
+        headers["cookie"] = ("Cookie", cookie)
     for name, value in settings.headers.items():
         key = name.lower()
         if key == "authorization" and not same_host:
@@ -563,11 +592,14 @@ def _is_chunked(response: Response) -> bool:
     return bool(codings)
 
 
-async def _read_body(reader: asyncio.StreamReader, method: str, response: Response, settings: HttpSettings) -> Body:
+async def _read_body(
+    reader: asyncio.StreamReader, method: str, response: Response, settings: HttpSettings, keep_at_least: int = 0
+) -> Body:
     chunked = _is_chunked(response)
     declared = -1 if chunked else _declared_length(response)
     body = Body(declared)
     keep = REGEX_BODY_BYTES if settings.fail_if_body_matches_regexp or settings.fail_if_body_not_matches_regexp else 0
+    keep = max(keep, keep_at_least)
     sink = _BodySink(body, keep, settings.body_size_limit, settings.compression)
     if method == "HEAD" or response.status in (101, 204, 304):
         return body
@@ -754,6 +786,18 @@ def _samples(run: _Run) -> list[Sample]:
         if last_modified is not None:
             samples += [LAST_MODIFIED(last_modified), CONTENT_AGE(_content_age(response, last_modified))]
     return samples + run.tls_samples
+
+
+# --- the client as a building block --------------------------------------------------------------------------
+# agents/probes/transaction.py runs each step's request through this client: a chain with its own cookie jar
+# and body size to keep, `follow`, and the phase bookkeeping of one request's run.
+
+Chain = _Chain
+Run = _Run
+HopFailure = _HopFailure
+follow = _follow
+phase_totals = _phase_totals
+current_phase = _current_phase
 
 
 SPEC = ProberSpec("http", HttpSettings, probe, host_of=lambda address: parse_url(address).host, failures=HttpFailure)

@@ -9,35 +9,29 @@ quoted string (non-ASCII, quotes are fine) is sent as a synchronizing literal. m
 from __future__ import annotations
 
 import base64
-import functools
 import itertools
 import re
-import time
 from dataclasses import dataclass
 
 import msgspec
 
 from agents.config.model import ModuleConfig
+from agents.probes import mailproto
 from agents.probes.base import ProberSpec
-from agents.probes.mailproto import MailFailure as Failure  # the mail probers' reasons and the common ones
 from agents.probes.mailproto import (
     Connection,
+    Dialect,
     Endpoint,
+    Greeting,
     MailAuth,
     MailError,
     Phases,
     TlsMode,
-    TlsUpgrade,
-    banner_matches,
     check_common,
-    connect,
     excerpt,
-    secure_and_log_in,
-    summary,
-    target_endpoint,
 )
+from agents.probes.mailproto import MailFailure as Failure  # the mail probers' reasons and the common ones
 from agents.probes.resolve import split_host_port
-from agents.probes.tcp import FAILED_DUE_TO_REGEX
 from agents.probes.tlsinfo import TLS_CONTEXTS, TlsContexts, TlsSettings
 from agents.resources import ProbeResources
 from agents.results import Metric, ProbeResult, ProbeTarget, Sample
@@ -157,6 +151,15 @@ class ImapSession:
                 return _tagged(line, tag, untagged)
             untagged.append(line)
 
+    async def read_greeting(self) -> Greeting:
+        line = await self.read_line()
+        return Greeting(re.match(r"^\* (OK|PREAUTH)\b", line, re.IGNORECASE) is not None, [line], excerpt(line))
+
+    async def start_tls(self) -> None:
+        response = await self.command("STARTTLS")
+        if response.status != "OK":
+            raise MailError(Failure.NO_STARTTLS, f"STARTTLS answered {response}")
+
     async def refresh_capabilities(self) -> None:
         response = await self.command("CAPABILITY")
         if response.status != "OK":
@@ -195,6 +198,15 @@ def _tagged(line: str, tag: str, untagged: list[str]) -> Response:
     return Response(status.upper(), text, tuple(untagged))
 
 
+IMAP = Dialect(
+    session=lambda connection, settings: ImapSession(connection),
+    duration=DURATION,
+    advertised=STARTTLS_ADVERTISED,
+    starttls="STARTTLS",
+    capability_phase="capability",
+)
+
+
 async def open_session(
     endpoint: Endpoint,
     settings: ImapSettings,
@@ -204,75 +216,19 @@ async def open_session(
     samples: list[Sample],
 ) -> ImapSession:
     """Connect, greet, secure as configured and LOGIN when credentials are set."""
-    replay = functools.partial(_to_handshake, endpoint, settings, deadline)
-    upgrade = TlsUpgrade(settings.tls_config, contexts, endpoint.server_name, replay, samples)
-    session = ImapSession(await connect(endpoint, deadline, phases))
-    try:
-        await secure_and_log_in(
-            session, settings, upgrade, phases, samples,
-            greet=lambda: _greeting(session, settings, samples),
-            starttls=lambda: _starttls(session),
-            keyword="STARTTLS",
-            advertised=STARTTLS_ADVERTISED,
-        )
-    except BaseException:
-        session.close()
-        raise
-    return session
-
-
-async def _to_handshake(endpoint: Endpoint, settings: ImapSettings, deadline: float) -> Connection:
-    connection = await connect(endpoint, deadline, Phases(DURATION))
-    if settings.tls == "implicit":
-        return connection
-    session = ImapSession(connection)
-    try:
-        await session.read_line()
-        await _starttls(session)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-async def _greeting(session: ImapSession, settings: ImapSettings, samples: list[Sample]) -> None:
-    line = await session.read_line()
-    if not re.match(r"^\* (OK|PREAUTH)\b", line, re.IGNORECASE):
-        raise MailError(Failure.BAD_BANNER, f"the server greeted with {excerpt(line)}")
-    if settings.banner_regexp is not None:
-        matched = banner_matches(settings.banner_regexp, [line])
-        samples.append(FAILED_DUE_TO_REGEX(0 if matched else 1))
-        if not matched:
-            raise MailError(Failure.BAD_BANNER, f"the greeting {excerpt(line)} does not match {settings.banner_regexp!r}")
-
-
-async def _starttls(session: ImapSession) -> None:
-    response = await session.command("STARTTLS")
-    if response.status != "OK":
-        raise MailError(Failure.NO_STARTTLS, f"STARTTLS answered {response}")
+    return await mailproto.open_session(IMAP, endpoint, settings, contexts, deadline, phases, samples)
 
 
 async def probe(target: ProbeTarget, module: ModuleConfig[ImapSettings], resources: ProbeResources) -> ProbeResult:
-    settings = module.settings
-    deadline = time.monotonic() + module.timeout
-    phases = Phases(DURATION)
-    samples: list[Sample] = []
-    try:
-        endpoint = await target_endpoint(target, settings.default_port, module, settings.tls_config.server_name)
-        samples += endpoint.samples
-        session = await open_session(endpoint, settings, resources.get(TLS_CONTEXTS), deadline, phases, samples)
-        try:
-            if settings.mailbox is not None:
-                with phases.timed("select"):
-                    samples.append(MAILBOX_MESSAGES(await session.open_mailbox(settings.mailbox, read_only=True)))
-            with phases.timed("logout"):
-                await session.logout()
-            detail = summary(session.connection, settings.auth is not None)
-        finally:
-            session.close()
-    except MailError as exc:
-        return ProbeResult.failed(exc.failure, exc.detail, samples + phases.samples())
-    return ProbeResult(success=True, detail=detail, samples=samples + phases.samples())
+    return await mailproto.run_probe(IMAP, target, module, resources.get(TLS_CONTEXTS), _examine_and_log_out)
+
+
+async def _examine_and_log_out(session: ImapSession, settings: ImapSettings, phases: Phases, samples: list[Sample]) -> None:
+    if settings.mailbox is not None:
+        with phases.timed("select"):
+            samples.append(MAILBOX_MESSAGES(await session.open_mailbox(settings.mailbox, read_only=True)))
+    with phases.timed("logout"):
+        await session.logout()
 
 
 SPEC = ProberSpec("imap", ImapSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure)

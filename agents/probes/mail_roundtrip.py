@@ -20,6 +20,7 @@ One run, bounded by the module timeout:
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 import time
@@ -30,7 +31,6 @@ from typing import Callable, Protocol
 import msgspec
 
 from agents.config.model import ModuleConfig
-from foundation.config.types import Duration
 from agents.probes import imap, pop3, smtp
 from agents.probes.base import ProberSpec
 from agents.probes.mailproto import Endpoint, MailError, MailFailure, Phases, resolve_endpoint, target_endpoint
@@ -38,6 +38,9 @@ from agents.probes.resolve import split_host_port
 from agents.probes.tlsinfo import TLS_CONTEXTS, TlsContexts
 from agents.resources import ProbeResources, Resource
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample
+from foundation.config.types import Duration
+
+log = logging.getLogger(__name__)
 
 SEND_SUCCESS = Metric("probe_mail_roundtrip_send_success", "1 if the SMTP server accepted this run's probe message, else 0")
 DELIVERY_SUCCESS = Metric(
@@ -149,6 +152,7 @@ class Sent:
     seconds: float  # connect to accepted
     accepted_at: float  # unix time
     accepted_mono: float  # time.monotonic()
+    reply: str = ""  # the server's 250 to the message, e.g. Postfix's "250 2.0.0 Ok: queued as 4Xc1..."
 
 
 @dataclass(slots=True)
@@ -227,7 +231,7 @@ async def send(endpoint: Endpoint, settings: RoundtripSettings, contexts: TlsCon
         reply = await smtp.read_reply(connection)
         if reply.code != 250:
             raise MailError(MailFailure.MAIL_REJECTED, f"the message was refused: {reply}")
-        sent = Sent(token, message_id, time.perf_counter() - started, time.time(), time.monotonic())
+        sent = Sent(token, message_id, time.perf_counter() - started, time.time(), time.monotonic(), str(reply))
         connection.deadline = min(connection.deadline, time.monotonic() + QUIT_GRACE)
         try:
             await smtp.quit_session(connection)
@@ -415,6 +419,9 @@ async def _roundtrip(run: Run, target: ProbeTarget, module: ModuleConfig[Roundtr
         try:
             endpoint = await target_endpoint(target, settings.smtp.default_port, module, settings.smtp.tls_config.server_name)
             run.sent = await send(endpoint, settings, contexts, deadline, run.token)
+            # the Message-ID (and the server's queue id) to find this run's message in the mail server's log
+            log.info("mail_roundtrip %s: %s accepted by %s:%d: %s", target.name, run.sent.message_id, endpoint.ip, endpoint.port,
+                     run.sent.reply)
         except MailError as exc:
             errors.send = exc
         if watcher is not None and errors.mailbox is None and run.sent is not None:

@@ -1,7 +1,8 @@
 """What the smtp, imap, pop3 and mail_roundtrip probers share: settings pieces, a CRLF line connection bounded
-by one deadline, phase timing, and the TLS upgrade with certificate metrics.
+by one deadline, phase timing, the TLS upgrade with certificate metrics, and the opening of a conversation
+(greeting, capabilities, STARTTLS or implicit TLS, login) with each protocol's differences passed in (Dialect).
 
-Every failure inside a mail conversation is raised as `MailError(failure, detail)`; the prober turns it into a
+Every failure inside a mail conversation is raised as `MailError(failure, detail)`; run_probe turns it into a
 failed ProbeResult with the samples gathered so far. Details quote the server's replies and name the step, never
 what the prober sent, so a password cannot leak into one.
 """
@@ -9,19 +10,20 @@ what the prober sent, so a password cannot leak into one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import ssl
 import time
+from collections.abc import Collection
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator, Literal, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterator, Literal, Protocol, TypeVar
 
 import msgspec
 
 from agents.config.model import ModuleConfig
-from foundation.config.types import SecretFile, SecretRef
-from agents.results import Failure, Metric, ProbeTarget, Reason, Sample, socket_failure
 from agents.probes.resolve import ResolveError, resolve, split_host_port
+from agents.probes.tcp import FAILED_DUE_TO_REGEX
 from agents.probes.tlsinfo import (
     TlsContexts,
     TlsSettings,
@@ -31,6 +33,8 @@ from agents.probes.tlsinfo import (
     session_samples,
     version_ok,
 )
+from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample, socket_failure
+from foundation.config.types import SecretFile, SecretRef
 
 # starttls: upgrade, and fail with no_starttls when the server does not offer it; opportunistic: upgrade when
 # offered, else go on in plain text; implicit: TLS from the first byte (ports 465, 993, 995); none: never TLS.
@@ -271,40 +275,153 @@ def summary(connection: Connection, authenticated: bool) -> str:
     return ", ".join(parts)
 
 
-async def secure_and_log_in(
-    session: Any,
-    settings: Any,
-    upgrade: TlsUpgrade,
-    phases: Phases,
-    samples: list[Sample],
-    *,
-    greet: Callable[[], Awaitable[None]],
-    starttls: Callable[[], Awaitable[None]],
-    keyword: str,
-    advertised: Metric,
-) -> None:
-    """The IMAP and POP3 opening: TLS (implicit, or STARTTLS/STLS as configured), greeting, capabilities, login.
+class MailSettings(Protocol):
+    """What every mail prober's settings have (SmtpSettings, ImapSettings, Pop3Settings)."""
 
-    `session` has `.connection`, `.capabilities`, `refresh_capabilities()` and `login(auth)`; `keyword` is the
-    capability that offers TLS (STARTTLS, STLS) and `starttls` sends the command that starts it.
-    """
+    @property
+    def tls(self) -> TlsMode: ...
+    @property
+    def tls_config(self) -> TlsSettings: ...
+    @property
+    def banner_regexp(self) -> str | None: ...
+    @property
+    def auth(self) -> MailAuth | None: ...
+    @property
+    def default_port(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Greeting:
+    ready: bool  # the server says it will serve us: 220, `* OK` / `* PREAUTH`, `+OK`
+    lines: list[str]  # what the banner_regexp is searched in
+    shown: str  # the excerpt quoted in details
+    samples: tuple[Sample, ...] = ()  # what the protocol reports of it (SMTP: the status code)
+
+
+class MailSession(Protocol):
+    """One conversation as open_session drives it (SmtpSession, ImapSession, Pop3Session)."""
+
+    connection: Connection
+
+    @property
+    def capabilities(self) -> Collection[str]: ...
+    async def read_greeting(self) -> Greeting: ...
+    async def refresh_capabilities(self) -> None: ...
+    async def start_tls(self) -> None: ...  # STARTTLS or STLS, up to where the TLS handshake begins
+    async def login(self, auth: MailAuth) -> None: ...
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=MailSession)
+
+
+def _nothing_required(session: Any, settings: Any) -> None:
+    """IMAP and POP3 require nothing of the capabilities beyond what their login checks."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect(Generic[S]):
+    """Where the openings of SMTP, IMAP and POP3 differ; open_session is the rest."""
+
+    session: Callable[[Connection, Any], S]  # a session over a new connection, with the prober's settings
+    duration: Metric  # the prober's phase durations
+    advertised: Metric  # 1 if the capabilities before TLS offer it
+    starttls: str  # the capability that offers TLS and its command: STARTTLS, STLS
+    capability_phase: str  # the phase that asks for the capabilities: ehlo, capability
+    capabilities_before_starttls: bool = False  # SMTP: a server takes STARTTLS only after EHLO
+    check_capabilities: Callable[[S, Any], None] = _nothing_required  # the final ones, before logging in
+
+
+async def open_session(
+    dialect: Dialect[S], endpoint: Endpoint, settings: MailSettings, contexts: TlsContexts, deadline: float,
+    phases: Phases, samples: list[Sample],
+) -> S:
+    """Connect and go as far as the settings ask: TLS (implicit, or STARTTLS/STLS), greeting and capability
+    checks, login. The session is ready for the prober's own commands."""
+    replay = functools.partial(_to_handshake, dialect, endpoint, settings, deadline)
+    upgrade = TlsUpgrade(settings.tls_config, contexts, endpoint.server_name, replay, samples)
+    session = dialect.session(await connect(endpoint, deadline, phases), settings)
+    try:
+        await _secure_and_log_in(dialect, session, settings, upgrade, phases, samples)
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+async def _secure_and_log_in(
+    dialect: Dialect[S], session: S, settings: MailSettings, upgrade: TlsUpgrade, phases: Phases, samples: list[Sample]
+) -> None:
     if settings.tls == "implicit":
         with phases.timed("tls"):
             await upgrade.secure(session.connection)
     with phases.timed("banner"):
-        await greet()
-    with phases.timed("capability"):
+        _check_greeting(await session.read_greeting(), settings.banner_regexp, samples)
+    with phases.timed(dialect.capability_phase):
         await session.refresh_capabilities()
     if settings.tls != "implicit":
-        samples.append(advertised(1 if keyword in session.capabilities else 0))
-    if settings.tls in ("starttls", "opportunistic") and keyword in session.capabilities:
+        samples.append(dialect.advertised(1 if dialect.starttls in session.capabilities else 0))
+    if settings.tls in ("starttls", "opportunistic") and dialect.starttls in session.capabilities:
         with phases.timed("starttls"):
-            await starttls()
+            await session.start_tls()
             await upgrade.secure(session.connection)
-        with phases.timed("capability"):
-            await session.refresh_capabilities()  # RFC 3501 / RFC 2595: what was said before TLS no longer counts
+        with phases.timed(dialect.capability_phase):
+            await session.refresh_capabilities()  # RFC 3207, 3501, 2595: what was said before TLS no longer counts
     elif settings.tls == "starttls":
-        raise MailError(MailFailure.NO_STARTTLS, f"the server does not offer {keyword}")
+        raise MailError(MailFailure.NO_STARTTLS, f"the server does not offer {dialect.starttls}")
+    dialect.check_capabilities(session, settings)
     if settings.auth is not None:
         with phases.timed("auth"):
             await session.login(settings.auth)
+
+
+def _check_greeting(greeting: Greeting, banner_regexp: str | None, samples: list[Sample]) -> None:
+    samples += greeting.samples
+    if not greeting.ready:
+        raise MailError(MailFailure.BAD_BANNER, f"the server greeted with {greeting.shown}")
+    if banner_regexp is not None:
+        matched = banner_matches(banner_regexp, greeting.lines)
+        samples.append(FAILED_DUE_TO_REGEX(0 if matched else 1))
+        if not matched:
+            raise MailError(MailFailure.BAD_BANNER, f"the greeting {greeting.shown} does not match {banner_regexp!r}")
+
+
+async def _to_handshake(dialect: Dialect[S], endpoint: Endpoint, settings: MailSettings, deadline: float) -> Connection:
+    """A second connection brought to where the TLS handshake starts (to read a failing server's certificates)."""
+    connection = await connect(endpoint, deadline, Phases(dialect.duration))
+    if settings.tls == "implicit":
+        return connection
+    session = dialect.session(connection, settings)
+    try:
+        await session.read_greeting()
+        if dialect.capabilities_before_starttls:
+            await session.refresh_capabilities()
+        await session.start_tls()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+async def run_probe(
+    dialect: Dialect[S], target: ProbeTarget, module: ModuleConfig[Any], contexts: TlsContexts,
+    converse: Callable[[S, Any, Phases, list[Sample]], Awaitable[None]],
+) -> ProbeResult:
+    """One probe: open the session, let the prober `converse` (its own commands, through logging out), close.
+    Every MailError is the failure, with the samples gathered until then."""
+    settings: MailSettings = module.settings
+    deadline = time.monotonic() + module.timeout
+    phases = Phases(dialect.duration)
+    samples: list[Sample] = []
+    try:
+        endpoint = await target_endpoint(target, settings.default_port, module, settings.tls_config.server_name)
+        samples += endpoint.samples
+        session = await open_session(dialect, endpoint, settings, contexts, deadline, phases, samples)
+        try:
+            await converse(session, settings, phases, samples)
+            detail = summary(session.connection, settings.auth is not None)
+        finally:
+            session.close()
+    except MailError as exc:
+        return ProbeResult.failed(exc.failure, exc.detail, samples + phases.samples())
+    return ProbeResult(success=True, detail=detail, samples=samples + phases.samples())

@@ -7,33 +7,27 @@ mail_roundtrip imports `open_session` and `Pop3Session` to watch its probe mailb
 
 from __future__ import annotations
 
-import functools
 import re
-import time
 
 import msgspec
 
 from agents.config.model import ModuleConfig
+from agents.probes import mailproto
 from agents.probes.base import ProberSpec
-from agents.probes.mailproto import MailFailure as Failure  # the mail probers' reasons and the common ones
 from agents.probes.mailproto import (
     Connection,
+    Dialect,
     Endpoint,
+    Greeting,
     MailAuth,
     MailError,
     Phases,
     TlsMode,
-    TlsUpgrade,
-    banner_matches,
     check_common,
-    connect,
     excerpt,
-    secure_and_log_in,
-    summary,
-    target_endpoint,
 )
+from agents.probes.mailproto import MailFailure as Failure  # the mail probers' reasons and the common ones
 from agents.probes.resolve import split_host_port
-from agents.probes.tcp import FAILED_DUE_TO_REGEX
 from agents.probes.tlsinfo import TLS_CONTEXTS, TlsContexts, TlsSettings
 from agents.resources import ProbeResources
 from agents.results import Metric, ProbeResult, ProbeTarget, Sample
@@ -94,6 +88,15 @@ class Pop3Session:
             lines.append(text[1:] if text.startswith(".") else text)
         return status, lines
 
+    async def read_greeting(self) -> Greeting:
+        line = await self.connection.read_line()
+        return Greeting(line.startswith("+OK"), [line], excerpt(line))
+
+    async def start_tls(self) -> None:
+        status = await self.command("STLS")
+        if not status.startswith("+OK"):
+            raise MailError(Failure.NO_STARTTLS, f"STLS answered {excerpt(status)}")
+
     async def refresh_capabilities(self) -> None:
         status, lines = await self.multiline("CAPA")
         self.capabilities = {line.split()[0].upper() for line in lines if line.split()} if status.startswith("+OK") else set()
@@ -122,6 +125,15 @@ class Pop3Session:
         self.connection.close()
 
 
+POP3 = Dialect(
+    session=lambda connection, settings: Pop3Session(connection),
+    duration=DURATION,
+    advertised=STARTTLS_ADVERTISED,
+    starttls="STLS",
+    capability_phase="capability",
+)
+
+
 async def open_session(
     endpoint: Endpoint,
     settings: Pop3Settings,
@@ -131,76 +143,20 @@ async def open_session(
     samples: list[Sample],
 ) -> Pop3Session:
     """Connect, greet, secure as configured and log in when credentials are set."""
-    replay = functools.partial(_to_handshake, endpoint, settings, deadline)
-    upgrade = TlsUpgrade(settings.tls_config, contexts, endpoint.server_name, replay, samples)
-    session = Pop3Session(await connect(endpoint, deadline, phases))
-    try:
-        await secure_and_log_in(
-            session, settings, upgrade, phases, samples,
-            greet=lambda: _greeting(session, settings, samples),
-            starttls=lambda: _stls(session),
-            keyword="STLS",
-            advertised=STARTTLS_ADVERTISED,
-        )
-    except BaseException:
-        session.close()
-        raise
-    return session
-
-
-async def _to_handshake(endpoint: Endpoint, settings: Pop3Settings, deadline: float) -> Connection:
-    connection = await connect(endpoint, deadline, Phases(DURATION))
-    if settings.tls == "implicit":
-        return connection
-    session = Pop3Session(connection)
-    try:
-        await session.status_line()
-        await _stls(session)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-async def _greeting(session: Pop3Session, settings: Pop3Settings, samples: list[Sample]) -> None:
-    line = await session.connection.read_line()
-    if not line.startswith("+OK"):
-        raise MailError(Failure.BAD_BANNER, f"the server greeted with {excerpt(line)}")
-    if settings.banner_regexp is not None:
-        matched = banner_matches(settings.banner_regexp, [line])
-        samples.append(FAILED_DUE_TO_REGEX(0 if matched else 1))
-        if not matched:
-            raise MailError(Failure.BAD_BANNER, f"the greeting {excerpt(line)} does not match {settings.banner_regexp!r}")
-
-
-async def _stls(session: Pop3Session) -> None:
-    status = await session.command("STLS")
-    if not status.startswith("+OK"):
-        raise MailError(Failure.NO_STARTTLS, f"STLS answered {excerpt(status)}")
+    return await mailproto.open_session(POP3, endpoint, settings, contexts, deadline, phases, samples)
 
 
 async def probe(target: ProbeTarget, module: ModuleConfig[Pop3Settings], resources: ProbeResources) -> ProbeResult:
-    settings = module.settings
-    deadline = time.monotonic() + module.timeout
-    phases = Phases(DURATION)
-    samples: list[Sample] = []
-    try:
-        endpoint = await target_endpoint(target, settings.default_port, module, settings.tls_config.server_name)
-        samples += endpoint.samples
-        session = await open_session(endpoint, settings, resources.get(TLS_CONTEXTS), deadline, phases, samples)
-        try:
-            if settings.stat:
-                with phases.timed("stat"):
-                    messages, size = await session.stat()
-                samples += [MAILBOX_MESSAGES(messages), MAILBOX_SIZE(size)]
-            with phases.timed("quit"):
-                await session.quit()
-            detail = summary(session.connection, settings.auth is not None)
-        finally:
-            session.close()
-    except MailError as exc:
-        return ProbeResult.failed(exc.failure, exc.detail, samples + phases.samples())
-    return ProbeResult(success=True, detail=detail, samples=samples + phases.samples())
+    return await mailproto.run_probe(POP3, target, module, resources.get(TLS_CONTEXTS), _stat_and_quit)
+
+
+async def _stat_and_quit(session: Pop3Session, settings: Pop3Settings, phases: Phases, samples: list[Sample]) -> None:
+    if settings.stat:
+        with phases.timed("stat"):
+            messages, size = await session.stat()
+        samples += [MAILBOX_MESSAGES(messages), MAILBOX_SIZE(size)]
+    with phases.timed("quit"):
+        await session.quit()
 
 
 SPEC = ProberSpec("pop3", Pop3Settings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure)

@@ -34,13 +34,14 @@ class Resolved:
         return [
             DNS_LOOKUP_TIME(self.seconds),
             IP_PROTOCOL(6 if self.family == socket.AF_INET6 else 4),
-            IP_ADDR_HASH(_fnv32a(self.ip)),
+            IP_ADDR_HASH(ip_hash(self.ip)),
         ]
 
 
-def _fnv32a(text: str) -> int:
+def ip_hash(ip: str) -> int:
+    """blackbox_exporter's ipHash: FNV-1a (32 bit) over the address's bytes (4 for IPv4, 16 for IPv6, no zone)."""
     value = 0x811C9DC5
-    for byte in text.encode():
+    for byte in ipaddress.ip_address(ip.split("%")[0]).packed:
         value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
     return value
 

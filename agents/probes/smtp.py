@@ -10,34 +10,29 @@ The conversation is also the first half of mail_roundtrip, which imports `open_s
 from __future__ import annotations
 
 import base64
-import functools
 import re
-import time
 from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 
 from agents.config.model import ModuleConfig
+from agents.probes import mailproto
 from agents.probes.base import ProberSpec
-from agents.probes.mailproto import MailFailure as Failure  # the mail probers' reasons and the common ones
 from agents.probes.mailproto import (
     Connection,
+    Dialect,
     Endpoint,
+    Greeting,
     MailAuth,
     MailError,
     Phases,
     TlsMode,
-    TlsUpgrade,
-    banner_matches,
     check_common,
-    connect,
     excerpt,
-    summary,
-    target_endpoint,
 )
+from agents.probes.mailproto import MailFailure as Failure  # the mail probers' reasons and the common ones
 from agents.probes.resolve import split_host_port
-from agents.probes.tcp import FAILED_DUE_TO_REGEX
 from agents.probes.tlsinfo import TLS_CONTEXTS, TlsContexts, TlsSettings
 from agents.resources import ProbeResources
 from agents.results import Metric, ProbeResult, ProbeTarget, Sample
@@ -120,6 +115,68 @@ async def quit_session(connection: Connection) -> None:
         raise MailError(Failure.PROTOCOL_ERROR, f"QUIT answered {reply}")
 
 
+class SmtpSession:
+    """One SMTP conversation (mailproto.MailSession): EHLO names our end as the settings say, AUTH as offered."""
+
+    def __init__(self, connection: Connection, settings: SmtpSettings) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.capabilities: dict[str, list[str]] = {}  # of the last EHLO
+
+    async def read_greeting(self) -> Greeting:
+        reply = await read_reply(self.connection)
+        return Greeting(reply.code == 220, list(reply.lines), str(reply), (BANNER_CODE(reply.code),))
+
+    async def refresh_capabilities(self) -> None:
+        name = self.settings.ehlo or _address_literal(self.connection.local_ip)
+        reply = await command(self.connection, f"EHLO {name}", "EHLO")
+        if reply.code != 250:
+            raise MailError(Failure.PROTOCOL_ERROR, f"EHLO answered {reply}")
+        self.capabilities = parse_capabilities(reply)
+
+    async def start_tls(self) -> None:
+        reply = await command(self.connection, "STARTTLS")
+        if reply.code != 220:
+            raise MailError(Failure.NO_STARTTLS, f"STARTTLS answered {reply}")
+
+    async def login(self, auth: MailAuth) -> None:
+        offered = self.capabilities.get("AUTH", [])
+        mechanism = self.settings.auth_mechanism or ("PLAIN" if "PLAIN" in offered or "LOGIN" not in offered else "LOGIN")
+        if mechanism not in offered:
+            where = "on this connection" if self.connection.ssl_object is not None else "before TLS"
+            raise MailError(Failure.AUTH_UNSUPPORTED, f"AUTH {mechanism} not offered {where} (offered: {' '.join(offered) or 'none'})")
+        if mechanism == "PLAIN":
+            reply = await command(self.connection, "AUTH PLAIN " + _b64(f"\0{auth.username}\0{auth.secret()}"), "AUTH PLAIN")
+        else:
+            reply = await _auth_login(self.connection, auth)
+        if reply.code != 235:
+            raise MailError(Failure.AUTH_FAILED, f"AUTH {mechanism} answered {reply}")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _check_mechanisms(session: SmtpSession, settings: SmtpSettings) -> None:
+    offered = session.capabilities.get("AUTH", [])
+    missing = [mechanism for mechanism in settings.require_auth_mechanisms if mechanism.upper() not in offered]
+    if missing:
+        raise MailError(
+            Failure.AUTH_UNSUPPORTED,
+            f"AUTH {' '.join(missing)} not offered (offered: {' '.join(offered) or 'no AUTH at all'})",
+        )
+
+
+SMTP = Dialect(
+    session=SmtpSession,
+    duration=DURATION,
+    advertised=STARTTLS_ADVERTISED,
+    starttls="STARTTLS",
+    capability_phase="ehlo",
+    capabilities_before_starttls=True,
+    check_capabilities=_check_mechanisms,
+)
+
+
 async def open_session(
     endpoint: Endpoint,
     settings: SmtpSettings,
@@ -129,104 +186,11 @@ async def open_session(
     samples: list[Sample],
 ) -> Connection:
     """Connect and go as far as the settings ask: TLS, banner and EHLO checks, AUTH. Ready for QUIT or MAIL."""
-    replay = functools.partial(_to_handshake, endpoint, settings, deadline)
-    upgrade = TlsUpgrade(settings.tls_config, contexts, endpoint.server_name, replay, samples)
-    connection = await connect(endpoint, deadline, phases)
-    try:
-        if settings.tls == "implicit":
-            with phases.timed("tls"):
-                await upgrade.secure(connection)
-        with phases.timed("banner"):
-            await _greeting(connection, settings, samples)
-        with phases.timed("ehlo"):
-            capabilities = await _ehlo(connection, settings)
-        if settings.tls != "implicit":
-            samples.append(STARTTLS_ADVERTISED(1 if "STARTTLS" in capabilities else 0))
-        if settings.tls in ("starttls", "opportunistic") and "STARTTLS" in capabilities:
-            with phases.timed("starttls"):
-                await _starttls(connection)
-                await upgrade.secure(connection)
-            with phases.timed("ehlo"):
-                capabilities = await _ehlo(connection, settings)
-        elif settings.tls == "starttls":
-            raise MailError(Failure.NO_STARTTLS, "the server does not offer STARTTLS")
-        _check_mechanisms(settings.require_auth_mechanisms, capabilities)
-        if settings.auth is not None:
-            with phases.timed("auth"):
-                await _authenticate(connection, settings, settings.auth, capabilities)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-async def _to_handshake(endpoint: Endpoint, settings: SmtpSettings, deadline: float) -> Connection:
-    """A second connection brought to where the TLS handshake starts (to read a failing server's certificates)."""
-    connection = await connect(endpoint, deadline, Phases(DURATION))
-    if settings.tls == "implicit":
-        return connection
-    try:
-        await read_reply(connection)
-        await _ehlo(connection, settings)
-        await _starttls(connection)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-async def _greeting(connection: Connection, settings: SmtpSettings, samples: list[Sample]) -> None:
-    reply = await read_reply(connection)
-    samples.append(BANNER_CODE(reply.code))
-    if reply.code != 220:
-        raise MailError(Failure.BAD_BANNER, f"the server greeted with {reply}")
-    if settings.banner_regexp is not None:
-        matched = banner_matches(settings.banner_regexp, list(reply.lines))
-        samples.append(FAILED_DUE_TO_REGEX(0 if matched else 1))
-        if not matched:
-            raise MailError(Failure.BAD_BANNER, f"the greeting {reply} does not match {settings.banner_regexp!r}")
-
-
-async def _ehlo(connection: Connection, settings: SmtpSettings) -> dict[str, list[str]]:
-    name = settings.ehlo or _address_literal(connection.local_ip)
-    reply = await command(connection, f"EHLO {name}", "EHLO")
-    if reply.code != 250:
-        raise MailError(Failure.PROTOCOL_ERROR, f"EHLO answered {reply}")
-    return parse_capabilities(reply)
+    return (await mailproto.open_session(SMTP, endpoint, settings, contexts, deadline, phases, samples)).connection
 
 
 def _address_literal(ip: str) -> str:
     return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
-
-
-async def _starttls(connection: Connection) -> None:
-    reply = await command(connection, "STARTTLS")
-    if reply.code != 220:
-        raise MailError(Failure.NO_STARTTLS, f"STARTTLS answered {reply}")
-
-
-def _check_mechanisms(required: list[str], capabilities: dict[str, list[str]]) -> None:
-    offered = capabilities.get("AUTH", [])
-    missing = [mechanism for mechanism in required if mechanism.upper() not in offered]
-    if missing:
-        raise MailError(
-            Failure.AUTH_UNSUPPORTED,
-            f"AUTH {' '.join(missing)} not offered (offered: {' '.join(offered) or 'no AUTH at all'})",
-        )
-
-
-async def _authenticate(connection: Connection, settings: SmtpSettings, auth: MailAuth, capabilities: dict[str, list[str]]) -> None:
-    offered = capabilities.get("AUTH", [])
-    mechanism = settings.auth_mechanism or ("PLAIN" if "PLAIN" in offered or "LOGIN" not in offered else "LOGIN")
-    if mechanism not in offered:
-        where = "on this connection" if connection.ssl_object is not None else "before TLS"
-        raise MailError(Failure.AUTH_UNSUPPORTED, f"AUTH {mechanism} not offered {where} (offered: {' '.join(offered) or 'none'})")
-    if mechanism == "PLAIN":
-        reply = await command(connection, "AUTH PLAIN " + _b64(f"\0{auth.username}\0{auth.secret()}"), "AUTH PLAIN")
-    else:
-        reply = await _auth_login(connection, auth)
-    if reply.code != 235:
-        raise MailError(Failure.AUTH_FAILED, f"AUTH {mechanism} answered {reply}")
 
 
 async def _auth_login(connection: Connection, auth: MailAuth) -> Reply:
@@ -244,23 +208,12 @@ def _b64(text: str) -> str:
 
 
 async def probe(target: ProbeTarget, module: ModuleConfig[SmtpSettings], resources: ProbeResources) -> ProbeResult:
-    settings = module.settings
-    deadline = time.monotonic() + module.timeout
-    phases = Phases(DURATION)
-    samples: list[Sample] = []
-    try:
-        endpoint = await target_endpoint(target, settings.default_port, module, settings.tls_config.server_name)
-        samples += endpoint.samples
-        connection = await open_session(endpoint, settings, resources.get(TLS_CONTEXTS), deadline, phases, samples)
-        try:
-            with phases.timed("quit"):
-                await quit_session(connection)
-            detail = summary(connection, settings.auth is not None)
-        finally:
-            connection.close()
-    except MailError as exc:
-        return ProbeResult.failed(exc.failure, exc.detail, samples + phases.samples())
-    return ProbeResult(success=True, detail=detail, samples=samples + phases.samples())
+    return await mailproto.run_probe(SMTP, target, module, resources.get(TLS_CONTEXTS), _quit)
+
+
+async def _quit(session: SmtpSession, settings: SmtpSettings, phases: Phases, samples: list[Sample]) -> None:
+    with phases.timed("quit"):
+        await quit_session(session.connection)
 
 
 SPEC = ProberSpec("smtp", SmtpSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure)

@@ -14,9 +14,9 @@ from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve, split_host_port
 from agents.probes.tlsinfo import (
     TLS_CONTEXTS,
+    TlsContexts,
     TlsSettings,
     classify_tls_error,
-    TlsContexts,
     fetch_chain,
     session_samples,
     version_ok,
@@ -56,6 +56,13 @@ class TcpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
                     re.compile(step.expect)
                 except re.error as exc:
                     raise ValueError(f"query_response: step {index}: invalid regex {step.expect!r}: {exc}") from None
+
+    def check_address(self, address: str) -> None:
+        """A target address this module can connect to: `host:port`, `[v6]:port`, or a host when `port` is set."""
+        try:
+            split_host_port(address, self.port)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: write host:port ([v6]:port for IPv6) or set the module's tcp.port") from None
 
 
 async def probe(target: ProbeTarget, module: ModuleConfig[TcpSettings], resources: ProbeResources) -> ProbeResult:

@@ -6,26 +6,27 @@ from typing import Any, Callable
 
 from agents.config.model import ModuleConfig, Target
 from agents.config.sections import SectionContext, SectionSpec
+from agents.snmp.schema import Profile, SnmpAuth, SnmpDevice, SnmpSections, SnmpSettings, conflicting_names, load_builtin_profiles
 from foundation.config.base import check_interval
 from foundation.config.yamlpos import Path
-from agents.snmp.schema import Profile, SnmpAuth, SnmpDevice, SnmpSections, SnmpSettings, conflicting_names, load_builtin_profiles
 
 MODULE_NAME = "snmp"  # the `module` label of every device's series
 KEEP_LAST_GOOD_INTERVALS = 3
 
 
 def build_snmp_targets(keys: SnmpSections, context: SectionContext) -> list[Target]:
-    if keys.snmp_max_concurrent_polls < 1:
-        raise context.error(("snmp_max_concurrent_polls",), "must be at least 1")
+    with context.unit():
+        if keys.snmp_max_concurrent_polls < 1:
+            raise context.error(("snmp_max_concurrent_polls",), "must be at least 1")
     auths = _auths(context, keys.snmp_auths)
     profiles = _profiles(context, keys.snmp_profiles)
     targets = []
-    for index, device in enumerate(keys.snmp_devices):
-        path: Path = ("snmp_devices", index)
-        context.claim_name(device.name, path)
-        target = _target(context, path, device, auths, profiles, keys.snmp_max_concurrent_polls)
-        if device.enabled:
-            targets.append(target)
+    for path, device in context.entries("snmp_devices", keys.snmp_devices):
+        with context.unit():
+            context.claim_name(device.name, path)
+            target = _target(context, path, device, auths, profiles, keys.snmp_max_concurrent_polls)
+            if device.enabled and target is not None:
+                targets.append(target)
     return targets
 
 
@@ -35,19 +36,22 @@ SECTION = SectionSpec(SnmpSections, build_snmp_targets)
 def _auths(context: SectionContext, raw: dict[str, dict[str, Any]]) -> dict[str, SnmpAuth]:
     auths: dict[str, SnmpAuth] = {}
     for name, body in raw.items():
-        auth = auths[name] = context.convert(body, SnmpAuth, ("snmp_auths", name))
-        _check(context, ("snmp_auths", name), auth.check)
+        with context.unit():
+            auth = context.convert(body, SnmpAuth, ("snmp_auths", name))
+            _check(context, ("snmp_auths", name), auth.check)
+            auths[name] = auth
     return auths
 
 
 def _profiles(context: SectionContext, custom: dict[str, dict[str, Any]]) -> dict[str, Profile]:
     profiles = load_builtin_profiles()
     for name, body in custom.items():
-        if name in profiles:
-            raise context.error(("snmp_profiles", name), f"{name!r} is a built-in profile; give yours another name")
-        profile = context.convert(body, Profile, ("snmp_profiles", name))
-        _check(context, ("snmp_profiles", name), profile.check)
-        profiles[name] = profile
+        with context.unit():
+            if name in profiles:
+                raise context.error(("snmp_profiles", name), f"{name!r} is a built-in profile; give yours another name")
+            profile = context.convert(body, Profile, ("snmp_profiles", name))
+            _check(context, ("snmp_profiles", name), profile.check)
+            profiles[name] = profile
     return profiles
 
 
@@ -71,7 +75,10 @@ def _key_path(key: str) -> Path:
 
 
 def _target(context: SectionContext, path: Path, device: SnmpDevice, auths: dict[str, SnmpAuth], profiles: dict[str, Profile],
-            max_concurrent_polls: int) -> Target:
+            max_concurrent_polls: int) -> Target | None:
+    """The device's target, or None when its auth or a profile failed to load (reported there)."""
+    if context.failed(("snmp_auths", device.auth)) or any(context.failed(("snmp_profiles", name)) for name in device.profiles):
+        return None
     auth = auths.get(device.auth)
     if auth is None:
         raise context.error(path + ("auth",), f"unknown auth {device.auth!r}; snmp_auths: {', '.join(sorted(auths)) or 'none defined'}")

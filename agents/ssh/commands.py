@@ -53,18 +53,30 @@ def _systemctl_show(units: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Fixed:
+class FixedCommand:
+    """A command a check may name: how its arguments become an argv, and how the reference documents it."""
+
     argv: Callable[[list[str]], list[str]]  # arguments from the config -> argv, or ValueError
     parser: str
+    usage: str  # the argument form after the name, e.g. "[PATH ...]"
+    arguments: str  # what the arguments are
+    example: str  # example arguments, to show the command line sent (docs/reference/agent.md)
     fallback: str | None = None  # name of another fixed command, given the same arguments
 
 
-FIXED_COMMANDS: dict[str, _Fixed] = {
-    # Postfix >= 3.1; older ones refuse -j, and the same queue listing comes from `postqueue -p` (mailq)
-    "postqueue_json": _Fixed(_postqueue("-j"), "postfix_queue", fallback="mailq"),
-    "mailq": _Fixed(_postqueue("-p"), "postfix_queue"),
-    "df": _Fixed(_df, "df"),
-    "systemctl_show": _Fixed(_systemctl_show, "systemd_unit"),
+FIXED_COMMANDS: dict[str, FixedCommand] = {
+    "postqueue_json": FixedCommand(
+        _postqueue("-j"), "postfix_queue", "[CONFIG_DIR]", "the absolute path of a Postfix config directory "
+        "(another instance); none: the default instance", "/etc/postfix-out",
+        # Postfix >= 3.1; older ones refuse -j, and the same queue listing comes from `postqueue -p` (mailq)
+        fallback="mailq",
+    ),
+    "mailq": FixedCommand(_postqueue("-p"), "postfix_queue", "[CONFIG_DIR]", "as postqueue_json", ""),
+    "df": FixedCommand(_df, "df", "[PATH ...]", "absolute paths: report only their filesystems; none: every one", "/var /"),
+    "systemctl_show": FixedCommand(
+        _systemctl_show, "systemd_unit", "UNIT ...", "at least one unit name (templates and escapes allowed)",
+        "postfix.service dovecot.service",
+    ),
 }
 
 
@@ -76,8 +88,12 @@ def fixed_command(text: str) -> Command:
     name, *arguments = words
     fixed = FIXED_COMMANDS.get(name)
     if fixed is None:
-        raise ValueError(f"unknown command {name!r}; fixed commands: {', '.join(sorted(FIXED_COMMANDS))} (or use exec)")
-    line = command_line(fixed.argv(arguments))
+        forms = ", ".join(f"{known} {command.usage}" for known, command in sorted(FIXED_COMMANDS.items()))
+        raise ValueError(f"unknown command {name!r}; fixed commands: {forms} (or use exec)")
+    try:
+        line = command_line(fixed.argv(arguments))
+    except ValueError as exc:
+        raise ValueError(f"{name} {fixed.usage}: {exc}") from None
     fallback = command_line(FIXED_COMMANDS[fixed.fallback].argv(arguments)) if fixed.fallback else None
     return Command(line, fixed.parser, fallback)
 

@@ -4,27 +4,30 @@ from __future__ import annotations
 
 from agents.config.model import ModuleConfig, Target
 from agents.config.sections import SectionContext, SectionSpec
-from foundation.config.base import check_interval
-from foundation.config.yamlpos import Path
 from agents.ssh.commands import Command, exec_command, fixed_command
 from agents.ssh.config import SshCheck, SshCheckConfig, SshHost, SshHostConfig, SshSections
 from agents.ssh.hostkeys import FINGERPRINT, HostKeyPolicy
 from agents.ssh.parsers import PARSERS
+from foundation.config.base import check_interval
+from foundation.config.yamlpos import Path
 
 HOST_LABEL = "ssh_host"  # every check's series carry the name of its host
 
 
 def build_ssh_targets(keys: SshSections, context: SectionContext) -> list[Target]:
-    hosts = {name: _host(context, name, config) for name, config in keys.ssh_hosts.items()}
+    hosts: dict[str, SshHost] = {}
+    for name, config in keys.ssh_hosts.items():
+        with context.unit():
+            hosts[name] = _host(context, name, config)
     targets = []
-    for index, check in enumerate(keys.ssh_checks):
-        path: Path = ("ssh_checks", index)
-        if not check.name.strip():
-            raise context.error(path + ("name",), "must not be empty")
-        context.claim_name(check.name, path)
-        target = _target(context, path, check, hosts)
-        if check.enabled:
-            targets.append(target)
+    for path, check in context.entries("ssh_checks", keys.ssh_checks):
+        with context.unit():
+            if not check.name.strip():
+                raise context.error(path + ("name",), "must not be empty")
+            context.claim_name(check.name, path)
+            target = _target(context, path, check, hosts)
+            if check.enabled and target is not None:
+                targets.append(target)
     return targets
 
 
@@ -71,9 +74,12 @@ def _command(context: SectionContext, path: Path, check: SshCheckConfig) -> Comm
         raise context.error(path + (key,), str(exc)) from None
 
 
-def _target(context: SectionContext, path: Path, check: SshCheckConfig, hosts: dict[str, SshHost]) -> Target:
+def _target(context: SectionContext, path: Path, check: SshCheckConfig, hosts: dict[str, SshHost]) -> Target | None:
+    """The check's target, or None when its host failed to load (reported there)."""
     host = hosts.get(check.host)
     if host is None:
+        if context.failed(("ssh_hosts", check.host)):
+            return None
         known = ", ".join(sorted(hosts)) or "none defined"
         raise context.error(path + ("host",), f"unknown ssh host {check.host!r}; ssh_hosts: {known}")
     command = _command(context, path, check)

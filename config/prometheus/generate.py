@@ -416,9 +416,15 @@ SERVERS = RuleFile(
     ])],
 )
 
+FAILURE_REASON = (
+    '{{ range printf "probe_failure_info{agency=%q, agent=%q, target=%q}" $labels.agency $labels.agent $labels.target'
+    " | query }}{{ .Labels.reason }}{{ end }}"
+)
+
 PORTALS = RuleFile(
     "Web portals and services (http prober): the provincial portal, the public-services portal, document\n"
-    "management and interconnection endpoints. http targets are recognised by probe_http_status_code.",
+    "management and interconnection endpoints. http targets are recognised by probe_http_status_code.\n"
+    "Transactions (multi-step checks, docs/transactions.md) by probe_transaction_failed_step, which names the step.",
     [Group("netmon-portals", [
         Alert(
             "NetmonPortalDown", named("probe_success == 0\nand on (agency, agent, target, module) probe_http_status_code"),
@@ -442,6 +448,22 @@ PORTALS = RuleFile(
                 """The page probed as {{ $labels.target }} by {{ $labels.name }} ({{ $labels.agency }}) was last
                 modified {{ $value | humanizeDuration }} ago (Last-Modified; threshold 7 days): the publishing system
                 may be stuck, or a cache serves an old copy.""",
+            ),
+        ),
+        Alert(
+            "NetmonTransactionFailing", named("probe_transaction_failed_step > 0"), "5m", "critical", "target",
+            Text('Giao dịch {{ $labels.target }} lỗi ở bước "{{ $labels.step }}" ({{ $labels.name }})',
+                 'Transaction {{ $labels.target }} fails at step "{{ $labels.step }}" ({{ $labels.name }})'),
+            Text(
+                """Phép đo nhiều bước {{ $labels.target }} (module {{ $labels.module }}) từ agent {{ $labels.agent }}
+                của {{ $labels.name }} ({{ $labels.agency }}) thất bại ở bước {{ $value | printf "%.0f" }}
+                "{{ $labels.step }}" liên tục trong 5 phút, lỗi """ + FAILURE_REASON + """: người dùng không hoàn
+                thành được giao dịch này (đăng nhập, tra cứu thủ tục, hoặc gọi dịch vụ liên thông văn bản).""",
+                """The multi-step check {{ $labels.target }} (module {{ $labels.module }}) from agent
+                {{ $labels.agent }} of {{ $labels.name }} ({{ $labels.agency }}) has failed at step
+                {{ $value | printf "%.0f" }} "{{ $labels.step }}" for 5 minutes, with """ + FAILURE_REASON + """:
+                users cannot complete it (login, procedure search, or a call to the document interconnection
+                service).""",
             ),
         ),
     ])],

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import re
+from contextlib import contextmanager
 from pathlib import Path as FsPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import msgspec
+from msgspec import inspect as mi
 
 from foundation.config.types import FilePath, SecretFile, SecretRef, decode_hook
 from foundation.config.yamlpos import Path, PositionedData, YamlError, load_yaml
@@ -31,6 +33,57 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         where = format_path(self.path)
         return f"{self.file}:{self.line}: {where}: {self.message}" if where else f"{self.file}:{self.line}: {self.message}"
+
+    def each(self) -> tuple[ConfigError, ...]:
+        """The single problems this error stands for: itself, or every one a ConfigErrors holds."""
+        return (self,)
+
+
+class ConfigErrors(ConfigError):
+    """Every problem one load found, sorted by line; str() is one `file:line: key: message` line each. Its own
+    file, line, path and message are the first problem's, so a caller that knows only ConfigError still works."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        self.errors = tuple(sorted((one for error in errors for one in error.each()), key=lambda e: (e.file, e.line)))
+        first = self.errors[0]
+        super().__init__(first.file, first.line, first.path, first.message)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(error) for error in self.errors)
+
+    def each(self) -> tuple[ConfigError, ...]:
+        return self.errors
+
+
+class ErrorLog:
+    """The problems of one load, gathered unit by unit (a section, a module, a target, an ssh or snmp entry):
+    msgspec stops at the first error of one conversion and a check at its first problem, so each unit reports
+    its first problem and the load goes on with the next unit; `raise_any` then raises them all at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    @contextmanager
+    def unit(self) -> Iterator[None]:
+        """Run one independent unit: a ConfigError it raises is recorded, not propagated."""
+        try:
+            yield
+        except ConfigError as error:
+            self.add(error)
+
+    def add(self, error: ConfigError) -> None:
+        self.errors.extend(error.each())
+
+    def failed(self, path: Path) -> bool:
+        """Whether a problem was found at, inside or above `path`, so what refers to it is not judged again
+        (a target naming a module that failed to load is not also "unknown")."""
+        return any(
+            error.path[: len(path)] == path or (error.path and path[: len(error.path)] == error.path) for error in self.errors
+        )
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise self.errors[0] if len(self.errors) == 1 else ConfigErrors(self.errors)
 
 
 def format_path(path: Path) -> str:
@@ -64,6 +117,10 @@ class ConfigContext:
             if unknown:
                 sub_path += (unknown.group(1),)
                 message = "unknown key (check spelling and indentation)"
+            enum = re.match(r"Invalid enum value (.*)", message)
+            values = _literal_values(mi.type_info(type_), sub_path) if enum else None
+            if enum and values:
+                message = f"invalid value {enum.group(1)}; expected one of: {', '.join(str(value) for value in values)}"
             raise self.error(path + sub_path, message) from None
 
     def check(self, validate: Callable[[], None], path: Path) -> None:
@@ -73,6 +130,26 @@ class ConfigContext:
         except ValueError as exc:
             key, _, message = str(exc).partition(": ")
             raise self.error(path + tuple(key.split(".")), message) from None
+
+
+def _literal_values(info: mi.Type, path: Path) -> tuple[Any, ...] | None:
+    """The values of the Literal at `path` inside a type, to list them when a value is not one of them."""
+    if isinstance(info, mi.UnionType):
+        found = (_literal_values(member, path) for member in info.types if not isinstance(member, mi.NoneType))
+        return next((values for values in found if values), None)
+    if not path:
+        return info.values if isinstance(info, mi.LiteralType) else None
+    key, rest = path[0], path[1:]
+    if isinstance(info, mi.StructType):
+        field = next((field for field in info.fields if field.encode_name == key), None)
+        return _literal_values(field.type, rest) if field is not None else None
+    if isinstance(info, (mi.ListType, mi.VarTupleType, mi.SetType, mi.FrozenSetType)):
+        return _literal_values(info.item_type, rest)
+    if isinstance(info, mi.TupleType) and isinstance(key, int) and key < len(info.item_types):
+        return _literal_values(info.item_types[key], rest)
+    if isinstance(info, mi.DictType):
+        return _literal_values(info.value_type, rest)
+    return None
 
 
 def _parse_msgspec_path(text: str) -> Path:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}  # Prometheus's
+DURATION_UNITS = tuple(_UNIT_SECONDS)
+_DURATION_PART = re.compile(rf"(\d+(?:\.\d+)?)({'|'.join(DURATION_UNITS)})")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -31,7 +32,7 @@ class Duration(float):
             total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
         if pos != len(text) or not text:
-            raise ValueError(f"invalid duration {text!r}: use a number with a unit ms, s, m, h, d, e.g. '15s' or '1m30s'")
+            raise ValueError(f"invalid duration {text!r}: use a number with a unit {', '.join(DURATION_UNITS)}, e.g. '15s' or '1m30s'")
         return cls(total)
 
     def __str__(self) -> str:
@@ -104,12 +105,29 @@ class FilePath(str):
         return cls(text)
 
 
+class Choice(str):
+    """One of a fixed set of words that are case-insensitive by nature (DNS types, classes, rcodes): `mx` is
+    accepted as `MX`, and the config holds the canonical spelling. A subclass lists its `values`."""
+
+    values: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def parse(cls, text: Any) -> "Choice":
+        if isinstance(text, str):
+            for value in cls.values:
+                if value.casefold() == text.casefold():
+                    return cls(value)
+        raise ValueError(f"invalid value {text!r}; expected one of: {', '.join(cls.values)} (in any case)")
+
+
 _PARSERS = {Duration: Duration.parse, SecretRef: SecretRef.parse, SecretFile: SecretFile.parse, FilePath: FilePath.parse}
 
 
 def decode_hook(type_: type, value: Any) -> Any:
     """msgspec dec_hook: a ValueError raised here becomes a ValidationError with the key path."""
     parser = _PARSERS.get(type_)
+    if parser is None and isinstance(type_, type) and issubclass(type_, Choice):
+        parser = type_.parse
     if parser is None:
         raise NotImplementedError(f"no decoder for {type_!r}")
     return parser(value)

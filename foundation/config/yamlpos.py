@@ -7,6 +7,7 @@ keys, which PyYAML silently collapses, are rejected here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +49,19 @@ def load_yaml(text: str) -> PositionedData:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise YamlError(f"YAML syntax error: {exc.problem or exc}", line) from None
+        raise YamlError(f"YAML syntax error: {exc.problem or exc}{_hint(text, mark)}", line) from None
     finally:
         loader.dispose()
+
+
+def _hint(text: str, mark: yaml.Mark | None) -> str:
+    """What to do when the error is at the `{` of an unquoted `${VAR}`: inside `{ }` or `[ ]` YAML reads that `{`
+    as the start of a mapping, so a secret reference there must be quoted."""
+    if mark is None or text[max(mark.index - 1, 0) : mark.index + 1] != "${":
+        return ""
+    reference = re.match(r"\$\{[^}\s,\]]*\}?", text[mark.index - 1 :])
+    quoted = reference.group(0) if reference else "${VAR}"
+    return f"; a reference inside {{ }} or [ ] must be quoted: '{quoted}'"
 
 
 def _build(node: yaml.Node, path: Path, loader: yaml.SafeLoader, lines: dict[Path, int]) -> Any:

@@ -407,7 +407,7 @@ def garbage_bodies() -> list[bytes]:
         compress(os.urandom(2048)),
         announced_huge,
         unsorted,
-        encode([make_series("probe_success", {"target": "x"}, ((now_ms, math.inf),))]),
+        compress(_write_request_raw([("__name__", "probe success")], 1.0, now_ms)),  # invalid metric name
         encode([make_series("netmon_agent_up", {"target": "x"}, ((now_ms, 1.0),))]),
         encode([make_series("probe_success", {"target": "x"}, ((now_ms, STALE_NAN),))])[:-3],  # cut short
     ]

@@ -24,3 +24,14 @@ def require_binary(name: str, package: str | None = None) -> str:
 def require_root(reason: str) -> None:
     if os.geteuid() != 0:
         pytest.fail(f"this test needs root ({reason}); run the test suite as root as CI does", pytrace=False)
+
+
+def require_module(name: str, package: str) -> None:
+    """A Python package a test's peer needs (from the `test` extra), or a failing test that says how to get it."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        pytest.fail(
+            f"{package} is required by this test but not installed; run scripts/setup (it installs the `test` extra)",
+            pytrace=False,
+        )

@@ -4,6 +4,7 @@ VictoriaMetrics, each on a free loopback port with its data in a directory of th
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -89,6 +90,9 @@ def stored_samples(peer: Peer, selector: str, window: str = "10m") -> dict[tuple
     return out
 
 
+INFINITE_VALUE = re.compile(r"(?<=[\[,])([+-])Inf(?=[,\]])")  # VictoriaMetrics exports ±Inf values as bare +Inf/-Inf, not JSON
+
+
 def victoria_metrics_export(peer: Peer, selector: str) -> dict[tuple, list[tuple[int, float]]]:
     """Every raw sample VictoriaMetrics holds for selector (after a flush), by sorted label set."""
     urllib.request.urlopen(f"{peer.url}/internal/force_flush", timeout=10).read()
@@ -97,7 +101,7 @@ def victoria_metrics_export(peer: Peer, selector: str) -> dict[tuple, list[tuple
         lines = reply.read().decode("utf-8").splitlines()
     out: dict[tuple, list[tuple[int, float]]] = {}
     for line in lines:
-        series = json.loads(line)
+        series = json.loads(INFINITE_VALUE.sub(lambda sign: "Infinity" if sign[1] == "+" else "-Infinity", line))
         key = tuple(sorted(series["metric"].items()))
         out.setdefault(key, []).extend(zip(series["timestamps"], series["values"]))
     return {key: sorted(samples) for key, samples in out.items()}
