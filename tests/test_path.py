@@ -275,6 +275,17 @@ def test_the_cli_prints_an_mtr_like_table() -> None:
     assert lines[-1] == "destination reached at hop 1; no fault"
 
 
+def test_probe_once_shows_the_hops_under_the_result(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yml"
+    config.write_text(path_config("count: 2, packet_interval: 20ms"))
+    done = subprocess.run([sys.executable, "-m", "agents.cli", "probe", "--config", str(config), "--once", "--target", "dc-path"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2:5] == ["", "dc-path:", "  TTL  ADDRESS    LOSS%  SNT  RCV  AVG"]
+    assert lines[5].split()[:5] == ["1", "127.0.0.1", "0.0", "2", "2"]
+
+
 def test_the_cli_refuses_settings_out_of_bounds() -> None:
     done = subprocess.run([sys.executable, "-m", "agents.cli", "trace", "127.0.0.1", "--max-hops", "0"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)

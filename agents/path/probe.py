@@ -269,4 +269,27 @@ def module_for(settings: PathSettings, preferred_ip_protocol: Literal["ip4", "ip
     return ModuleConfig("trace", "path", timeout, preferred_ip_protocol, True, settings)
 
 
-SPEC = ProberSpec("path", PathSettings, probe, section=SECTION)
+def hop_lines(module: ModuleConfig[PathSettings], result: ProbeResult) -> list[str]:
+    """The hops of one result as a table, for `netmon-agent probe --once`."""
+    hops: dict[int, dict[str, float | str]] = {}
+    for sample in result.samples:
+        labels = dict(sample.labels)
+        if "ttl" in labels:
+            hop = hops.setdefault(int(labels["ttl"]), {"address": labels.get("hop_address") or "???"})
+            hop[sample.metric.name] = sample.value
+    fault = next((int(s.value) for s in result.samples if s.metric is FAULT_HOP), 0)
+    rows = [("TTL", "ADDRESS", "LOSS%", "SNT", "RCV", "AVG")]
+    for ttl, hop in sorted(hops.items()):
+        loss = hop.get(HOP_LOSS.name)
+        average = hop.get(HOP_RTT_AVG.name)
+        rows.append((
+            str(ttl), str(hop["address"]), "silent" if loss is None else f"{float(loss) * 100:.1f}",
+            f"{hop.get(HOP_SENT.name, 0):.0f}", f"{hop.get(HOP_RECEIVED.name, 0):.0f}",
+            "" if average is None else f"{float(average) * 1000:.3f}ms",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return lines + ([f"fault: loss persists from hop {fault} to the end of the path"] if fault else [])
+
+
+SPEC = ProberSpec("path", PathSettings, probe, section=SECTION, result_lines=hop_lines)
