@@ -187,6 +187,46 @@ def _probe_once_as_nobody(chain: Chain, config: Path) -> dict[str, dict]:
     return {entry["target"]: entry for entry in json.loads(done.stdout)["results"]}
 
 
+BUSY_LOOP_TRACE = """
+import asyncio, json, sys, time
+from agents.path.probe import PathSettings, module_for, trace_path
+from agents.resources import ProbeResources
+from foundation.config.types import Duration
+
+async def main():
+    resources = ProbeResources()
+    module = module_for(PathSettings(protocol=sys.argv[2], port=int(sys.argv[3]) or None, count=1, max_hops=4,
+                                     packet_interval=Duration(0.1)))
+    # The kernel turns receive timestamps on machine-wide, from a work queue, when the first socket asks for them;
+    # until then it stamps a packet when it is read. A first trace (and a moment) lets that happen.
+    await trace_path(sys.argv[1], module, resources)
+    await asyncio.sleep(0.2)
+    asyncio.get_running_loop().call_soon(time.sleep, 0.3)  # the loop is blocked while every answer arrives
+    report = await trace_path(sys.argv[1], module, resources)
+    resources.close()
+    print(json.dumps([hop.rtt_max for hop in report.hops]))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("protocol", "port", "unprivileged"), [("icmp", 0, False), ("icmp", 0, True), ("udp", 33434, True)])
+def test_hop_rtts_come_from_kernel_timestamps_not_from_a_busy_event_loop(
+    chain: Chain, protocol: str, port: int, unprivileged: bool
+) -> None:
+    # raw ICMP reads time exceeded as packets; datagram ICMP and UDP read it from the error queue, stamped too
+    ns_exec(chain.agency, ["sysctl", "-q", "-w", OPEN_PING_GROUPS if unprivileged else "net.ipv4.ping_group_range=1 0"], check=True)
+    prefix, python, env = (), sys.executable, None
+    if unprivileged:
+        prefix, python = AS_NOBODY, str(SYSTEM_PYTHON)
+        env = {"PYTHONPATH": f"{REPO_ROOT}:{sysconfig.get_paths()['purelib']}", "PATH": "/usr/bin:/bin"}
+    argv = [*prefix, python, "-c", BUSY_LOOP_TRACE, SERVER_IP, protocol, str(port)]
+    done = ns_exec(chain.agency, argv, cwd=REPO_ROOT, timeout=CLI_TIMEOUT, env=env)
+    assert done.returncode == 0, done.stderr
+    rtts = json.loads(done.stdout)
+    assert len(rtts) == 4 and all(rtt is not None and rtt < 0.01 for rtt in rtts), rtts
+
+
 @pytest.mark.parametrize(("protocol", "port"), [("udp", "33434"), ("tcp", "443")])
 def test_udp_and_tcp_traces_need_no_privilege_at_all(chain: Chain, protocol: str, port: str) -> None:
     # no ping_group_range: ICMP sockets are refused to nobody, UDP and TCP sockets are not

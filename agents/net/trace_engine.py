@@ -259,6 +259,11 @@ class SocketProbes:
         self._keys = itertools.count()
         self._probes: dict[int, tuple[socket.socket, TraceRound, int]] = {}  # key -> (socket, round, send time ns)
         self._buffer = bytearray(READ_BYTES)
+        # The kernel stamps packets on arrival only while some socket asks for timestamps: it turns that on (and,
+        # after the last such socket closes, off) machine-wide from a work queue, and meanwhile stamps a packet
+        # when it is read. Probe sockets live for milliseconds; this one keeps the stamping on between them.
+        self._keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
     def send(self, trace: TraceRound, ttl: int) -> int:
         tcp = trace.protocol == "tcp"
@@ -296,6 +301,7 @@ class SocketProbes:
             self._close(key)
         for trace in rounds:
             trace.close()
+        self._keeper.close()
 
     def _close(self, key: int) -> None:
         sock, trace, _ = self._probes.pop(key)
