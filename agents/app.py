@@ -10,25 +10,27 @@ import signal
 import sys
 import time
 
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from foundation import __version__
 from agents.config import AgentConfig, ConfigError, Target
 from agents.config.model import FleetConfig
-from foundation.config.remote_write import PushConfig
 from agents.exposition import FamiliesCollector, render_chunks, result_families
 from agents.fleet import ConfigInfoCollector, FleetSync, Served, load_agent_config
 from agents.host.collector import HostCollector
 from agents.host.config import host_config
-from foundation.httpserver import HttpError, HttpServer, Request, Response, require_method
-from foundation.logs import protect_secrets
+from agents.path.triggers import PathTriggers
+from agents.path.web import TRACE_ARGS, TraceRequests
 from agents.resources import ProbeResources
 from agents.results import ProbeResult, ProbeTarget
 from agents.runner import run_probe
 from agents.scheduler import Scheduler
 from agents.selfmetrics import AgentMetrics
 from agents.store import ResultStore
+from foundation import __version__
+from foundation.config.remote_write import PushConfig
+from foundation.httpserver import HttpError, HttpServer, Request, Response, require_method
+from foundation.logs import protect_secrets
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,12 @@ class Agent:
         self.store = ResultStore()
         self.registry.register(HostCollector(lambda: host_config(self.config)))  # follows reloads
         self.resources = ProbeResources()
+        self.path_triggers = PathTriggers()
+        self._traces = TraceRequests(self.resources)
+        self._triggered = Counter(
+            "netmon_agent_path_traces_triggered", "Path traces run at once because their parent target degraded",
+            ["target", "parent"], registry=self.registry,
+        )
         self._scheduler: Scheduler | None = None
         self._server: HttpServer | None = None
         self._stopping = asyncio.Event()
@@ -72,6 +80,7 @@ class Agent:
             {
                 "/metrics": self._handle_metrics,
                 "/probe": self._handle_probe,
+                "/trace": self._handle_trace,
                 "/": self._handle_index,
                 "/-/healthy": self._handle_healthy,
             }
@@ -82,6 +91,7 @@ class Agent:
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
         await self._apply_push(self.config.push)
+        self.path_triggers.apply(self.config)
         await self._scheduler.apply(self.config.targets)
         await self._apply_fleet(self.config.fleet)
         log.info(
@@ -140,6 +150,7 @@ class Agent:
             push_ok = await self._reload_push(new_config)
             self.resources.reload()  # state built from files (CA bundles, client certs): they may have been replaced
             assert self._scheduler is not None
+            self.path_triggers.apply(new_config)
             await self._scheduler.apply(new_config.targets, new_config.max_concurrent_probes)
             self.metrics.apply_config(new_config)
             self.metrics.reload_ok.set(1 if push_ok else 0)
@@ -197,6 +208,10 @@ class Agent:
     def _on_result(self, target: Target, result: ProbeResult) -> None:
         if self.pusher is not None:
             self.pusher.on_result(target, result)
+        for trigger in self.path_triggers.due(target.name, result, time.monotonic()):
+            if self._scheduler is not None and self._scheduler.run_now(trigger.path):
+                self._triggered.labels(trigger.path, target.name).inc()
+                log.info("tracing %s at once: %s", trigger.path, trigger.reason)
 
     async def _handle_metrics(self, request: Request) -> Response:
         require_method(request, "GET")
@@ -220,6 +235,13 @@ class Agent:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(FamiliesCollector(result_families(result)))
         return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    async def _handle_trace(self, request: Request) -> Response:
+        """One on-demand path trace: /trace?target=ADDRESS[&module=M][&count=N][&max_hops=N][&format=table]."""
+        require_method(request, "GET")
+        args = {name: request.arg(name) for name in TRACE_ARGS}
+        status, body, content_type = await self._traces.handle(args, self.config.modules)
+        return Response(status, body.encode(), content_type)
 
     async def _handle_healthy(self, request: Request) -> Response:
         return Response.text(200, "Healthy\n")

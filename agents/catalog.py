@@ -14,6 +14,7 @@ from agents import host
 from agents.config.loader import AgentConfigSchema
 from agents.config.model import AgentConfig
 from agents.config.sections import SectionSpec
+from agents.path import probe as path
 from agents.probes import dns, http, icmp, imap, mail_roundtrip, pop3, smtp, tcp, transaction
 from agents.probes.base import ProberSpec
 from agents.results import Failure
@@ -35,6 +36,7 @@ PROBERS: dict[str, ProberSpec[Any]] = {
         mail_roundtrip.SPEC,
         ssh.SPEC,
         snmp.SPEC,
+        path.SPEC,
     )
 }
 

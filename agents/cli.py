@@ -1,4 +1,4 @@
-"""netmon-agent: run the agent, check a config, or run every probe once from the shell."""
+"""netmon-agent: run the agent, check a config, run every probe once, or trace a path from the shell."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--once", action="store_true", required=True, help="run each target's probe once")
     probe.add_argument("--target", action="append", help="only this target (repeatable)")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    trace = commands.add_parser("trace", help="trace the path to ADDRESS hop by hop, like mtr --report (no config)")
+    trace.add_argument("address")
+    trace.add_argument("--count", type=int, default=10, help="probes per hop (default 10)")
+    trace.add_argument("--max-hops", type=int, default=30, help="highest TTL (default 30)")
+    trace.add_argument("--interval", type=float, default=1.0, help="seconds between two cycles over the hops (default 1)")
+    trace.add_argument("--protocol", choices=["icmp", "udp", "tcp"], default="icmp")
+    trace.add_argument("--port", type=int, help="udp (default 33434) or tcp destination port")
+    trace.add_argument("--ip", choices=["ip4", "ip6"], default="ip4", help="preferred address family of a name")
+    trace.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     commands.add_parser(
         "check-served", help="check the configs a collector serves, JSON on stdin and stdout (run by netmon-collector)"
     )
@@ -47,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-served":
         return check_served(sys.stdin.buffer, sys.stdout.buffer)
     setup_logging(args.log_level, args.log_format)
+    if args.command == "trace":
+        return _trace(args)
     config_path = args.config
     try:
         # with `fleet:`, merged with the cached served config if any (`run` fetches it when it must)
@@ -90,10 +101,10 @@ def unsupported_here(config: AgentConfig, platform: str = sys.platform) -> list[
     problems = []
     if not platform.startswith("linux"):
         problems += [
-            f"modules.{module.name}.prober: icmp needs Linux (datagram ICMP sockets, SO_TIMESTAMPNS, MSG_ERRQUEUE); "
-            "probe this host with tcp or http here"
+            f"modules.{module.name}.prober: {module.prober} needs Linux (datagram ICMP sockets, SO_TIMESTAMPNS, "
+            "MSG_ERRQUEUE); probe this host with tcp or http here"
             for module in config.modules.values()
-            if module.prober == "icmp"
+            if module.prober in ("icmp", "path")
         ]
     if platform == "win32" and config.push is not None:
         problems.append(
@@ -128,6 +139,39 @@ async def _probe_once(config: AgentConfig, names: list[str] | None, as_json: boo
     pairs = list(zip(targets, results))
     print(json.dumps(_as_json(pairs), ensure_ascii=False, indent=2) if as_json else _as_table(pairs))
     return EXIT_OK if all(r.success for r in results) else EXIT_PROBE_FAILED
+
+
+def _trace(args: argparse.Namespace) -> int:
+    """exit 0: the destination answered; 1: it did not; 2: bad arguments or no socket."""
+    from agents.path.probe import PathSettings, TraceError, module_for, trace_path
+    from agents.path.report import report_json, report_table
+    from agents.resources import ProbeResources
+    from foundation.config.types import Duration
+
+    settings = PathSettings(
+        protocol=args.protocol, port=args.port, count=args.count, max_hops=args.max_hops,
+        packet_interval=Duration(args.interval),
+    )
+    try:
+        module = module_for(settings, args.ip)
+    except ValueError as exc:
+        print(f"netmon-agent trace: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def run():
+        resources = ProbeResources()
+        try:
+            return await trace_path(args.address, module, resources)
+        finally:
+            resources.close()
+
+    try:
+        report = asyncio.run(run())
+    except TraceError as exc:
+        print(f"netmon-agent trace: {exc.failure}: {exc.detail}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(report_json(report), ensure_ascii=False, indent=2) if args.json else report_table(report))
+    return EXIT_OK if report.reached else EXIT_PROBE_FAILED
 
 
 def _sample_json(sample) -> dict:

@@ -2,7 +2,8 @@
 
 One asyncio task per target sleeps until the target's next slot, runs the probe (bounded by the
 module timeout, under a process-wide concurrency cap) and records the result. A run that ends
-after its next slot skips the missed slots and counts them as overruns.
+after its next slot skips the missed slots and counts them as overruns. `run_now` runs a target off its
+schedule (a path trace its parent's degradation triggers); a target never runs twice at once.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Scheduler:
         self._limit = asyncio.Semaphore(max_concurrent)
         self._on_result = on_result
         self._tasks: dict[str, tuple[Target, asyncio.Task[None]]] = {}
+        self._running: set[str] = set()  # targets in a run now, scheduled or not
+        self._unscheduled: dict[asyncio.Task[None], str] = {}  # runs started by run_now -> their target
 
     @property
     def targets(self) -> list[Target]:
@@ -85,8 +88,23 @@ class Scheduler:
     async def stop(self) -> None:
         await self._cancel(list(self._tasks))
 
+    def run_now(self, name: str) -> bool:
+        """Run a scheduled target at once, off its schedule; False if it is unknown or in a run already."""
+        entry = self._tasks.get(name)
+        if entry is None or name in self._running:
+            return False
+        self._running.add(name)
+        task = asyncio.create_task(self._run_once(entry[0], asyncio.get_running_loop().time()), name=f"probe-now:{name}")
+        self._unscheduled[task] = name
+        task.add_done_callback(self._run_now_done)
+        return True
+
+    def _run_now_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(self._unscheduled.pop(task))
+
     async def _cancel(self, names: list[str]) -> None:
         tasks = [self._tasks.pop(name)[1] for name in names]
+        tasks += [task for task, name in self._unscheduled.items() if name in names]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -100,7 +118,12 @@ class Scheduler:
         due = loop.time() + (first_slot(now_wall, interval, offset) - now_wall)
         while True:
             await asyncio.sleep(max(due - loop.time(), 0))
-            await self._run_once(target, due)
+            if target.name not in self._running:  # else a run_now run is on: this slot is its
+                self._running.add(target.name)
+                try:
+                    await self._run_once(target, due)
+                finally:
+                    self._running.discard(target.name)
             due += interval
             now = loop.time()
             if now > due:

@@ -28,6 +28,8 @@ UP_DOWN = [
     {"type": "value", "options": {"0": {"text": "DOWN", "color": "red", "index": 0}, "1": {"text": "UP", "color": "green", "index": 1}}}
 ]
 RED_BELOW_ONE = {"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]}
+NO_FAULT = [{"type": "value", "options": {"0": {"text": "no fault (không lỗi)", "color": "green", "index": 0}}}]
+RED_FROM_ONE = {"mode": "absolute", "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}]}
 
 
 def bits_per_second(direction: str, selector: str) -> str:
@@ -198,16 +200,19 @@ def province_overview() -> dict:
 # shows data. A target is the prober's by a series only that prober emits.
 ICMP_TARGET = Variable("icmp_target", "ICMP target (Đích ping)", 'label_values(probe_icmp_packets_sent_total{agency="$agency"}, target)')
 HTTP_TARGET = Variable("http_target", "Web target (Trang web)", 'label_values(probe_http_status_code{agency="$agency"}, target)')
+PATH_TARGET = Variable("path_target", "Path target (Dò đường)", 'label_values(probe_path_hops{agency="$agency"}, target)')
 DNS_TARGET = Variable("dns_target", "DNS target (Truy vấn DNS)", 'label_values(probe_dns_answer_rrs{agency="$agency"}, target)')
 
 
 def agency_detail() -> dict:
     agency = 'agency="$agency"'
-    icmp, http, dns = (f'agency="$agency", target=~"${variable.name}"' for variable in (ICMP_TARGET, HTTP_TARGET, DNS_TARGET))
+    icmp, http, dns, path = (
+        f'agency="$agency", target=~"${variable.name}"' for variable in (ICMP_TARGET, HTTP_TARGET, DNS_TARGET, PATH_TARGET)
+    )
     return dashboard(
         "netmon-agency", "Agency detail (Chi tiết cơ quan)",
         "One agency: its probes, its LAN devices and its agent host.",
-        [DISTRICT, ONE_AGENCY, ICMP_TARGET, HTTP_TARGET, DNS_TARGET],
+        [DISTRICT, ONE_AGENCY, ICMP_TARGET, HTTP_TARGET, DNS_TARGET, PATH_TARGET],
         [
             stat("Agency (Cơ quan)", "none", [Query(f"netmon_agency_info{{{agency}}}", "{{name}}", instant=True)], width=12),
             stat("Agents up", "none", [Query(f"netmon_agent_up{{{agency}}}", "{{agent}}", instant=True)], width=12,
@@ -220,6 +225,20 @@ def agency_detail() -> dict:
                     f"sum by (le) (rate(probe_icmp_rtt_seconds_bucket{{{icmp}}}[$__rate_interval]))"),
             timeseries("Packet loss to $icmp_target (Mất gói)", "percentunit",
                        [Query(f"target:probe_icmp_packet_loss:ratio_rate5m{{{icmp}}}", "{{target}}")]),
+            stat("Path to $path_target: fault hop (Chặng gây mất gói)", "none",
+                 [Query(f"probe_path_fault_hop{{{path}}}", "{{target}} {{hop_address}}", instant=True)], width=24,
+                 description="The TTL of the first hop from which loss persists to the destination in the last trace, "
+                             "with its address; 0: no fault.",
+                 defaults={"mappings": NO_FAULT, "thresholds": RED_FROM_ONE}),
+            timeseries("Path to $path_target: loss per hop (Mất gói theo chặng)", "percentunit",
+                       [Query(f"probe_path_hop_loss_ratio{{{path}}}", "{{target}} hop {{ttl}} {{hop_address}}")],
+                       description="Each trace's loss per hop (TTL) with the hop's address. Loss that starts at a hop and "
+                                   "persists to the destination is where the path breaks (the fault hop, NetmonPathDegraded); "
+                                   "loss at one hop that later hops do not show is that router rate-limiting its replies."),
+            timeseries("Path to $path_target: RTT per hop (Độ trễ theo chặng)", "s",
+                       [Query(f"probe_path_hop_rtt_avg_seconds{{{path}}}", "{{target}} hop {{ttl}} {{hop_address}}")],
+                       description="Average round-trip time to each hop in each trace; a step up from one hop to the next is "
+                                   "the link between them."),
             timeseries("HTTP phases of $http_target (Thời gian truy cập web)", "s",
                        [Query(f"probe_http_duration_seconds{{{http}}}", "{{target}} {{phase}}")], stacked=True),
             timeseries("DNS query time of $dns_target (Phân giải tên miền)", "s",

@@ -112,9 +112,10 @@ def test_target_names_are_unique_across_sections_naming_where_the_first_is(monke
                      + "snmp_auths: {c: {community: '${COMMUNITY}'}}\nsnmp_devices: [{name: x, address: 192.0.2.1, auth: c}]\n")
 
 
-def test_the_catalog_registers_the_ssh_snmp_and_host_sections():
+def test_the_catalog_registers_the_ssh_snmp_path_and_host_sections():
     keys = {name for section in SECTIONS for name in section.keys.__struct_fields__}
-    assert keys == {"ssh_hosts", "ssh_checks", "snmp_auths", "snmp_profiles", "snmp_devices", "snmp_max_concurrent_polls", "host"}
+    assert keys == {"ssh_hosts", "ssh_checks", "snmp_auths", "snmp_profiles", "snmp_devices", "snmp_max_concurrent_polls",
+                    "path_triggers", "host"}
 
 
 # --- layers -----------------------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ class SectionSpec(Generic[K]):
 
 class SectionContext:
     """One load's view for the sections: errors at a key path, the defaults, the agent's labels, and the target
-    names taken so far (targets, then each section in table order), so names stay unique across sections.
+    names taken so far (targets, then each section in table order), so names stay unique across sections; and the
+    targets made so far, so a section can refer to them (path_triggers names a path target and its parent).
 
     Every problem of the file is reported at once: check each independent entry (an ssh host, a check, a
     device) inside `with context.unit():`, iterate list sections with `entries` (an entry that did not decode
@@ -50,6 +51,7 @@ class SectionContext:
         self.log = log if log is not None else ErrorLog()
         self._kept = kept or {}  # list section -> the index in the file of each entry that decoded
         self._first_defined: dict[str, str] = {}  # target name -> where, e.g. "ssh_checks[2]"
+        self._made: dict[str, Target] = {}  # targets made so far, by name
 
     def error(self, path: Path, message: str) -> ConfigError:
         return self.ctx.error(path, message)
@@ -77,6 +79,14 @@ class SectionContext:
             raise self.error(entry + ("name",), f"duplicate target name {name!r} (first defined in {first})")
         self._first_defined[name] = format_path(entry)
 
+    def defined(self, name: str) -> bool:
+        """Whether a target of that name is defined so far, enabled or not."""
+        return name in self._first_defined
+
+    def made(self, name: str) -> Target | None:
+        """The target of that name made so far (targets: only enabled ones are made)."""
+        return self._made.get(name)
+
     def check_labels(self, labels: dict[str, str], path: Path) -> None:
         for name in labels:
             if not LABEL_NAME.match(name) or name.startswith("__"):
@@ -94,4 +104,5 @@ class SectionContext:
                all_addresses: bool = False) -> Target:
         """A target whose series carry the agent's labels, overridden by its own."""
         merged = {**self.agent_labels, **labels}
-        return Target(name, address, module, interval, tuple(sorted(merged.items())), all_addresses)
+        made = self._made[name] = Target(name, address, module, interval, tuple(sorted(merged.items())), all_addresses)
+        return made

@@ -11,6 +11,10 @@ reply is matched by its sequence number (unique per socket among packets in flig
 address and a payload token; the identifier is checked on raw sockets only, where it filters out
 other pingers. RTTs use the kernel's receive timestamp (SO_TIMESTAMPNS), so a busy event loop does
 not inflate them.
+
+The same socket and timeline carry path traces (agents/net/trace_engine.py): a round of another kind
+sends with a TTL of its own (`Channel.send(..., ttl=)`), and the ICMP errors quoting its requests (time
+exceeded, destination unreachable) reach it through `on_icmp_error` with the reporter and the RTT.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import socket
 import struct
 import sys
 import time
+from typing import Protocol
 
 from agents.resources import Resource
 from agents.results import Failure, Reason
@@ -39,8 +44,10 @@ ICMP6_FILTER = 1  # IPPROTO_ICMPV6 option on raw ICMPv6 sockets
 SO_EE_ORIGIN_ICMP = 2
 SO_EE_ORIGIN_ICMP6 = 3
 
-ICMP_ECHO_REPLY, ICMP_UNREACHABLE, ICMP_ECHO_REQUEST = 0, 3, 8
-ICMP6_UNREACHABLE, ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 1, 128, 129
+ICMP_ECHO_REPLY, ICMP_UNREACHABLE, ICMP_ECHO_REQUEST, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
+ICMP6_UNREACHABLE, ICMP6_TIME_EXCEEDED, ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 1, 3, 128, 129
+# what an ICMP error quoting one of our requests says, whatever the family's type numbers
+UNREACHABLE, TIME_EXCEEDED = "unreachable", "time_exceeded"
 # destination-unreachable codes that blame the network rather than the host
 IPV4_NETWORK_CODES = frozenset({0, 6, 9, 11})  # net unreachable, net unknown, net prohibited, net for TOS
 IPV6_NETWORK_CODES = frozenset({0})  # no route to destination
@@ -73,6 +80,30 @@ SEND_ERROR_FAILURES = {
     errno.EPERM: Failure.PERMISSION,
 }
 ROUND_ENDING_SEND_ERRORS = frozenset({errno.ENETUNREACH, errno.EINVAL, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EACCES})
+# An ICMP error that reached a datagram socket (IP_RECVERR) stays pending on it, and the next sendto fails with
+# it instead of sending (sock_error): a time exceeded for a trace, or an unreachable for another round, would
+# refuse an innocent request. A send that fails with one of these is tried once more; a route that really
+# refuses fails twice, and the first attempt never sent anything. (EPERM, a local firewall's drop, is not
+# retried: its packet was dropped, and a retry would hide the loss.)
+PENDING_ERROR_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ECONNREFUSED, errno.EPROTO})
+
+
+class Round(Protocol):
+    """What a channel and its timeline need of a round (EchoRound here, TraceRound in trace_engine.py)."""
+
+    ip: str  # the destination: replies must come from it, errors must quote it
+    slack: float  # how far its sends and its end may move to share a wakeup
+    finished: asyncio.Future[None]
+
+    def next_due(self) -> float: ...
+
+    def on_due(self) -> None: ...
+
+    def on_reply(self, sequence: int, rtt_seconds: float, hop_limit: int | None) -> None: ...
+
+    def on_icmp_error(self, sequence: int, kind: str, code: int, reporter: str, rtt_seconds: float) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def unreachable_failure(family: int, code: int) -> Reason:
@@ -108,7 +139,7 @@ class EchoRound:
     )  # fmt: skip
 
     def __init__(
-        self, channel: "_Channel", ip: str, count: int, interval: float, payload: tuple[bytes, int], deadline: float
+        self, channel: "Channel", ip: str, count: int, interval: float, payload: tuple[bytes, int], deadline: float
     ) -> None:
         self.ip = ip
         self.count = count
@@ -156,11 +187,18 @@ class EchoRound:
             return
         self._channel.sent_one()
 
-    def on_reply(self, rtt_seconds: float, hop_limit: int | None) -> None:
+    def on_reply(self, sequence: int, rtt_seconds: float, hop_limit: int | None) -> None:
         self.rtts.append(rtt_seconds)
         if hop_limit is not None:
             self.hop_limit = hop_limit
         self._packet_done()
+
+    def on_icmp_error(self, sequence: int, kind: str, code: int, reporter: str, rtt_seconds: float) -> None:
+        if kind == UNREACHABLE:
+            failure = unreachable_failure(self._channel.family, code)
+            self.on_error(failure, f"destination unreachable (ICMP code {code}) reported by {reporter}")
+        else:  # a routing loop: the request died on the way
+            self.on_error(None, f"time exceeded in transit reported by {reporter}")
 
     def on_error(self, failure: Reason | None, detail: str, counted: bool = True) -> None:
         """Note the first error that names a failure (or, until one does, the first error at all)."""
@@ -186,84 +224,55 @@ class EchoRound:
             self.finished.set_result(None)
 
 
-class _Channel:
-    """One non-blocking ICMP socket of one address family, and the echo requests in flight on it.
+class Timeline:
+    """The rounds' next due times in one heap behind one loop timer.
 
-    The rounds' next sends and deadlines wait in one heap (the timeline) behind one loop timer.
-    Whenever the loop wakes us (that timer, a reply, a new round), every send due within its
-    round's slack goes out, so a thousand rounds share a few wakeups instead of one each: on a
-    small machine the wakeup, not the packet, is what costs CPU.
+    Whenever the loop wakes it (its timer, a reply, a new round), every round due within its slack
+    gets its turn, so a thousand rounds share a few wakeups instead of one each: on a small machine
+    the wakeup, not the packet, is what costs CPU. One live entry per round.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, family: int, token: bytes) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.family = family
-        self.sock, self.raw = _open_socket(family)
-        self.kind = "raw" if self.raw else "datagram"
-        self._token = token
-        self._ident = os.getpid() & 0xFFFF if self.raw else 0  # a datagram socket's kernel sets its own
-        v4 = family == socket.AF_INET
-        self._request_type = ICMP_ECHO_REQUEST if v4 else ICMP6_ECHO_REQUEST
-        self._reply_type = ICMP_ECHO_REPLY if v4 else ICMP6_ECHO_REPLY
-        self._unreachable_type = ICMP_UNREACHABLE if v4 else ICMP6_UNREACHABLE
-        self._ip_header = v4 and self.raw  # only raw IPv4 sockets receive the IP header
-        self._fill_checksum = v4 and self.raw  # the kernel fills it on the other kinds
-        self._header_sum = (self._request_type << 8) + self._ident
-        self._hop_cmsg = (socket.IPPROTO_IP, socket.IP_TTL) if v4 else (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)
-        self._error_cmsg = (socket.IPPROTO_IP, IP_RECVERR) if v4 else (socket.IPPROTO_IPV6, IPV6_RECVERR)
-        self._pending: dict[int, tuple[EchoRound, int]] = {}  # sequence -> (round, send time in ns)
-        self._next_sequence = 0
-        self._sends_since_drain = 0
-        self._timeline: list[tuple[float, int, EchoRound]] = []  # (due, tie-breaker, round); one live entry per round
+        self._heap: list[tuple[float, int, Round]] = []  # (due, tie-breaker, round)
         self._tie_breaker = itertools.count()
         self._wakeup: asyncio.TimerHandle | None = None
         self._wakeup_at = 0.0
-        self._buffer = bytearray(READ_BYTES)
-        self._buffers = [self._buffer]
-        loop.add_reader(self.sock.fileno(), self._on_readable)
 
-    def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
-        if self._wakeup is not None:
-            self._wakeup.cancel()
-            self._wakeup = None
-        for echo_round in {entry[2] for entry in self._timeline} | {entry[0] for entry in self._pending.values()}:
-            echo_round.close()
-        self._timeline.clear()
+    def start(self, a_round: Round) -> None:
+        """Give the round its first turn now (a first send) and put it on the heap."""
+        a_round.on_due()
+        if not a_round.finished.done():
+            heapq.heappush(self._heap, (a_round.next_due(), next(self._tie_breaker), a_round))
+        self.run_due()
 
-    # --- scheduling ------------------------------------------------------------------------------------------
+    def due_soon(self) -> bool:
+        """Whether the first entry is due within the largest slack (worth a run after a read)."""
+        return bool(self._heap) and self._heap[0][0] - SEND_SLACK_SECONDS <= self.loop.time()
 
-    def start(self, echo_round: EchoRound) -> None:
-        """Send the round's first request now and put the rest on the timeline."""
-        echo_round.on_due()
-        if not echo_round.finished.done():
-            heapq.heappush(self._timeline, (echo_round.next_due(), next(self._tie_breaker), echo_round))
-        self._run_due()
-
-    def _run_due(self) -> None:
+    def run_due(self) -> None:
         now = self.loop.time()
-        timeline = self._timeline
-        while timeline:
-            due, _, echo_round = timeline[0]
-            if echo_round.finished.done():
-                heapq.heappop(timeline)
+        heap = self._heap
+        while heap:
+            due, _, a_round = heap[0]
+            if a_round.finished.done():
+                heapq.heappop(heap)
                 continue
-            if due - echo_round.slack > now:
+            if due - a_round.slack > now:
                 break
-            heapq.heappop(timeline)
-            echo_round.on_due()
-            if not echo_round.finished.done():
-                heapq.heappush(timeline, (echo_round.next_due(), next(self._tie_breaker), echo_round))
+            heapq.heappop(heap)
+            a_round.on_due()
+            if not a_round.finished.done():
+                heapq.heappush(heap, (a_round.next_due(), next(self._tie_breaker), a_round))
         self._arm()
 
     def _arm(self) -> None:
         """Keep the timer no later than the first live entry's due time plus its slack."""
-        if not self._timeline:
+        if not self._heap:
             return
-        due, _, echo_round = self._timeline[0]
+        due, _, a_round = self._heap[0]
         if self._wakeup is not None:
-            if self._wakeup_at <= due + echo_round.slack:
+            if self._wakeup_at <= due + a_round.slack:
                 return
             self._wakeup.cancel()
         self._wakeup_at = due
@@ -271,12 +280,64 @@ class _Channel:
 
     def _on_wakeup(self) -> None:
         self._wakeup = None
-        self._run_due()
+        self.run_due()
+
+    def close(self) -> set[Round]:
+        """Stop the timer and forget every entry; the rounds that were on it."""
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        rounds = {entry[2] for entry in self._heap}
+        self._heap.clear()
+        return rounds
+
+
+class Channel:
+    """One non-blocking ICMP socket of one address family, the requests in flight on it, and its timeline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, family: int, token: bytes) -> None:
+        self.loop = loop
+        self.family = family
+        self.sock, self.raw = _open_socket(family)
+        self.kind = "raw" if self.raw else "datagram"
+        self.timeline = Timeline(loop)
+        self._token = token
+        self._ident = os.getpid() & 0xFFFF if self.raw else 0  # a datagram socket's kernel sets its own
+        v4 = family == socket.AF_INET
+        self._request_type = ICMP_ECHO_REQUEST if v4 else ICMP6_ECHO_REQUEST
+        self._reply_type = ICMP_ECHO_REPLY if v4 else ICMP6_ECHO_REPLY
+        self._error_kinds = (
+            {ICMP_UNREACHABLE: UNREACHABLE, ICMP_TIME_EXCEEDED: TIME_EXCEEDED}
+            if v4
+            else {ICMP6_UNREACHABLE: UNREACHABLE, ICMP6_TIME_EXCEEDED: TIME_EXCEEDED}
+        )
+        self._ip_header = v4 and self.raw  # only raw IPv4 sockets receive the IP header
+        self._fill_checksum = v4 and self.raw  # the kernel fills it on the other kinds
+        self._header_sum = (self._request_type << 8) + self._ident
+        self._hop_cmsg = (socket.IPPROTO_IP, socket.IP_TTL) if v4 else (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)
+        self._error_cmsg = (socket.IPPROTO_IP, IP_RECVERR) if v4 else (socket.IPPROTO_IPV6, IPV6_RECVERR)
+        self._pending: dict[int, tuple[Round, int]] = {}  # sequence -> (round, send time in ns)
+        self._next_sequence = 0
+        self._sends_since_drain = 0
+        self._errors_queued = False  # a send consumed the pending error of errors still in the error queue
+        self._buffer = bytearray(READ_BYTES)
+        self._buffers = [self._buffer]
+        loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for a_round in self.timeline.close() | {entry[0] for entry in self._pending.values()}:
+            a_round.close()
+
+    def start(self, a_round: Round) -> None:
+        """Send the round's first request now and put the rest on the timeline."""
+        self.timeline.start(a_round)
 
     # --- sending ---------------------------------------------------------------------------------------------
 
-    def send(self, ip: str, payload: bytes, payload_sum: int, echo_round: EchoRound) -> int:
-        """Send one echo request; its sequence number. Raises OSError from sendto."""
+    def send(self, ip: str, payload: bytes, payload_sum: int, a_round: Round, ttl: int | None = None) -> int:
+        """Send one echo request (with its own TTL / hop limit if given); its sequence number. Raises OSError."""
         sequence = self._free_sequence()
         checksum = 0
         if self._fill_checksum:
@@ -285,9 +346,22 @@ class _Channel:
             checksum = ~(total + (total >> 16)) & 0xFFFF
         packet = ECHO_HEADER.pack(self._request_type, 0, checksum, self._ident, sequence) + payload
         sent_ns = time.time_ns()
-        self.sock.sendto(packet, (ip, 0))
-        self._pending[sequence] = (echo_round, sent_ns)
+        try:
+            self._send(packet, ip, ttl)
+        except OSError as exc:
+            if self.raw or exc.errno not in PENDING_ERROR_ERRNOS:
+                raise
+            self._errors_queued = True
+            sent_ns = time.time_ns()
+            self._send(packet, ip, ttl)
+        self._pending[sequence] = (a_round, sent_ns)
         return sequence
+
+    def _send(self, packet: bytes, ip: str, ttl: int | None) -> None:
+        if ttl is None:
+            self.sock.sendto(packet, (ip, 0))
+        else:
+            self.sock.sendmsg([packet], [(*self._hop_cmsg, ttl.to_bytes(4, sys.byteorder))], 0, (ip, 0))
 
     def sent_one(self) -> None:
         self._sends_since_drain += 1
@@ -304,19 +378,19 @@ class _Channel:
         self._next_sequence = (sequence + 1) & 0xFFFF
         return sequence
 
-    def forget(self, echo_round: EchoRound, sequences: list[int]) -> None:
+    def forget(self, a_round: Round, sequences: list[int]) -> None:
         pending = self._pending
         for sequence in sequences:
             entry = pending.get(sequence)
-            if entry is not None and entry[0] is echo_round:
+            if entry is not None and entry[0] is a_round:
                 del pending[sequence]
 
     # --- receiving -------------------------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
         self._drain()
-        if self._timeline and self._timeline[0][0] - SEND_SLACK_SECONDS <= self.loop.time():
-            self._run_due()
+        if self.timeline.due_soon():
+            self.timeline.run_due()
 
     def _drain(self) -> None:
         self._sends_since_drain = 0
@@ -326,7 +400,11 @@ class _Channel:
             try:
                 size, ancillary, _flags, address = receive(buffers, ANCILLARY_BYTES)
             except BlockingIOError:
-                return
+                # errors whose pending mark a send consumed still wait in the error queue (and keep the socket
+                # readable, so the loop would call us again and again)
+                if not (self._errors_queued and self._drain_error_queue()):
+                    return
+                continue
             except OSError:
                 # a datagram socket reports an ICMP error as a pending socket error; its details wait in the error queue
                 if not self._drain_error_queue():
@@ -359,17 +437,16 @@ class _Channel:
             received_ns = 0
             for level, cmsg_type, data in ancillary:
                 if cmsg_type == SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(data) >= TIMESPEC.size:
-                    seconds, nanoseconds = TIMESPEC.unpack_from(data)
-                    received_ns = seconds * 1_000_000_000 + nanoseconds
+                    received_ns = _timestamp_ns(data)
                 elif (level, cmsg_type) == self._hop_cmsg and len(data) >= 4:
                     hop_limit = int.from_bytes(data[:4], sys.byteorder)
             rtt_ns = (received_ns or time.time_ns()) - entry[1]
-            entry[0].on_reply(max(rtt_ns, 0) / 1e9, hop_limit)
-        elif kind == self._unreachable_type and self.raw:
-            self._on_raw_unreachable(size, offset, source)
+            entry[0].on_reply(sequence, max(rtt_ns, 0) / 1e9, hop_limit)
+        elif kind in self._error_kinds and self.raw:
+            self._on_raw_error(size, offset, source, ancillary)
 
-    def _on_raw_unreachable(self, size: int, offset: int, reporter: str) -> None:
-        """A destination unreachable quoting one of our requests: inner IP header, then our echo header."""
+    def _on_raw_error(self, size: int, offset: int, reporter: str, ancillary: list) -> None:
+        """An ICMP error quoting one of our requests: inner IP header, then our echo header."""
         buf = self._buffer
         inner = offset + 8
         if self.family == socket.AF_INET:
@@ -386,11 +463,12 @@ class _Channel:
             return
         if (buf[echo + 4] << 8 | buf[echo + 5]) != self._ident:
             return
-        code = buf[offset + 1]
-        self._on_unreachable(destination, buf[echo + 6] << 8 | buf[echo + 7], code, reporter)
+        kind, code = self._error_kinds[buf[offset]], buf[offset + 1]
+        self._on_error(destination, buf[echo + 6] << 8 | buf[echo + 7], kind, code, reporter, received_ns(ancillary))
 
     def _drain_error_queue(self) -> bool:
         """Read the ICMP errors queued on a datagram socket (IP_RECVERR); True if there was any."""
+        self._errors_queued = False
         drained = False
         while True:
             try:
@@ -405,20 +483,34 @@ class _Channel:
                 if (level, cmsg_type) != self._error_cmsg or len(data) < EXTENDED_ERROR.size:
                     continue
                 _errno, origin, icmp_type, code, _pad = EXTENDED_ERROR.unpack_from(data)
-                if origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6) and icmp_type == self._unreachable_type:
-                    reporter = _offender_address(data, self.family)
-                    self._on_unreachable(address[0], buf[6] << 8 | buf[7], code, reporter)
+                if origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6) and icmp_type in self._error_kinds:
+                    reporter = offender_address(data, self.family)
+                    kind = self._error_kinds[icmp_type]
+                    self._on_error(address[0], buf[6] << 8 | buf[7], kind, code, reporter, received_ns(ancillary))
 
-    def _on_unreachable(self, destination: str, sequence: int, code: int, reporter: str) -> None:
+    def _on_error(self, destination: str, sequence: int, kind: str, code: int, reporter: str, received_ns: int) -> None:
         entry = self._pending.get(sequence)
         if entry is None or entry[0].ip != destination:
             return
         del self._pending[sequence]
-        failure = unreachable_failure(self.family, code)
-        entry[0].on_error(failure, f"destination unreachable (ICMP code {code}) reported by {reporter}")
+        rtt_ns = (received_ns or time.time_ns()) - entry[1]
+        entry[0].on_icmp_error(sequence, kind, code, reporter, max(rtt_ns, 0) / 1e9)
 
 
-def _offender_address(data: bytes, family: int) -> str:
+def _timestamp_ns(data: bytes) -> int:
+    seconds, nanoseconds = TIMESPEC.unpack_from(data)
+    return seconds * 1_000_000_000 + nanoseconds
+
+
+def received_ns(ancillary: list) -> int:
+    """The kernel's receive time (SO_TIMESTAMPNS) among a message's ancillary data; 0 if absent."""
+    for level, cmsg_type, data in ancillary:
+        if cmsg_type == SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(data) >= TIMESPEC.size:
+            return _timestamp_ns(data)
+    return 0
+
+
+def offender_address(data: bytes, family: int) -> str:
     """The address of the router that sent an ICMP error: the sockaddr after sock_extended_err."""
     start = EXTENDED_ERROR.size + 8  # errno..pad, then ee_info and ee_data
     try:
@@ -427,6 +519,7 @@ def _offender_address(data: bytes, family: int) -> str:
         return socket.inet_ntop(family, data[start + 8 : start + 24])
     except ValueError:
         return "an unknown router"
+
 
 
 def _open_socket(family: int) -> tuple[socket.socket, bool]:
@@ -453,7 +546,7 @@ def _configure(sock: socket.socket, family: int, raw: bool) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     if family == socket.AF_INET:
         if raw:
-            passed = (1 << ICMP_ECHO_REPLY) | (1 << ICMP_UNREACHABLE)
+            passed = (1 << ICMP_ECHO_REPLY) | (1 << ICMP_UNREACHABLE) | (1 << ICMP_TIME_EXCEEDED)
             sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("@I", ~passed & 0xFFFFFFFF))
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
@@ -461,7 +554,7 @@ def _configure(sock: socket.socket, family: int, raw: bool) -> None:
         return
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
     if raw:
-        sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, _icmp6_filter(ICMP6_ECHO_REPLY, ICMP6_UNREACHABLE))
+        sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, _icmp6_filter(ICMP6_ECHO_REPLY, ICMP6_UNREACHABLE, ICMP6_TIME_EXCEEDED))
     else:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
 
@@ -480,21 +573,24 @@ class IcmpEngine:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._token = os.urandom(TOKEN_BYTES)
-        self._channels: dict[int, _Channel] = {}
+        self._channels: dict[int, Channel] = {}
         self._payloads: dict[int, tuple[bytes, int]] = {}  # payload size -> (payload, its checksum sum)
 
     def open(self, family: int) -> str:
         """Open the family's socket if needed; its kind, "datagram" or "raw". Raises OSError (e.g. EPERM)."""
+        return self.channel(family).kind
+
+    def channel(self, family: int) -> Channel:
+        """The family's socket and timeline, opened if needed (path traces send on it too). Raises OSError."""
         channel = self._channels.get(family)
         if channel is None:
-            channel = self._channels[family] = _Channel(self._loop, family, self._token)
-        return channel.kind
+            channel = self._channels[family] = Channel(self._loop, family, self._token)
+        return channel
 
     async def ping(self, ip: str, family: int, count: int, interval: float, payload_size: int, timeout: float) -> EchoRound:
         """Send count echo requests to ip, interval seconds apart; return once all are answered or timeout passed."""
-        self.open(family)
-        payload = self._payload(max(payload_size, MIN_PAYLOAD_BYTES))
-        channel = self._channels[family]
+        channel = self.channel(family)
+        payload = self.payload(max(payload_size, MIN_PAYLOAD_BYTES))
         echo_round = EchoRound(channel, canonical_ip(ip, family), count, interval, payload, self._loop.time() + timeout)
         channel.start(echo_round)
         try:
@@ -503,7 +599,8 @@ class IcmpEngine:
             echo_round.close()
         return echo_round
 
-    def _payload(self, size: int) -> tuple[bytes, int]:
+    def payload(self, size: int) -> tuple[bytes, int]:
+        """The payload of that size (the engine's token, then zeros) and its checksum sum."""
         payload = self._payloads.get(size)
         if payload is None:
             data = self._token + bytes(size - TOKEN_BYTES)

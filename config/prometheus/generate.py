@@ -138,7 +138,8 @@ AGENCY = RuleFile(
 )
 
 NETWORK = RuleFile(
-    "The dedicated data network (TSLCD) between agencies and the provincial data center, from the icmp prober.",
+    "The dedicated data network (TSLCD) between agencies and the provincial data center, from the icmp prober;\n"
+    "where a degraded path breaks, from the path prober (probe_path_fault_hop: the TTL, label hop_address).",
     [Group("netmon-network", [
         Record("target:probe_icmp_packet_loss:ratio_rate5m", """
             1 - (
@@ -174,6 +175,29 @@ NETWORK = RuleFile(
                 """{{ $labels.name }} ({{ $labels.agency }}, district {{ $labels.district }}): the 90th percentile
                 round-trip time from agent {{ $labels.agent }} to {{ $labels.target }} over the data network (TSLCD)
                 has been above 100 ms for 10 minutes; now {{ $value | humanizeDuration }}.""",
+            ),
+        ),
+        Alert(
+            "NetmonPathDegraded", named("probe_path_fault_hop > 0"), "5m", "warning", "target",
+            Text(
+                """Đường tới {{ $labels.target }} mất gói từ chặng {{ $value }}
+                ({{ or $labels.hop_address "không trả lời" }}) — {{ $labels.name }}""",
+                """Path to {{ $labels.target }} loses from hop {{ $value }}
+                ({{ or $labels.hop_address "no answer" }}) — {{ $labels.name }}""",
+            ),
+            Text(
+                """{{ $labels.name }} ({{ $labels.agency }}, huyện {{ $labels.district }}): các lần dò đường gần nhất
+                của agent {{ $labels.agent }} tới {{ $labels.target }} trong 5 phút cho thấy mất gói bắt đầu từ chặng
+                {{ $value }} (địa chỉ {{ or $labels.hop_address "không trả lời" }}) và kéo dài tới đích. Hãy báo cho
+                đơn vị quản lý chặng này: router của xã, của huyện, mạng lõi của nhà mạng hay biên trung tâm dữ liệu.
+                Mất gói chỉ ở một chặng giữa mà các chặng sau không có là router đó hạn chế trả lời ICMP, không phải
+                sự cố.""",
+                """{{ $labels.name }} ({{ $labels.agency }}, district {{ $labels.district }}): for 5 minutes the latest
+                path traces from agent {{ $labels.agent }} to {{ $labels.target }} show loss that starts at hop
+                {{ $value }} (address {{ or $labels.hop_address "no answer" }}) and persists to the destination.
+                Call whoever runs that hop: the commune's router, the district's, the carrier's core or the data
+                center's edge. Loss at an intermediate hop that the later hops do not show is that router
+                rate-limiting its ICMP replies, not a fault.""",
             ),
         ),
     ])],
