@@ -20,6 +20,10 @@ is stored: a TSDB drops them too, silently, after acknowledging them (VictoriaMe
 future would make every later sample of its series look like a duplicate. The agent's state keeps the last
 push's drops, for the log and the status page (an agent whose clock is wrong).
 
+Each agent's `probe_path_*` series (the path prober's hops, docs/metrics.md#path) are also indexed by their labels
+(`AgentState.path_labels`), kept as the series come and go, so the status page reads an agency's paths without
+looking at its other series.
+
 Values are stored as Prometheus stores them: NaN and ±Inf are ordinary values (an exporter's NaN quantile, a +Inf
 bucket bound); only the stale marker, the NaN with Prometheus' exact bit pattern, ends a series.
 """
@@ -36,6 +40,7 @@ from foundation.textformat import format_value, label_pairs
 
 RESERVED_NAMES = frozenset({"netmon_agent_up", "netmon_agent_last_seen_timestamp_seconds", "netmon_agency_info"})
 RESERVED_PREFIX = "netmon_collector_"
+PATH_PREFIX = "probe_path_"  # the path prober's series, indexed for the status page
 NO_WINDOW = (-(1 << 63), (1 << 63) - 1)  # every int64 timestamp: scrapes are stamped by the collector's own clock
 
 
@@ -98,6 +103,7 @@ class AgentState:
     ended: dict[str, int] = field(default_factory=dict)  # last timestamp of series forgotten at the TTL, by prefix
     aliased: bool = False  # two label sets the agent sent became one series (they differed only in identity labels)
     out_of_bounds: OutOfBounds | None = None  # samples of the last push dropped for their timestamps (None: none)
+    path_labels: set[Labels] = field(default_factory=set)  # the keys of `series` whose name starts with PATH_PREFIX
 
     def is_up(self, now: float) -> bool:
         return self.last_seen > 0 and self.scrape_ok and now - self.last_seen <= self.agent.ttl
@@ -130,6 +136,7 @@ class AgentState:
     def forget(self) -> None:
         self.ended.update((prefix, entry.timestamp_ms) for prefix, entry in self.outputs.items())
         self.series.clear()
+        self.path_labels.clear()
         self.outputs.clear()
         self.aliased = False
 
@@ -203,10 +210,13 @@ class SeriesStore:
             entry.timestamp_ms = timestamp_ms
             if value != value and is_stale_marker(value):  # the series has ended
                 known.pop(labels, None)
+                state.path_labels.discard(labels)
             else:
                 entry.value = value
                 if new_series:  # only a series with a sample stored exists (not one whose samples were all duplicates)
                     known[labels] = entry
+                    if entry.name.startswith(PATH_PREFIX):
+                        state.path_labels.add(labels)
             if forwarding:
                 forward.append((entry.forward_block, samples))
         state.last_seen = now
@@ -256,6 +266,7 @@ class SeriesStore:
     @staticmethod
     def _end(state: AgentState, labels_list: list[Labels], now: float) -> list[BlockSeries]:
         stamp = ((int(now * 1000), STALE_NAN),)
+        state.path_labels.difference_update(labels_list)
         ended = {state.series.pop(labels).forward_block: None for labels in labels_list}
         return [(block, stamp) for block in ended]
 
