@@ -7,6 +7,9 @@ page reloads itself every `status_page.refresh` and says when it was made. Vietn
 `?lang=en` (or `status_page.language: en`).
 
 Plain HTML with inline CSS and no script: the provincial network is closed, so nothing is loaded from elsewhere.
+A down or degraded agency's card also shows the paths its live agents trace (the `path` prober's hops: TTL,
+address, loss, average RTT), the fault hop marked with its address: whom to call.
+
 Each agency card carries `data-agency`, `data-status` (up, partial, down) and `data-district`, the header
 `data-down`, `data-partial`, `data-up`, for scripts and tests.
 """
@@ -23,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from collector.config_model import Agency, CollectorConfig
 from collector.fleet import FetchLog, under_management
+from collector.paths import AgentPath, agency_paths
 from collector.store import AgentState, SeriesStore, format_timestamp
 
 HEADLINES = {  # metric -> how agents' series of it combine into one figure (worst case)
@@ -48,6 +52,10 @@ WORDS = {
         "config.never": "chưa tải cấu hình", "config.current": "đang chạy cấu hình mới nhất", "config.stale": "đang chạy cấu hình cũ",
         "config.detail": "bản cấp {served} / bản đang chạy {applied} · phiên bản agent {version} · tải {when}",
         "clock": "Đồng hồ của agent {agent} có thể bị sai: {n} mẫu bị loại vì dấu thời gian ngoài giới hạn (ví dụ: {example})",
+        "path.to": "Đường đi tới {target}", "path.from": "từ {agent}",
+        "path.fault": "Sự cố từ chặng {ttl}: {address}", "path.here": "sự cố từ chặng này",
+        "path.unreached": "không tới được đích", "path.clean": "tới đích, không có chặng lỗi",
+        "path.address": "Địa chỉ", "path.loss": "Mất gói", "path.rtt": "Độ trễ TB", "path.more": "và {n} đường đi khác",
         "level.province": "Tỉnh", "level.department": "Sở, ban, ngành", "level.district": "Cấp huyện", "level.commune": "Cấp xã",
     },
     "en": {
@@ -65,6 +73,10 @@ WORDS = {
         "config.never": "config never fetched", "config.current": "config current", "config.stale": "config stale",
         "config.detail": "served {served} / running {applied} · agent version {version} · fetched {when}",
         "clock": "Agent {agent}'s clock looks wrong: {n} samples dropped for timestamps out of bounds (e.g. {example})",
+        "path.to": "Path to {target}", "path.from": "from {agent}",
+        "path.fault": "Fault from hop {ttl}: {address}", "path.here": "the fault starts at this hop",
+        "path.unreached": "destination not reached", "path.clean": "reached, no fault hop",
+        "path.address": "Address", "path.loss": "Loss", "path.rtt": "Avg RTT", "path.more": "and {n} more paths",
         "level.province": "Province", "level.department": "Department", "level.district": "District", "level.commune": "Commune",
     },
 }
@@ -86,6 +98,9 @@ h2.down{background:#c62828;color:#fff}h2.partial{background:#e0a800;color:#222}h
 .up .state{color:#2a8f3c}.down .state{color:#b71c1c}.partial .state{color:#8a6500}
 .agent-down{color:#b71c1c}.clock{font-size:.8rem;color:#8a6500}.districts{margin:.2rem 0 .4rem;font-weight:600;color:#444}
 table{font-size:.8rem;border-collapse:collapse}td{padding:0 .4rem 0 0}
+.path{margin-top:.35rem;font-size:.8rem}.path th{text-align:left;font-weight:600;color:#555;padding:0 .4rem 0 0}
+.path td,.path th{white-space:nowrap;overflow-wrap:normal}.path td.address{white-space:normal;overflow-wrap:anywhere}
+.path tr.fault td{background:#c62828;color:#fff;font-weight:700}.fault-line{font-weight:700;color:#b71c1c}
 """
 
 
@@ -153,13 +168,50 @@ def collation_key(text: str) -> tuple[str, str]:
     return base, text
 
 
+def _number(page: Page, value: float | None, unit: str) -> str:
+    """Seconds as ms, a ratio as %, "—" for none."""
+    if value is None:
+        return "—"
+    shown = f"{value * 1000:.1f} ms" if unit == "s" else f"{value * 100:.1f} %"
+    return shown.replace(".", ",") if page.language == "vi" else shown  # 12,5 ms: the Vietnamese decimal comma
+
+
 def _figure(page: Page, key: str, value: float | None, unit: str) -> str:
     if value is None:
         return ""
-    shown = f"{value * 1000:.1f} ms" if unit == "s" else f"{value * 100:.1f} %"
-    if page.language == "vi":
-        shown = shown.replace(".", ",")  # 12,5 ms: the Vietnamese decimal comma
-    return f"<tr><td>{page.word(key)}</td><td>{shown}</td></tr>"
+    return f"<tr><td>{page.word(key)}</td><td>{_number(page, value, unit)}</td></tr>"
+
+
+def _path_table(page: Page, path: AgentPath) -> str:
+    """One path target's hops; the fault hop's row in red, its address in the line above the table."""
+    fault = path.fault_ttl
+    if fault:
+        address = path.fault_address or next((hop.address for hop in path.hops if hop.ttl == fault), "") or "—"
+        verdict = f'<div class="fault-line" data-fault-hop="{fault}">{html.escape(page.word("path.fault", ttl=fault, address=address))}</div>'
+    else:
+        verdict = f'<div class="meta">{page.word("path.unreached" if path.reached is False else "path.clean")}</div>'
+    rows = []
+    for hop in path.hops:
+        shown = "—" if hop.silent or not hop.address else hop.address
+        marked = f' class="fault" title="{page.word("path.here")}"' if hop.ttl == fault else ""
+        rows.append(
+            f'<tr data-ttl="{hop.ttl}"{marked}><td>{"⚠ " if marked else ""}{hop.ttl}</td><td class="address">{html.escape(shown)}</td>'
+            f"<td>{_number(page, None if hop.silent else hop.loss, 'ratio')}</td><td>{_number(page, hop.rtt_avg, 's')}</td></tr>"
+        )
+    title = f"{html.escape(page.word('path.to', target=path.target))} · {html.escape(page.word('path.from', agent=path.agent))}"
+    return (
+        f'<div class="path" data-path-target="{html.escape(path.target)}" data-agent="{html.escape(path.agent)}" '
+        f'data-fault-hop="{fault}"><div class="name">{title}</div>{verdict}'
+        f'<table><tr><th>TTL</th><th>{page.word("path.address")}</th><th>{page.word("path.loss")}</th>'
+        f'<th>{page.word("path.rtt")}</th></tr>{"".join(rows)}</table></div>'
+    )
+
+
+def _path_block(page: Page, states: list[AgentState]) -> str:
+    """The paths the agency's live agents trace, the faulty ones first, a few at most."""
+    paths, more = agency_paths(state for state in states if state.is_up(page.now))
+    more_line = f'<div class="meta">{page.word("path.more", n=more)}</div>' if more else ""
+    return "".join(_path_table(page, path) for path in paths) + more_line
 
 
 def _fleet_lines(page: Page, config: CollectorConfig, states: list[AgentState], fetches: FetchLog | None) -> str:
@@ -249,6 +301,8 @@ def _section(page: Page, config: CollectorConfig, status: str, agencies: list[Ag
     def card(agency: Agency, district_shown: str = "") -> str:
         states = by_agency[agency.id]
         extra = _fleet_lines(page, config, states, fetches) + _clock_notes(page, states)
+        if status != "up":
+            extra = _path_block(page, states) + extra
         return _card(page, agency, status, states, extra, district_shown)
 
     title = f"{page.word('section.' + status)} — {page.word('agencies', n=len(agencies))}"

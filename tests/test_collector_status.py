@@ -19,12 +19,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agents.path.analysis import Hop, fault_hop
+from agents.path.probe import PathMemory, PathReport, round_samples
+from collector.status import STATES
 from foundation import remote_write as rw
 from foundation.remote_write import make_series
-from collector.status import STATES
 from tests.support.chromium import dump_dom, screenshot
-from tests.test_collector import INVENTORY, TOKENS, now_ms, push, running_collector, wait_until
 from tests.test_agent_run import http_get, metric_value
+from tests.test_collector import INVENTORY, TOKENS, now_ms, push, running_collector, wait_until
 
 AGENCY_NAMES = re.findall(r'name: "([^"]+)"', INVENTORY)
 
@@ -315,3 +317,70 @@ def test_the_page_is_made_in_well_under_a_second_for_210_agencies_with_the_provi
         timings.append(time.perf_counter() - started)
     print(f"render_status, 210 agencies, {store.series_count(now)} series: {min(timings) * 1000:.0f}-{max(timings) * 1000:.0f} ms")
     assert page.count('class="card ') == 210 and max(timings) < 1.0
+
+
+# --- the path of a degraded agency (the agent's path prober)
+
+
+def hop(ttl: int, address: str | None, received: int, rtt_ms: float = 0.0, silent: bool = False) -> Hop:
+    rtt = rtt_ms / 1000 if received else None
+    return Hop(ttl, address, 1 if address else 0, 10, received, rtt, rtt, rtt, 0.0 if received else None, rtt, silent)
+
+
+# to the data center: hop 2 (the district's router) loses 30 % and the loss persists to the destination; hop 3 is silent
+FAULTY_HOPS = (hop(1, "10.20.0.1", 10, 0.8), hop(2, "10.20.0.254", 7, 8.4), hop(3, None, 0, silent=True),
+               hop(4, "203.0.113.9", 7, 15.2))
+CLEAN_HOPS = (hop(1, "10.30.0.1", 10, 0.7), hop(2, "203.0.113.9", 10, 9.9))
+
+
+def path_series(target: str, hops: tuple[Hop, ...]) -> list[rw.Series]:
+    """What an agent pushes for one path target: the path prober's own samples of one round, with its target labels."""
+    report = PathReport(target, hops[-1].address or "", "icmp", "datagram", 10, hops, True, fault_hop(hops, 0.1), None, "")
+    stamp = now_ms()
+    return [
+        make_series(sample.metric.name, {"target": target, "module": "path", **dict(sample.labels)}, [(stamp, sample.value)])
+        for sample in round_samples(report, PathMemory())
+    ]
+
+
+PATH_WORDS = {  # what the degraded card says of its path, in each language
+    "vi": {"title": "Đường đi tới trung-tam-du-lieu", "fault": "Sự cố từ chặng 2: 10.20.0.254", "marker": "sự cố từ chặng này",
+           "loss": "30,0 %", "rtt": "8,4 ms"},
+    "en": {"title": "Path to trung-tam-du-lieu", "fault": "Fault from hop 2: 10.20.0.254", "marker": "the fault starts at this hop",
+           "loss": "30.0 %", "rtt": "8.4 ms"},
+}
+
+
+def card_of(dom: str, agency: str) -> str:
+    """The agency's card: from its data-agency attribute to the next card."""
+    return dom.split(f'data-agency="{agency}"')[1].split('<div class="card')[0]
+
+
+def test_a_degraded_agency_shows_its_paths_hops_and_marks_the_fault_hop_with_its_address(tmp_path):
+    second_token = tmp_path / "so-tttt-2.token"
+    second_token.write_text("tok-so-tttt-2-never-pushes", encoding="utf-8")
+    inventory = INVENTORY + f"  - {{id: so-tttt-2, agency: so-tttt, mode: push, bearer_token_file: {second_token}}}\n"
+    with running_collector(tmp_path / "collector", inventory=inventory) as collector:
+        # so-tttt is degraded (so-tttt-2 never reports), xa-my-tho up; both agents trace the path to the data center
+        degraded = headline_series(12.5) + path_series("trung-tam-du-lieu", FAULTY_HOPS)
+        up = headline_series(12.5) + path_series("trung-tam-du-lieu", CLEAN_HOPS)
+        assert push(collector.url, rw.encode(degraded), TOKENS["so-tttt-1"])[0] == 204
+        assert push(collector.url, rw.encode(up), TOKENS["xa-my-tho-1"])[0] == 204
+        doms = {"vi": dump_dom(tmp_path / "vi", f"{collector.url}/"), "en": dump_dom(tmp_path / "en", f"{collector.url}/?lang=en")}
+        image = screenshot(tmp_path, f"{collector.url}/", size=(1280, 900))
+    for language, dom in doms.items():
+        words = PATH_WORDS[language]
+        card = card_of(dom, "so-tttt")
+        assert card.startswith(' data-status="partial"')
+        block = card.split('<div class="path" data-path-target="trung-tam-du-lieu" data-agent="so-tttt-1" data-fault-hop="2">')[1]
+        text = html.unescape(re.sub(r"<[^>]+>", " ", block))
+        assert words["title"] in text and words["fault"] in text, text  # the line above the hops names the fault hop
+        rows = re.findall(r'<tr data-ttl="(\d+)"( class="fault")?[^>]*><td>([^<]+)</td><td class="address">([^<]*)</td>', block)
+        assert rows == [("1", "", "1", "10.20.0.1"), ("2", ' class="fault"', "⚠ 2", "10.20.0.254"), ("3", "", "3", "—"),
+                        ("4", "", "4", "203.0.113.9")]  # every hop by TTL, the silent one without an address
+        marker, fault_row = re.search(r'<tr data-ttl="2" class="fault" title="([^"]+)">(.*?)</tr>', block).groups()
+        assert marker == words["marker"] and words["loss"] in fault_row and words["rtt"] in fault_row
+        up_card = card_of(dom, "xa-my-tho")
+        assert up_card.startswith(' data-status="up"') and 'class="path"' not in up_card and "203.0.113.9" not in up_card
+    red, amber, green = (rows_of(image, color, width) for color, width in ((RED, 150), (AMBER, 600), (GREEN, 600)))
+    assert any(amber[0] < row < green[0] for row in red), "the fault hop's row is a red bar in the degraded section"
