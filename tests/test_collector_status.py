@@ -164,6 +164,93 @@ def test_a_bad_time_zone_is_a_config_error(tmp_path):
     assert done.returncode == 2 and f"{path}:2: status_page.timezone: unknown time zone 'Asia/Sai_Gon'" in done.stderr
 
 
+def rows_of(image: Path, color: tuple[int, int, int], min_pixels: int) -> list[int]:
+    """The pixel rows of a screenshot in which at least min_pixels have exactly this color (a section's heading bar)."""
+    from PIL import Image
+
+    with Image.open(image) as opened:
+        rgb = opened.convert("RGB")
+        width, height = rgb.size
+        data = rgb.tobytes()
+    target = bytes(color)
+    return [y for y in range(height) if data[y * width * 3:(y + 1) * width * 3].count(target) >= min_pixels]
+
+
+RED, AMBER, GREEN = (0xC6, 0x28, 0x28), (0xE0, 0xA8, 0x00), (0x2A, 0x8F, 0x3C)  # the headings of down, partial, up
+
+
+# --- the path of a degraded agency (the agent's path prober)
+
+
+def hop(ttl: int, address: str | None, received: int, rtt_ms: float = 0.0, silent: bool = False) -> Hop:
+    rtt = rtt_ms / 1000 if received else None
+    return Hop(ttl, address, 1 if address else 0, 10, received, rtt, rtt, rtt, 0.0 if received else None, rtt, silent)
+
+
+# to the data center: hop 2 (the district's router) loses 30 % and the loss persists to the destination; hop 3 is silent
+FAULTY_HOPS = (hop(1, "10.20.0.1", 10, 0.8), hop(2, "10.20.0.254", 7, 8.4), hop(3, None, 0, silent=True),
+               hop(4, "203.0.113.9", 7, 15.2))
+CLEAN_HOPS = (hop(1, "10.30.0.1", 10, 0.7), hop(2, "203.0.113.9", 10, 9.9))
+
+
+def path_series(target: str, hops: tuple[Hop, ...]) -> list[rw.Series]:
+    """What an agent pushes for one path target: the path prober's own samples of one round, with its target labels."""
+    report = PathReport(target, hops[-1].address or "", "icmp", "datagram", 10, hops, True, fault_hop(hops, 0.1), None, "")
+    stamp = now_ms()
+    return [
+        make_series(sample.metric.name, {"target": target, "module": "path", **dict(sample.labels)}, [(stamp, sample.value)])
+        for sample in round_samples(report, PathMemory())
+    ]
+
+
+def long_path(fault_at: int, length: int = 12) -> tuple[Hop, ...]:
+    """A path of `length` answering hops whose loss starts at hop `fault_at` (0: none)."""
+    return tuple(hop(ttl, f"10.{ttl}.0.1", 7 if fault_at and ttl >= fault_at else 10, ttl * 0.5) for ttl in range(1, length + 1))
+
+
+PATH_WORDS = {  # what the degraded card says of its path, in each language
+    "vi": {"title": "Đường đi tới trung-tam-du-lieu", "fault": "Sự cố từ chặng 2: 10.20.0.254", "marker": "sự cố từ chặng này",
+           "loss": "30,0 %", "rtt": "8,4 ms"},
+    "en": {"title": "Path to trung-tam-du-lieu", "fault": "Fault from hop 2: 10.20.0.254", "marker": "the fault starts at this hop",
+           "loss": "30.0 %", "rtt": "8.4 ms"},
+}
+
+
+def card_of(dom: str, agency: str) -> str:
+    """The agency's card: from its data-agency attribute to the next card."""
+    return dom.split(f'data-agency="{agency}"')[1].split('<div class="card')[0]
+
+
+def test_a_degraded_agency_shows_its_paths_hops_and_marks_the_fault_hop_with_its_address(tmp_path):
+    second_token = tmp_path / "so-tttt-2.token"
+    second_token.write_text("tok-so-tttt-2-never-pushes", encoding="utf-8")
+    inventory = INVENTORY + f"  - {{id: so-tttt-2, agency: so-tttt, mode: push, bearer_token_file: {second_token}}}\n"
+    with running_collector(tmp_path / "collector", inventory=inventory) as collector:
+        # so-tttt is degraded (so-tttt-2 never reports), xa-my-tho up; both agents trace the path to the data center
+        degraded = headline_series(12.5) + path_series("trung-tam-du-lieu", FAULTY_HOPS)
+        up = headline_series(12.5) + path_series("trung-tam-du-lieu", CLEAN_HOPS)
+        assert push(collector.url, rw.encode(degraded), TOKENS["so-tttt-1"])[0] == 204
+        assert push(collector.url, rw.encode(up), TOKENS["xa-my-tho-1"])[0] == 204
+        doms = {"vi": dump_dom(tmp_path / "vi", f"{collector.url}/"), "en": dump_dom(tmp_path / "en", f"{collector.url}/?lang=en")}
+        image = screenshot(tmp_path, f"{collector.url}/", size=(1280, 900))
+    for language, dom in doms.items():
+        words = PATH_WORDS[language]
+        card = card_of(dom, "so-tttt")
+        assert card.startswith(' data-status="partial"')
+        block = card.split('<div class="path" data-path-target="trung-tam-du-lieu" data-agent="so-tttt-1" data-fault-hop="2">')[1]
+        text = html.unescape(re.sub(r"<[^>]+>", " ", block))
+        assert words["title"] in text and words["fault"] in text, text  # the line above the hops names the fault hop
+        rows = re.findall(r'<tr data-ttl="(\d+)"( class="fault")?[^>]*><td>([^<]+)</td><td class="address">([^<]*)</td>', block)
+        assert rows == [("1", "", "1", "10.20.0.1"), ("2", ' class="fault"', "⚠ 2", "10.20.0.254"), ("3", "", "3", "—"),
+                        ("4", "", "4", "203.0.113.9")]  # every hop by TTL, the silent one without an address
+        marker, fault_row = re.search(r'<tr data-ttl="2" class="fault" title="([^"]+)">(.*?)</tr>', block).groups()
+        assert marker == words["marker"] and words["loss"] in fault_row and words["rtt"] in fault_row
+        up_card = card_of(dom, "xa-my-tho")
+        assert up_card.startswith(' data-status="up"') and 'class="path"' not in up_card and "203.0.113.9" not in up_card
+    red, amber, green = (rows_of(image, color, width) for color, width in ((RED, 150), (AMBER, 600), (GREEN, 600)))
+    assert any(amber[0] < row < green[0] for row in red), "the fault hop's row is a red bar in the degraded section"
+
+
 # --- a province: 210 agencies in 11 districts
 
 
@@ -234,21 +321,6 @@ def agent_series(agent: str, filler: int) -> list[rw.Series]:
     return series
 
 
-def rows_of(image: Path, color: tuple[int, int, int], min_pixels: int) -> list[int]:
-    """The pixel rows of a screenshot in which at least min_pixels have exactly this color (a section's heading bar)."""
-    from PIL import Image
-
-    with Image.open(image) as opened:
-        rgb = opened.convert("RGB")
-        width, height = rgb.size
-        data = rgb.tobytes()
-    target = bytes(color)
-    return [y for y in range(height) if data[y * width * 3:(y + 1) * width * 3].count(target) >= min_pixels]
-
-
-RED, AMBER, GREEN = (0xC6, 0x28, 0x28), (0xE0, 0xA8, 0x00), (0x2A, 0x8F, 0x3C)  # the headings of down, partial, up
-
-
 def test_a_province_of_210_agencies_shows_down_first_then_degraded_then_up_with_agency_counts(tmp_path):
     directory = tmp_path / "collector"
     directory.mkdir()
@@ -256,6 +328,11 @@ def test_a_province_of_210_agencies_shows_down_first_then_degraded_then_up_with_
     with running_collector(directory, "defaults: {interval: 1m, ttl: 10m}\n", inventory=shape.inventory) as collector:
         for agent in shape.pushing:
             assert push(collector.url, rw.encode(agent_series(agent, 40)), shape.tokens[agent])[0] == 204
+        # the degraded agencies' agents trace four paths of 12 hops each, two of them lossy from hop 5 and hop 9
+        paths = {"a-du-lieu": long_path(5), "b-cong": long_path(0), "c-thu": long_path(0), "d-mang": long_path(9)}
+        for agency in shape.partial:
+            traced = [series for target, hops in paths.items() for series in path_series(target, hops)]
+            assert push(collector.url, rw.encode(traced), shape.tokens[f"{agency}-1"])[0] == 204
         # one agent's clock says 1970 for part of what it sends: it stays up, its card says so
         wrong_clock = [make_series("probe_success", {"target": "clock", "module": "icmp"}, [(0, 1.0)])]
         assert push(collector.url, rw.encode(wrong_clock + agent_series("xa-005-1", 0)), shape.tokens["xa-005-1"])[0] == 204
@@ -266,9 +343,16 @@ def test_a_province_of_210_agencies_shows_down_first_then_degraded_then_up_with_
             render_seconds.append(time.perf_counter() - started)
             assert status == 200
         dom = dump_dom(tmp_path / "dom", f"{collector.url}/")
-        image = screenshot(tmp_path, f"{collector.url}/", size=(1280, 2600))
-    print(f"GET / at 210 agencies, 200 agents x 43 series: {min(render_seconds) * 1000:.0f}-{max(render_seconds) * 1000:.0f} ms")
+        image = screenshot(tmp_path, f"{collector.url}/", size=(1280, 4200))
+    print(f"GET / at 210 agencies, 200 agents x 43 series, 9 of them with 4 paths: "
+          f"{min(render_seconds) * 1000:.0f}-{max(render_seconds) * 1000:.0f} ms")
     assert max(render_seconds) < 1.0
+    # a degraded card shows three of its four paths, the lossy ones first, and counts the fourth
+    for agency in shape.partial:
+        card = card_of(dom, agency)
+        shown = re.findall(r'<div class="path" data-path-target="([^"]+)" data-agent="[^"]+" data-fault-hop="(\d+)">', card)
+        assert shown == [("a-du-lieu", "5"), ("d-mang", "9"), ("b-cong", "0")] and "và 1 đường đi khác" in card
+        assert card.count("<tr data-ttl=") == 36
 
     cards = re.findall(r'<div class="card [a-z]+" data-agency="([^"]+)" data-status="([a-z]+)"', dom)
     assert len(cards) == 210
@@ -317,70 +401,3 @@ def test_the_page_is_made_in_well_under_a_second_for_210_agencies_with_the_provi
         timings.append(time.perf_counter() - started)
     print(f"render_status, 210 agencies, {store.series_count(now)} series: {min(timings) * 1000:.0f}-{max(timings) * 1000:.0f} ms")
     assert page.count('class="card ') == 210 and max(timings) < 1.0
-
-
-# --- the path of a degraded agency (the agent's path prober)
-
-
-def hop(ttl: int, address: str | None, received: int, rtt_ms: float = 0.0, silent: bool = False) -> Hop:
-    rtt = rtt_ms / 1000 if received else None
-    return Hop(ttl, address, 1 if address else 0, 10, received, rtt, rtt, rtt, 0.0 if received else None, rtt, silent)
-
-
-# to the data center: hop 2 (the district's router) loses 30 % and the loss persists to the destination; hop 3 is silent
-FAULTY_HOPS = (hop(1, "10.20.0.1", 10, 0.8), hop(2, "10.20.0.254", 7, 8.4), hop(3, None, 0, silent=True),
-               hop(4, "203.0.113.9", 7, 15.2))
-CLEAN_HOPS = (hop(1, "10.30.0.1", 10, 0.7), hop(2, "203.0.113.9", 10, 9.9))
-
-
-def path_series(target: str, hops: tuple[Hop, ...]) -> list[rw.Series]:
-    """What an agent pushes for one path target: the path prober's own samples of one round, with its target labels."""
-    report = PathReport(target, hops[-1].address or "", "icmp", "datagram", 10, hops, True, fault_hop(hops, 0.1), None, "")
-    stamp = now_ms()
-    return [
-        make_series(sample.metric.name, {"target": target, "module": "path", **dict(sample.labels)}, [(stamp, sample.value)])
-        for sample in round_samples(report, PathMemory())
-    ]
-
-
-PATH_WORDS = {  # what the degraded card says of its path, in each language
-    "vi": {"title": "Đường đi tới trung-tam-du-lieu", "fault": "Sự cố từ chặng 2: 10.20.0.254", "marker": "sự cố từ chặng này",
-           "loss": "30,0 %", "rtt": "8,4 ms"},
-    "en": {"title": "Path to trung-tam-du-lieu", "fault": "Fault from hop 2: 10.20.0.254", "marker": "the fault starts at this hop",
-           "loss": "30.0 %", "rtt": "8.4 ms"},
-}
-
-
-def card_of(dom: str, agency: str) -> str:
-    """The agency's card: from its data-agency attribute to the next card."""
-    return dom.split(f'data-agency="{agency}"')[1].split('<div class="card')[0]
-
-
-def test_a_degraded_agency_shows_its_paths_hops_and_marks_the_fault_hop_with_its_address(tmp_path):
-    second_token = tmp_path / "so-tttt-2.token"
-    second_token.write_text("tok-so-tttt-2-never-pushes", encoding="utf-8")
-    inventory = INVENTORY + f"  - {{id: so-tttt-2, agency: so-tttt, mode: push, bearer_token_file: {second_token}}}\n"
-    with running_collector(tmp_path / "collector", inventory=inventory) as collector:
-        # so-tttt is degraded (so-tttt-2 never reports), xa-my-tho up; both agents trace the path to the data center
-        degraded = headline_series(12.5) + path_series("trung-tam-du-lieu", FAULTY_HOPS)
-        up = headline_series(12.5) + path_series("trung-tam-du-lieu", CLEAN_HOPS)
-        assert push(collector.url, rw.encode(degraded), TOKENS["so-tttt-1"])[0] == 204
-        assert push(collector.url, rw.encode(up), TOKENS["xa-my-tho-1"])[0] == 204
-        doms = {"vi": dump_dom(tmp_path / "vi", f"{collector.url}/"), "en": dump_dom(tmp_path / "en", f"{collector.url}/?lang=en")}
-        image = screenshot(tmp_path, f"{collector.url}/", size=(1280, 900))
-    for language, dom in doms.items():
-        words = PATH_WORDS[language]
-        card = card_of(dom, "so-tttt")
-        assert card.startswith(' data-status="partial"')
-        block = card.split('<div class="path" data-path-target="trung-tam-du-lieu" data-agent="so-tttt-1" data-fault-hop="2">')[1]
-        text = html.unescape(re.sub(r"<[^>]+>", " ", block))
-        assert words["title"] in text and words["fault"] in text, text  # the line above the hops names the fault hop
-        rows = re.findall(r'<tr data-ttl="(\d+)"( class="fault")?[^>]*><td>([^<]+)</td><td class="address">([^<]*)</td>', block)
-        assert rows == [("1", "", "1", "10.20.0.1"), ("2", ' class="fault"', "⚠ 2", "10.20.0.254"), ("3", "", "3", "—"),
-                        ("4", "", "4", "203.0.113.9")]  # every hop by TTL, the silent one without an address
-        marker, fault_row = re.search(r'<tr data-ttl="2" class="fault" title="([^"]+)">(.*?)</tr>', block).groups()
-        assert marker == words["marker"] and words["loss"] in fault_row and words["rtt"] in fault_row
-        up_card = card_of(dom, "xa-my-tho")
-        assert up_card.startswith(' data-status="up"') and 'class="path"' not in up_card and "203.0.113.9" not in up_card
-    red, amber, green = (rows_of(image, color, width) for color, width in ((RED, 150), (AMBER, 600), (GREEN, 600)))
-    assert any(amber[0] < row < green[0] for row in red), "the fault hop's row is a red bar in the degraded section"
