@@ -8,6 +8,7 @@ costs nothing for an agent without any, and only the path series themselves for 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -56,7 +57,7 @@ def agent_paths(state: AgentState) -> list[AgentPath]:
     hops: dict[tuple[str, int, str], PathHop] = {}
     for labels in state.path_labels:
         entry = state.series.get(labels)
-        if entry is None or entry.value != entry.value:  # NaN: nothing measured
+        if entry is None or not math.isfinite(entry.value):  # NaN (nothing measured) or ±Inf: nothing to show
             continue
         label = dict(labels)
         target = label.get("target", "")
