@@ -13,8 +13,8 @@ from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.registry import Collector
 
 from agents.results import Metric, ProbeResult, Sample
-from foundation.textformat import family_header, format_value, label_pairs
 from agents.store import Histogram, ResultStore, TargetState
+from foundation.textformat import family_header, format_value, label_pairs
 
 Labels = dict[str, str]
 SeriesRow = tuple[Metric, str, Labels, float]  # family, sample name, labels, value

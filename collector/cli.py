@@ -8,11 +8,11 @@ import gc
 import sys
 from typing import Sequence
 
+from collector.config import CollectorConfig, describe, load_collector_config
+from collector.report import add_report_command, run_report_command
 from foundation import __version__
 from foundation.config.base import ConfigError, listen_argument
 from foundation.logs import protect_secrets, setup_logging
-from collector.config import CollectorConfig, describe, load_collector_config
-from collector.report import add_report_command, run_report_command
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 

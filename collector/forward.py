@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
+from collector.config import RemoteWriteOut, remote_write_name
 from foundation import __version__
 from foundation.sender import Labeled, QueuedSender, SenderMetrics, SenderNames
-from collector.config import RemoteWriteOut, remote_write_name
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from collector.store import AgentState, Rejected, SeriesStore
 from foundation import __version__
 from foundation.httpclient import Endpoint, HttpClient, ProtocolError
 from foundation.remote_write import METRIC_NAME, BlockSeries, Series
-from collector.store import AgentState, Rejected, SeriesStore
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ credentials, identity labels from the inventory, liveness, and every kind of bad
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collector import exposition
 from foundation import remote_write as rw
 from foundation.remote_write import make_series
-from collector import exposition
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port
 from tests.support.tsdb import running_victoria_metrics, victoria_metrics_export

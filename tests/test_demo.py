@@ -13,9 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 import urllib.error
+from pathlib import Path
 
 import pytest
 

@@ -27,8 +27,8 @@ from typing import Iterator, Sequence
 
 import pytest
 
-from agents.cli import unsupported_here
 from agents.catalog import parse_config
+from agents.cli import unsupported_here
 from agents.results import Failure
 from tests.support.netns import REPO_ROOT, NetnsPair, netns_pair, ns_exec, ns_popen
 from tests.support.ports import free_port

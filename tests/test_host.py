@@ -168,7 +168,7 @@ def test_same_filesystems_network_devices_and_disks_as_node_exporter(agent, node
     by_labels = (
         "node_filesystem_device_error", "node_network_up", "node_network_receive_bytes_total", "node_disk_read_bytes_total"
     )
-    for attempt in range(SET_RETRIES):
+    for _attempt in range(SET_RETRIES):
         ours, _ = scrape(agent)
         theirs, _ = scrape(node_exporter)
         differing = {name: set(values(ours, name)) ^ set(values(theirs, name)) for name in by_labels}

@@ -18,10 +18,10 @@ import pytest
 from agents.catalog import parse_config
 from agents.config import ConfigError
 from agents.config.model import ModuleConfig
-from agents.probes.http import HttpFailure as Failure
-from agents.results import ProbeResult, ProbeTarget
 from agents.probes.http import PHASES, USER_AGENT, probe
+from agents.probes.http import HttpFailure as Failure
 from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
 from tests.support.certs import CertFiles, make_ca, make_leaf, make_self_signed
 from tests.support.httpd import HttpServer, Reply, raw_server
 from tests.support.ports import free_port

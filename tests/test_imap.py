@@ -10,10 +10,10 @@ from typing import Iterator
 import pytest
 
 from agents.config import ConfigError
-from agents.probes.mailproto import MailFailure as Failure
-from agents.results import ProbeResult, ProbeTarget
 from agents.probes.imap import probe
+from agents.probes.mailproto import MailFailure as Failure
 from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
 from tests.support.mailserver import (
     NON_ASCII,
     USER,

@@ -10,8 +10,8 @@ import pytest
 from agents.catalog import parse_config
 from agents.config import AgentConfig
 from agents.probes.dns import DnsFailure as Failure
-from agents.results import ProbeResult
 from agents.resources import ProbeResources
+from agents.results import ProbeResult
 from agents.runner import run_target
 from tests.support.dnsmasq import Dnsmasq, running_dnsmasq
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from foundation import remote_write as rw
 from agents.catalog import parse_config
 from agents.config import ConfigError
+from foundation import remote_write as rw
 from foundation.httpclient import Endpoint, HttpClient
 from foundation.queue import DurableQueue, QueueLimits
 from foundation.sender import RemoteWriteSender, SendPolicy

@@ -11,9 +11,9 @@ import pytest
 
 from agents.config import ConfigError
 from agents.probes.mailproto import MailFailure as Failure
-from agents.results import ProbeResult, ProbeTarget
-from agents.resources import ProbeResources
 from agents.probes.smtp import probe
+from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
 from tests.support.mailserver import (
     USER,
     MailSystem,

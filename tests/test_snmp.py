@@ -16,12 +16,12 @@ import pytest
 from agents.catalog import parse_config
 from agents.config import ConfigError
 from agents.config.model import Target
-from agents.snmp.failures import SnmpFailure as Failure
-from agents.results import ProbeResult
 from agents.resources import ProbeResources
+from agents.results import ProbeResult
 from agents.runner import run_target
 from agents.snmp import ber
 from agents.snmp.device import Uptime
+from agents.snmp.failures import SnmpFailure as Failure
 from agents.store import ResultStore
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port

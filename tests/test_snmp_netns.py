@@ -12,8 +12,8 @@ import pytest
 
 from agents.catalog import parse_config
 from agents.config.model import Target
-from agents.results import ProbeResult
 from agents.resources import ProbeResources
+from agents.results import ProbeResult
 from agents.runner import run_target
 from tests.support.require import require_root
 from tests.support.snmpd import AGENT_ENV, Snmpd, add_veth_pairs, agent_config, call_in_netns, snmpd_with_interfaces

@@ -4,7 +4,7 @@ This package knows the agent's own keys; the entry points that read a file with 
 registered (`load_config`, `parse_config`) are in agents/catalog.py.
 """
 
-from foundation.config.base import ConfigError
 from agents.config.model import AgentConfig, ModuleConfig, Target
+from foundation.config.base import ConfigError
 
 __all__ = ["AgentConfig", "ConfigError", "ModuleConfig", "Target"]

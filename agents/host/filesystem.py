@@ -17,7 +17,7 @@ from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, excluded, e
 from agents.host.stall import StallGuard
 
 if TYPE_CHECKING:
-    from agents.host.config import HostFilesystem, HostConfig
+    from agents.host.config import HostConfig, HostFilesystem
 
 # node_exporter 1.5+ defaults (upstream; Debian's package also excludes /run, /mnt and /media)
 DEFAULT_MOUNT_POINTS_EXCLUDE = r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"

@@ -16,12 +16,12 @@ import time
 import msgspec
 
 from agents.config.model import ModuleConfig
-from foundation.config.types import Duration
 from agents.net.icmp_engine import ICMP_ENGINE, MIN_PAYLOAD_BYTES, EchoRound
 from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve
 from agents.resources import ProbeResources
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample
+from foundation.config.types import Duration
 
 MAX_COUNT = 10_000
 MAX_PAYLOAD_BYTES = 65_507  # the largest ICMP payload an IPv4 datagram can carry

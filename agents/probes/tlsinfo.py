@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from foundation.config.types import FilePath
 from agents.resources import Resource
 from agents.results import Failure, Metric, Reason, Sample
+from foundation.config.types import FilePath
 
 TlsVersionName = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 _VERSION_ORDER = {"TLSv1": 10, "TLSv1.1": 11, "TLSv1.2": 12, "TLSv1.3": 13}

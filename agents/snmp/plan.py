@@ -10,7 +10,6 @@ from agents.snmp.ber import encode_oid
 from agents.snmp.schema import IndexSpec, MetricSpec, MetricType, Profile, Refresh
 
 
-
 @dataclass(frozen=True, slots=True)
 class Column:
     """One walked column: a metric (metric is set) or a lookup label (label is set)."""

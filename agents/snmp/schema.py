@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from foundation.config.types import Duration, Secret, SecretFile, SecretRef
 from agents.snmp.ber import encode_oid
+from foundation.config.types import Duration, Secret, SecretFile, SecretRef
 
 MetricType = Literal["counter", "gauge", "string", "enum_info"]
 Refresh = Literal["poll", "slow", "labels"]

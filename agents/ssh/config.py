@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from foundation.config.types import Duration, Secret, SecretFile, SecretRef
 from agents.ssh.hostkeys import HostKeyPolicy, known_hosts_entry
 from agents.ssh.parsers import Parse
+from foundation.config.types import Duration, Secret, SecretFile, SecretRef
 
 
 class SshHostConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -27,8 +27,8 @@ import paramiko
 from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.pkey import UnknownKeyType
 
-from agents.results import Failure, Reason, socket_failure
 from agents.probes.resolve import ResolveError, resolve
+from agents.results import Failure, Reason, socket_failure
 from agents.ssh.config import SshHost
 from agents.ssh.failures import SshFailure
 from agents.ssh.hostkeys import HostKeyChanged, HostKeyUnknown

@@ -48,7 +48,7 @@ class PushConfig(_Strict):
         """Raise ValueError("key: message"); nested keys are dotted."""
         url = urlsplit(self.url)
         try:
-            url.port
+            _ = url.port  # urlsplit checks the port only when asked
         except ValueError:
             raise ValueError(f"url: invalid port in {self.url!r}") from None
         if url.scheme not in ("http", "https") or not url.hostname:

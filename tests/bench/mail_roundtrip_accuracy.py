@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.catalog import parse_config
-from agents.results import ProbeResult, ProbeTarget
 from agents.probes.mail_roundtrip import probe
 from agents.resources import ProbeResources
+from agents.results import ProbeResult, ProbeTarget
 from tests.support.mailserver import PROBE, MailSystem, running_mail_system
 
 # src/global/mail_queue.h: base-52 digits without vowels

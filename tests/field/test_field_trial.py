@@ -22,8 +22,8 @@ from tests.field.testbed import (
     AGENT_PORT,
     COLLECTOR_PORT,
     DISK_FULL_AGENCY,
-    QUEUE_TMPFS_SIZE,
     IMPAIRMENT_CYCLE,
+    QUEUE_TMPFS_SIZE,
     Agency,
     Province,
     agents_up_in_collector,
@@ -270,7 +270,7 @@ def test_3_collector_sigkill_under_load_loses_no_pushed_sample(bed: Province, re
         text = bed.agent_metrics(agency)
         for target in ("dc-core", "portal"):
             produced = probe_runs(text, target)
-            stored = wait_until(lambda: _stored_at_least(bed, agency, target, produced), DELIVERY_TIMEOUT,
+            stored = wait_until(lambda agency=agency, target=target, produced=produced: _stored_at_least(bed, agency, target, produced), DELIVERY_TIMEOUT,
                                 f"{produced} runs of {agency.agent}/{target} in VictoriaMetrics", step=1)
             timestamps = run_timestamps(bed, agency, target, 0, now_ms())
             gap = max_gap_ms(timestamps, timestamps[0], timestamps[-1])
