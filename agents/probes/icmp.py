@@ -16,12 +16,12 @@ import time
 import msgspec
 
 from agents.config.model import ModuleConfig
-from foundation.config.types import Duration
 from agents.net.icmp_engine import ICMP_ENGINE, MIN_PAYLOAD_BYTES, EchoRound
 from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve
 from agents.resources import ProbeResources
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample
+from foundation.config.types import Duration
 
 MAX_COUNT = 10_000
 MAX_PAYLOAD_BYTES = 65_507  # the largest ICMP payload an IPv4 datagram can carry
@@ -144,4 +144,8 @@ def verdict(echo: EchoRound, max_loss_ratio: float, via: str, samples: list[Samp
     return ProbeResult(success=True, detail=summary, samples=samples)
 
 
-SPEC = ProberSpec("icmp", IcmpSettings, probe, failures=IcmpFailure)
+def prepare(module: ModuleConfig[IcmpSettings], resources: ProbeResources) -> None:
+    resources.get(ICMP_ENGINE)
+
+
+SPEC = ProberSpec("icmp", IcmpSettings, probe, failures=IcmpFailure, prepare=prepare)
