@@ -11,11 +11,11 @@ import sys
 import time
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agents.config import AgentConfig, ConfigError, Target
 from agents.config.model import FleetConfig
-from agents.exposition import FamiliesCollector, render_chunks, result_families
+from agents.exposition import render_chunks, result_families
 from agents.fleet import ConfigInfoCollector, FleetSync, Served, load_agent_config
 from agents.host.collector import HostCollector
 from agents.host.config import host_config
@@ -31,6 +31,7 @@ from foundation import __version__
 from foundation.config.remote_write import PushConfig
 from foundation.httpserver import HttpError, HttpServer, Request, Response, require_method
 from foundation.logs import protect_secrets
+from foundation.textformat import render_families
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +216,11 @@ class Agent:
 
     async def _handle_metrics(self, request: Request) -> Response:
         require_method(request, "GET")
-        # self-metrics and host metrics through prometheus_client; probe results rendered directly, streamed
-        head = generate_latest(self.registry)
-        chunks = (chunk.encode("utf-8") for chunk in render_chunks(self.store.states()))
-        return Response(200, itertools.chain((head,), chunks), CONTENT_TYPE_LATEST)
+        # self-metrics and host metrics: prometheus_client families, collected now (an error is a 500, not a cut
+        # body); probe results: read from the store while streaming. One text writer for both.
+        head = list(render_families(self.registry.collect()))
+        chunks = itertools.chain(head, render_chunks(self.store.states()))
+        return Response(200, (chunk.encode("utf-8") for chunk in chunks), CONTENT_TYPE_LATEST)
 
     async def _handle_probe(self, request: Request) -> Response:
         """blackbox_exporter's /probe: `target` is an address, `module` a configured module."""
@@ -232,9 +234,7 @@ class Agent:
         if module is None:
             raise HttpError(400, f"unknown module {module_name!r}")
         result = await run_probe(ProbeTarget(address, address), module, self.resources)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(FamiliesCollector(result_families(result)))
-        return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+        return Response(200, "".join(render_families(result_families(result))).encode("utf-8"), CONTENT_TYPE_LATEST)
 
     async def _handle_trace(self, request: Request) -> Response:
         """One on-demand path trace: /trace?target=ADDRESS[&module=M][&count=N][&max_hops=N][&format=table]."""

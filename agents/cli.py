@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from agents.catalog import PROBERS
 from agents.config import AgentConfig, ConfigError
@@ -16,6 +16,10 @@ from agents.served_check import run as check_served
 from foundation import __version__
 from foundation.config.base import listen_argument
 from foundation.logs import protect_secrets, setup_logging
+
+if TYPE_CHECKING:
+    from agents.config import Target
+    from agents.resources import ProbeResources
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -36,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--once", action="store_true", required=True, help="run each target's probe once")
     probe.add_argument("--target", action="append", help="only this target (repeatable)")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    probe.add_argument(
+        "--parallel", action="store_true",
+        help="run all targets at once (up to max_concurrent_probes): faster for many targets, but each one's "
+        "timings then include the others' work on the shared event loop",
+    )
     trace = commands.add_parser("trace", help="trace the path to ADDRESS hop by hop, like mtr --report (no config)")
     trace.add_argument("address")
     trace.add_argument("--count", type=int, default=10, help="probes per hop (default 10)")
@@ -76,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config_path}: OK ({len(config.modules)} modules, {len(config.targets)} targets{served})")
         return EXIT_OK
     if args.command == "probe":
-        return asyncio.run(_probe_once(config, args.target, args.json))
+        return asyncio.run(_probe_once(config, args.target, args.json, args.parallel))
     return _run(loaded, config_path, args.listen)
 
 
@@ -114,7 +123,7 @@ def unsupported_here(config: AgentConfig, platform: str = sys.platform) -> list[
     return problems
 
 
-async def _probe_once(config: AgentConfig, names: list[str] | None, as_json: bool) -> int:
+async def _probe_once(config: AgentConfig, names: list[str] | None, as_json: bool, parallel: bool = False) -> int:
     from agents.resources import ProbeResources
     from agents.runner import run_target
 
@@ -126,7 +135,9 @@ async def _probe_once(config: AgentConfig, names: list[str] | None, as_json: boo
             return EXIT_CONFIG
         targets = [t for t in targets if t.name in names]
     resources = ProbeResources()
-    limit = asyncio.Semaphore(config.max_concurrent_probes)
+    _prepare(targets, resources)
+    # one at a time by default: a probe's timed phases then hold its own work only, as when it runs alone
+    limit = asyncio.Semaphore(config.max_concurrent_probes if parallel else 1)
 
     async def one(target):
         async with limit:
@@ -139,6 +150,15 @@ async def _probe_once(config: AgentConfig, names: list[str] | None, as_json: boo
     pairs = list(zip(targets, results))
     print(json.dumps(_as_json(pairs), ensure_ascii=False, indent=2) if as_json else _as_table(pairs))
     return EXIT_OK if all(r.success for r in results) else EXIT_PROBE_FAILED
+
+
+def _prepare(targets: list[Target], resources: ProbeResources) -> None:
+    """Every module's one-time start-up (imports, TLS contexts, engines) before the first probe starts, not inside
+    a probe's timed phase: a loopback TCP connect read 182 ms in the full example set, 0.6 ms alone, because all
+    probes share one event loop and the others' first imports and CA loads ran while it waited."""
+    modules = {target.module.name: target.module for target in targets}
+    for module in modules.values():
+        PROBERS[module.prober].prepare(module, resources)
 
 
 def _trace(args: argparse.Namespace) -> int:

@@ -69,19 +69,16 @@ def render_text(states: Iterable[TargetState]) -> str:
 def render_chunks(states: Iterable[TargetState], lines_per_chunk: int = 2000) -> Iterator[str]:
     """The same text in pieces, one family at a time, so a scrape never holds every line at once
     (at 1,000 ICMP targets that is ~34,000 lines, half of them histogram buckets)."""
-    states = [state for state in states if state.latest is not None]
-    bases = [(state, labels, _label_text(labels)) for state in states for labels in (target_labels(state),)]
-    for metric in _families_in_order(states):
+    targets = [_TargetRows(state) for state in states if state.latest is not None]
+    families: dict[str, Metric] = {}
+    for target in targets:
+        for metric in target.families:
+            families.setdefault(metric.name, metric)
+    for metric in families.values():
         lines = [_family_header(metric)]
-        for state, base, base_text in bases:
-            for name, own_labels, value in _own_rows(state, metric):
-                if not own_labels:
-                    label_text = base_text
-                elif own_labels.keys() & base.keys():  # a sample label overrides a target label
-                    label_text = _label_text({**base, **own_labels})
-                else:
-                    label_text = f"{base_text},{_label_text(own_labels)}"
-                lines.append(f"{name}{{{label_text}}} {format_value(value)}\n")
+        for target in targets:
+            for name, own_labels, value in target.rows.get(metric.name, ()):
+                lines.append(f"{name}{{{target.label_text(own_labels)}}} {format_value(value)}\n")
             if len(lines) >= lines_per_chunk:
                 yield "".join(lines)
                 lines = []
@@ -89,38 +86,50 @@ def render_chunks(states: Iterable[TargetState], lines_per_chunk: int = 2000) ->
             yield "".join(lines)
 
 
-def _label_text(labels: Labels) -> str:
-    return label_pairs(labels.items())
+OwnRow = tuple[str, tuple[tuple[str, str], ...], float]  # sample name, the sample's own labels, value
 
 
-def _families_in_order(states: list[TargetState]) -> list[Metric]:
-    seen: dict[str, Metric] = {}
-    for state in states:
+class _TargetRows:
+    """One target's rows grouped by family in one pass, and its series' label text, each label set escaped once
+    (an SNMP device repeats one interface's labels in every column: 201 interfaces x 13 columns)."""
+
+    def __init__(self, state: TargetState) -> None:
+        self.base = target_labels(state)
+        self._base_text = _label_text(self.base)
+        self._texts: dict[tuple[tuple[str, str], ...], str] = {}
+        self.families: list[Metric] = []
+        self.rows: dict[str, list[OwnRow]] = {}
         for sample in state.latest.samples:  # type: ignore[union-attr]
             if sample.metric.latest_only:
-                seen.setdefault(sample.metric.name, sample.metric)
-        for metric, _ in state.counters:
-            seen.setdefault(metric.name, metric)
-        for metric, _ in state.histograms:
-            seen.setdefault(metric.name, metric)
-    return list(seen.values())
-
-
-def _own_rows(state: TargetState, family: Metric) -> Iterator[tuple[str, Labels, float]]:
-    """One family's rows of one target, with only the sample's own labels (the target's are shared)."""
-    if family.latest_only:
-        for sample in state.latest.samples:  # type: ignore[union-attr]
-            if sample.metric.name == family.name:
-                yield family.name, dict(sample.labels), sample.value
-    elif family.kind == "counter":
+                self._add(sample.metric, (sample.metric.name, sample.labels, sample.value))
         for (metric, labels), value in state.counters.items():
-            if metric.name == family.name:
-                yield counter_name(metric), dict(labels), value
-    else:
+            self._add(metric, (counter_name(metric), labels, value))
         for (metric, labels), histogram in state.histograms.items():
-            if metric.name == family.name:
-                for _, name, row_labels, value in _histogram_rows(metric, dict(labels), histogram):
-                    yield name, row_labels, value
+            for _, name, row_labels, value in _histogram_rows(metric, dict(labels), histogram):
+                self._add(metric, (name, tuple(row_labels.items()), value))
+
+    def _add(self, metric: Metric, row: OwnRow) -> None:
+        rows = self.rows.get(metric.name)
+        if rows is None:
+            self.families.append(metric)
+            rows = self.rows[metric.name] = []
+        rows.append(row)
+
+    def label_text(self, own: tuple[tuple[str, str], ...]) -> str:
+        text = self._texts.get(own)
+        if text is None:
+            if not own:
+                text = self._base_text
+            elif any(name in self.base for name, _ in own):  # a sample label overrides a target label
+                text = _label_text({**self.base, **dict(own)})
+            else:
+                text = f"{self._base_text},{label_pairs(own)}"
+            self._texts[own] = text
+        return text
+
+
+def _label_text(labels: Labels) -> str:
+    return label_pairs(labels.items())
 
 
 # --- prometheus_client families (push, /probe, tests) -----------------------------------------------

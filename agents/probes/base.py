@@ -24,6 +24,10 @@ def _whole_address(address: str) -> str:
     return address
 
 
+def _nothing_to_prepare(module: ModuleConfig[Any], resources: ProbeResources) -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class ProberSpec(Generic[S]):
     """One row of the prober table: the struct `modules.<name>.<prober>` decodes into, its probe function, the
@@ -38,3 +42,6 @@ class ProberSpec(Generic[S]):
     section: SectionSpec[Any] | None = None
     # more lines under a result in `netmon-agent probe --once` (the transaction prober: a table of its steps)
     result_lines: Callable[[ModuleConfig[Any], ProbeResult], list[str]] | None = None
+    # one-time work a module's first probe would otherwise do inside its timed phases, stalling every probe
+    # running beside it (imports, TLS contexts, engines); `probe --once` runs it before starting any probe
+    prepare: Callable[[ModuleConfig[Any], ProbeResources], None] = _nothing_to_prepare

@@ -416,4 +416,21 @@ async def _probe_system(name: str, module: ModuleConfig[DnsSettings], settings: 
     return failed or ProbeResult(success=True, samples=samples)
 
 
-SPEC = ProberSpec("dns", DnsSettings, probe, failures=DnsFailure)
+def prepare(module: ModuleConfig[DnsSettings], resources: ProbeResources) -> None:
+    """dnspython (imported on first use: agents without DNS probes never load it), its asyncio backend and the
+    record types the answers will hold (dnspython imports each on the first answer that has one)."""
+    import dns.asyncbackend
+    import dns.asyncquery
+    import dns.rcode
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
+    dns.asyncbackend.get_backend("asyncio")
+    query = _make_query("example.", module.settings)
+    for rdtype in {query.question[0].rdtype, dns.rdatatype.SOA, dns.rdatatype.CNAME}:
+        if rdtype != dns.rdatatype.ANY:
+            dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype)
+
+
+SPEC = ProberSpec("dns", DnsSettings, probe, failures=DnsFailure, prepare=prepare)

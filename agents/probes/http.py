@@ -35,6 +35,7 @@ from agents.probes.tlsinfo import (
     TlsSettings,
     classify_tls_error,
     fetch_chain,
+    prepare_tls,
     session_samples,
     version_ok,
 )
@@ -800,4 +801,10 @@ phase_totals = _phase_totals
 current_phase = _current_phase
 
 
-SPEC = ProberSpec("http", HttpSettings, probe, host_of=lambda address: parse_url(address).host, failures=HttpFailure)
+def prepare(module: ModuleConfig[HttpSettings], resources: ProbeResources) -> None:
+    prepare_tls(resources, module.settings.tls_config, alpn=("http/1.1",))  # any URL may redirect to https
+
+
+SPEC = ProberSpec(
+    "http", HttpSettings, probe, host_of=lambda address: parse_url(address).host, failures=HttpFailure, prepare=prepare
+)

@@ -144,4 +144,8 @@ def verdict(echo: EchoRound, max_loss_ratio: float, via: str, samples: list[Samp
     return ProbeResult(success=True, detail=summary, samples=samples)
 
 
-SPEC = ProberSpec("icmp", IcmpSettings, probe, failures=IcmpFailure)
+def prepare(module: ModuleConfig[IcmpSettings], resources: ProbeResources) -> None:
+    resources.get(ICMP_ENGINE)
+
+
+SPEC = ProberSpec("icmp", IcmpSettings, probe, failures=IcmpFailure, prepare=prepare)

@@ -18,6 +18,7 @@ from agents.probes.tlsinfo import (
     TlsSettings,
     classify_tls_error,
     fetch_chain,
+    prepare_tls,
     session_samples,
     version_ok,
 )
@@ -190,4 +191,12 @@ async def _start_tls(
     return None
 
 
-SPEC = ProberSpec("tcp", TcpSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=TcpFailure)
+def prepare(module: ModuleConfig[TcpSettings], resources: ProbeResources) -> None:
+    settings = module.settings
+    if settings.tls or any(step.starttls for step in settings.query_response):
+        prepare_tls(resources, settings.tls_config)
+
+
+SPEC = ProberSpec(
+    "tcp", TcpSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=TcpFailure, prepare=prepare
+)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from agents.resources import Resource
+from agents.resources import ProbeResources, Resource
 from agents.results import Failure, Metric, Reason, Sample
 from foundation.config.types import FilePath
 
@@ -88,6 +88,13 @@ class TlsContexts:
 
 # Every TLS prober's client contexts, forgotten at a config reload
 TLS_CONTEXTS: Resource[TlsContexts] = Resource("tls_contexts", lambda resources: TlsContexts(), reload=TlsContexts.clear)
+
+
+def prepare_tls(resources: ProbeResources, settings: TlsSettings, alpn: tuple[str, ...] = ()) -> None:
+    """Build the client context a TLS probe will use and load the certificate parser, before any probe is timed."""
+    from cryptography import x509  # noqa: F401
+
+    resources.get(TLS_CONTEXTS).get(settings, alpn=alpn)
 
 
 def peer_chain_der(ssl_object: Any) -> list[bytes]:

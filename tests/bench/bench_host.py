@@ -7,7 +7,8 @@ CPU of each server process (all threads, utime + stime from /proc/PID/stat) is r
 node_exporter runs with only the collectors the agent has (same exclusion regexes), with no collectors
 (its fixed cost per scrape) and with its Debian defaults for reference; the agent runs with host
 metrics on and off. Subtracting each server's fixed cost leaves the collectors' own cost. The
-in-process figure is HostCollector + generate_latest alone, without HTTP or self-metrics.
+in-process figures are HostCollector + the text writer /metrics uses (foundation/textformat.py), and + prometheus_client's
+generate_latest as before, without HTTP or self-metrics.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from agents.host.collector import HostCollector  # noqa: E402
 from agents.host.config import host_config  # noqa: E402
 from agents.host.diskstats import DEFAULT_DEVICE_EXCLUDE  # noqa: E402
 from agents.host.filesystem import DEFAULT_FS_TYPES_EXCLUDE, DEFAULT_MOUNT_POINTS_EXCLUDE  # noqa: E402
+from foundation.textformat import render_families  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.procs import running, wait_for_port  # noqa: E402
 
@@ -95,16 +97,23 @@ def bench_agent(scrapes: int, host_enabled: bool) -> tuple[float, str]:
             return scrape_cpu(pid, port, scrapes)
 
 
-def bench_in_process(scrapes: int) -> tuple[float, str]:
+def bench_in_process(scrapes: int, writer: str = "textformat") -> tuple[float, str]:
+    """writer "textformat": the text writer /metrics uses; "generate_latest": prometheus_client's, used before."""
     config = parse_config(AGENT_CONFIG.format(port=1, enabled="true"))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HostCollector(lambda: host_config(config)))
+
+    def render() -> str:
+        if writer == "generate_latest":
+            return generate_latest(registry).decode()
+        return "".join(render_families(registry.collect()))
+
     for _ in range(WARMUP_SCRAPES):
-        generate_latest(registry)
+        render()
     before = time.process_time()
     for _ in range(scrapes):
-        body = generate_latest(registry)
-    return (time.process_time() - before) / scrapes, body.decode()
+        body = render()
+    return (time.process_time() - before) / scrapes, body
 
 
 def main() -> int:
@@ -121,13 +130,15 @@ def main() -> int:
     agent, agent_text = bench_agent(args.scrapes, host_enabled=True)
     agent_none, agent_none_text = bench_agent(args.scrapes, host_enabled=False)
     in_process, in_process_text = bench_in_process(args.scrapes)
+    in_process_old, in_process_old_text = bench_in_process(args.scrapes, "generate_latest")
     rows = [
         ("prometheus-node-exporter, same collectors as the agent", ne_same, ne_same_text),
         ("prometheus-node-exporter, no collectors (baseline)", ne_none, ne_none_text),
         ("prometheus-node-exporter, Debian defaults", ne_default, ne_default_text),
         ("netmon-agent /metrics, host enabled, no targets", agent, agent_text),
         ("netmon-agent /metrics, host disabled (baseline)", agent_none, agent_none_text),
-        ("host collectors in-process (collect + generate_latest)", in_process, in_process_text),
+        ("host collectors in-process (collect + text writer)", in_process, in_process_text),
+        ("host collectors in-process (collect + generate_latest)", in_process_old, in_process_old_text),
     ]
     print(f"{args.scrapes} scrapes each, {os.cpu_count()} CPUs, one run")
     print(f"{'':56s} {'node_* series':>13s} {'all series':>10s} {'CPU/scrape':>11s}")

@@ -11,7 +11,8 @@ same agent over the namespace's loopback. All three read the same data: the buil
   generator MIBs); CPU is its process's utime + stime from /proc/PID/stat around the scrapes.
 - The agent's prober runs in this process (time.process_time): "steady" polls use its caches (labels and
   slow columns re-walked on their own cadence), "full" polls walk every column every time as snmp_exporter
-  does, and "+ exposition" adds rendering the device's series as /metrics does.
+  does, and "+ exposition" adds rendering the device's series as /metrics does; "exposition only" renders one
+  poll's series polls x 5 times, through prometheus_client's generate_latest and through /metrics' writer.
 - snmpbulkwalk walks one column per invocation (it takes one OID), snmpget reads the two scalars; CPU is
   this process's children's rusage.
 """
@@ -41,7 +42,7 @@ from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from agents.catalog import parse_config  # noqa: E402
 from agents.config.model import Target  # noqa: E402
-from agents.exposition import ResultCollector  # noqa: E402
+from agents.exposition import ResultCollector, render_text  # noqa: E402
 from agents.resources import ProbeResources  # noqa: E402
 from agents.runner import run_target  # noqa: E402
 from agents.snmp.schema import MetricSpec, Profile, TableSpec, load_builtin_profiles  # noqa: E402
@@ -149,9 +150,7 @@ def without_caches(target: Target) -> Target:
 
 async def poll_figure(label: str, target: Target, resources: ProbeResources, polls: int, expose: bool) -> Figure:
     store = ResultStore()
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ResultCollector(store))
-    body = b""
+    body = ""
     for _ in range(WARMUP):
         await run_target(target, resources)
     cpu_before, started = time.process_time(), time.perf_counter()
@@ -161,10 +160,29 @@ async def poll_figure(label: str, target: Target, resources: ProbeResources, pol
             raise RuntimeError(f"{label}: poll failed: {result.detail}")
         if expose:
             store.record(target, result)
-            body = generate_latest(registry)
+            body = render_text(store.states())  # what /metrics writes
     cpu, wall = (time.process_time() - cpu_before) / polls, (time.perf_counter() - started) / polls
-    count = series(body.decode()) if expose else sum(1 for s in result.samples if not s.metric.name.startswith("probe_"))
+    count = series(body) if expose else sum(1 for s in result.samples if not s.metric.name.startswith("probe_"))
     return Figure(label, cpu, wall, count)
+
+
+async def exposition_figures(target: Target, resources: ProbeResources, renders: int) -> list[Figure]:
+    """The device's series rendered alone, many times: prometheus_client's generate_latest (how /metrics wrote them
+    before issue 18) and the direct writer /metrics uses now."""
+    store = ResultStore()
+    store.record(target, await run_target(target, resources))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ResultCollector(store))
+    figures = []
+    for label, render in (("generate_latest (before)", lambda: generate_latest(registry).decode()),
+                          ("render_text (/metrics now)", lambda: render_text(store.states()))):
+        body = render()
+        cpu_before, started = time.process_time(), time.perf_counter()
+        for _ in range(renders):
+            render()
+        figures.append(Figure(f"exposition only, {label}", (time.process_time() - cpu_before) / renders,
+                              (time.perf_counter() - started) / renders, series(body)))
+    return figures
 
 
 async def bench_agent(server: Snmpd, polls: int) -> list[Figure]:
@@ -174,6 +192,7 @@ async def bench_agent(server: Snmpd, polls: int) -> list[Figure]:
         return [
             await poll_figure("netmon-agent (v2c), steady: cached labels", targets["v2c"], resources, polls, False),
             await poll_figure("netmon-agent (v2c), steady + exposition", targets["v2c"], resources, polls, True),
+            *await exposition_figures(targets["v2c"], resources, polls * 5),
             await poll_figure("netmon-agent (v2c), full walk every poll", without_caches(targets["v2c"]), resources, polls, False),
             await poll_figure("netmon-agent (v3 SHA/AES), steady: cached labels", targets["v3"], resources, polls, False),
             await poll_figure("netmon-agent (v3 SHA/AES), full walk every poll", without_caches(targets["v3"]), resources,
@@ -239,6 +258,7 @@ def main() -> int:
             return figures
 
         print(report(call_in_netns(server.ns, measure), args.polls))  # type: ignore[arg-type]
+        print(f"load average at the end: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
     return 0
 
 

@@ -1,0 +1,136 @@
+"""`probe --once` times each probe as if it ran alone: no other probe's start-up (imports, TLS contexts, the ICMP
+engine) and no other probe's work lands inside a probe's timed phases."""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from agents.catalog import PROBERS, parse_config
+from agents.probes.tlsinfo import TLS_CONTEXTS
+from agents.resources import ProbeResources
+from tests.support.dnsmasq import running_dnsmasq
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = 3
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP port that accepts and closes, on a thread of its own."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    server.close()
+
+
+@pytest.fixture
+def web() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_port
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def full_set(tmp_path: Path, listener: int, web: int) -> Iterator[Path]:
+    with running_dnsmasq(tmp_path / "dns", ["host-record=portal.test.lan,10.1.2.3"]) as dns:
+        config = tmp_path / "agent.yml"
+        config.write_text(
+            f"""\
+agent: {{id: timings, agency: test}}
+modules:
+  dns: {{prober: dns, timeout: 5s, dns: {{query_name: portal.test.lan, query_type: A}}}}
+  http: {{prober: http, timeout: 5s}}
+  icmp: {{prober: icmp, timeout: 5s, icmp: {{count: 1}}}}
+  tcp: {{prober: tcp, timeout: 5s}}
+targets:
+  - {{name: dns, address: "{dns.address}", module: dns}}
+  - {{name: web, address: "http://127.0.0.1:{web}/", module: http}}
+  - {{name: tls, address: "https://127.0.0.1:{listener}/", module: http}}
+  - {{name: loopback, address: 127.0.0.1, module: icmp}}
+  - {{name: port, address: "127.0.0.1:{listener}", module: tcp}}
+""",
+            encoding="utf-8",
+        )
+        yield config
+
+
+def probe_once(config: Path, *args: str) -> dict[str, dict]:
+    done = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "probe", "--once", "--json", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert done.stdout, done.stderr
+    return {result["target"]: result for result in json.loads(done.stdout)["results"]}
+
+
+def tcp_connect_seconds(result: dict) -> float:
+    (value,) = (s["value"] for s in result["samples"] if s["name"] == "probe_tcp_connect_duration_seconds")
+    return value
+
+
+def test_a_probes_timings_with_the_full_set_agree_with_it_alone_within_a_millisecond(full_set: Path):
+    together, alone = [], []
+    for _ in range(RUNS):
+        results = probe_once(full_set)
+        assert results["port"]["success"] and results["dns"]["success"] and results["web"]["success"], results
+        together.append(tcp_connect_seconds(results["port"]))
+        alone.append(tcp_connect_seconds(probe_once(full_set, "--target", "port")["port"]))
+    # medians: the machine running the tests is shared, one run may be descheduled either way
+    assert abs(statistics.median(together) - statistics.median(alone)) < 0.001, (together, alone)
+
+
+def test_preparing_a_module_does_its_one_time_work_before_any_probe():
+    config = parse_config(
+        """\
+agent: {id: a, agency: b}
+modules:
+  web: {prober: http}
+  names: {prober: dns, dns: {query_name: example.org, query_type: MX}}
+targets:
+  - {name: w, address: "https://127.0.0.1:1/", module: web}
+  - {name: n, address: "127.0.0.1:1", module: names}
+""",
+        "agent.yml",
+    )
+    resources = ProbeResources()
+    for module in config.modules.values():
+        PROBERS[module.prober].prepare(module, resources)
+    assert resources.get(TLS_CONTEXTS)._contexts, "the TLS client context is built"
+    for loaded in ("cryptography.x509", "dns.asyncquery", "dns._asyncio_backend", "dns.rdtypes.ANY.MX"):
+        assert loaded in sys.modules, loaded
