@@ -5,8 +5,8 @@ Each entry keeps what every reader needs precomputed once, when the series first
 - `prefix`: the exposition line up to the value (`name{labels} `), so /metrics is string joins;
 - `forward_block`: the labels sent on by remote_write out (identity labels and external labels applied), as
   the label block foundation.remote_write.write_blocks takes, so forwarding a series costs no label lookup;
-  made the first time the series is forwarded (`AgentState.forward_block`): a collector without remote_write
-  out holds none.
+  made with the entry when the collector forwards, else when the series is first forwarded
+  (`AgentState.forward_block`, e.g. after a reload adds a remote_write out): a collector without one holds none.
 The label sets the agents sent, the keys of `AgentState.series`, are the decoders' (foundation.remote_write):
 their (name, value) pairs are shared between the series that repeat them.
 
@@ -121,8 +121,8 @@ class AgentState:
         metric_name = next((value for name, value in kept if name == "__name__"), "")
         return metric_name, sorted(kept + list(identity))
 
-    def entry_for(self, labels: Labels) -> Entry:
-        """A new entry for labels the agent sent."""
+    def entry_for(self, labels: Labels, forwarding: bool = False) -> Entry:
+        """A new entry for labels the agent sent, with its forwarded label block if `forwarding`."""
         metric_name, merged = self.merged(labels)
         if metric_name in RESERVED_NAMES or metric_name.startswith(RESERVED_PREFIX):
             raise Rejected("reserved_name", f"metric name {metric_name!r} is reserved for the collector's own series")
@@ -134,6 +134,8 @@ class AgentState:
             return entry
         entry = self.outputs[prefix] = Entry(metric_name, prefix)
         entry.timestamp_ms = self.ended.pop(prefix, -1)
+        if forwarding:
+            entry.forward_block = self._block_of(merged)
         return entry
 
     def forward_block(self, entry: Entry, labels: Labels) -> bytes:
@@ -141,11 +143,12 @@ class AgentState:
         those the agent sent for it (label sets that became one series give the same block)."""
         block = entry.forward_block
         if block is None:
-            _, merged = self.merged(labels)
-            present = {name for name, _ in merged}
-            forward = tuple(sorted(merged + [label for label in self.external_labels if label[0] not in present]))
-            block = entry.forward_block = label_block(forward)
+            block = entry.forward_block = self._block_of(self.merged(labels)[1])
         return block
+
+    def _block_of(self, merged: list[tuple[str, str]]) -> bytes:
+        present = {name for name, _ in merged}
+        return label_block(tuple(sorted(merged + [label for label in self.external_labels if label[0] not in present])))
 
     def entries(self) -> Iterable[Entry]:
         """Each output series once."""
@@ -207,7 +210,7 @@ class SeriesStore:
         for labels, _ in series:
             entry = get(labels)
             if entry is None:
-                entry = state.entry_for(labels)
+                entry = state.entry_for(labels, forwarding)
                 new_series = True
             entries.append(entry)
         if admit is not None:
