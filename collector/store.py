@@ -4,7 +4,11 @@ Built for the ingest path: a series seen before costs one dict lookup and two at
 Each entry keeps what every reader needs precomputed once, when the series first arrives:
 - `prefix`: the exposition line up to the value (`name{labels} `), so /metrics is string joins;
 - `forward_block`: the labels sent on by remote_write out (identity labels and external labels applied), as
-  the label block foundation.remote_write.write_blocks takes, so forwarding a series costs no label lookup.
+  the label block foundation.remote_write.write_blocks takes, so forwarding a series costs no label lookup;
+  made with the entry when the collector forwards, else when the series is first forwarded
+  (`AgentState.forward_block`, e.g. after a reload adds a remote_write out): a collector without one holds none.
+The label sets the agents sent, the keys of `AgentState.series`, are the decoders' (foundation.remote_write):
+their (name, value) pairs are shared between the series that repeat them.
 
 Identity labels (agency, agent, district, level) come from the inventory entry the credential (or the scrape
 address) is bound to, and overwrite whatever the agent sent.
@@ -58,10 +62,10 @@ class Entry:
 
     __slots__ = ("name", "prefix", "forward_block", "value", "timestamp_ms")
 
-    def __init__(self, name: str, prefix: str, forward_block: bytes) -> None:
+    def __init__(self, name: str, prefix: str) -> None:
         self.name = name
         self.prefix = prefix
-        self.forward_block = forward_block
+        self.forward_block: bytes | None = None  # made when first forwarded (AgentState.forward_block)
         self.value = 0.0
         self.timestamp_ms = -1
 
@@ -108,26 +112,43 @@ class AgentState:
     def is_up(self, now: float) -> bool:
         return self.last_seen > 0 and self.scrape_ok and now - self.last_seen <= self.agent.ttl
 
-    def entry_for(self, labels: Labels) -> Entry:
-        """A new entry for labels the agent sent: identity labels overwrite the agent's."""
+    def merged(self, labels: Labels) -> tuple[str, list[tuple[str, str]]]:
+        """The metric name and the labels of the series stored for labels the agent sent: identity labels
+        overwrite the agent's."""
         identity = self.agent.identity
         identity_names = {name for name, _ in identity}
         kept = [(name, value) for name, value in labels if name not in identity_names]
         metric_name = next((value for name, value in kept if name == "__name__"), "")
+        return metric_name, sorted(kept + list(identity))
+
+    def entry_for(self, labels: Labels, forwarding: bool = False) -> Entry:
+        """A new entry for labels the agent sent, with its forwarded label block if `forwarding`."""
+        metric_name, merged = self.merged(labels)
         if metric_name in RESERVED_NAMES or metric_name.startswith(RESERVED_PREFIX):
             raise Rejected("reserved_name", f"metric name {metric_name!r} is reserved for the collector's own series")
-        merged = sorted(kept + list(identity))
-        present = {name for name, _ in merged}
-        forward = tuple(sorted(merged + [label for label in self.external_labels if label[0] not in present]))
         shown = label_pairs((name, value) for name, value in merged if name != "__name__")
         prefix = f"{metric_name}{{{shown}}} "
         entry = self.outputs.get(prefix)
         if entry is not None:
             self.aliased = True
             return entry
-        entry = self.outputs[prefix] = Entry(metric_name, prefix, label_block(forward))
+        entry = self.outputs[prefix] = Entry(metric_name, prefix)
         entry.timestamp_ms = self.ended.pop(prefix, -1)
+        if forwarding:
+            entry.forward_block = self._block_of(merged)
         return entry
+
+    def forward_block(self, entry: Entry, labels: Labels) -> bytes:
+        """The entry's forwarded labels (external labels applied) as a label block, made once; `labels` are
+        those the agent sent for it (label sets that became one series give the same block)."""
+        block = entry.forward_block
+        if block is None:
+            block = entry.forward_block = self._block_of(self.merged(labels)[1])
+        return block
+
+    def _block_of(self, merged: list[tuple[str, str]]) -> bytes:
+        present = {name for name, _ in merged}
+        return label_block(tuple(sorted(merged + [label for label in self.external_labels if label[0] not in present])))
 
     def entries(self) -> Iterable[Entry]:
         """Each output series once."""
@@ -189,7 +210,7 @@ class SeriesStore:
         for labels, _ in series:
             entry = get(labels)
             if entry is None:
-                entry = state.entry_for(labels)
+                entry = state.entry_for(labels, forwarding)
                 new_series = True
             entries.append(entry)
         if admit is not None:
@@ -218,7 +239,7 @@ class SeriesStore:
                     if entry.name.startswith(PATH_PREFIX):
                         state.path_labels.add(labels)
             if forwarding:
-                forward.append((entry.forward_block, samples))
+                forward.append((entry.forward_block or state.forward_block(entry, labels), samples))
         state.last_seen = now
         out_of_bounds = dropped.too_old + dropped.too_new
         state.out_of_bounds = dropped if out_of_bounds else None
@@ -267,7 +288,7 @@ class SeriesStore:
     def _end(state: AgentState, labels_list: list[Labels], now: float) -> list[BlockSeries]:
         stamp = ((int(now * 1000), STALE_NAN),)
         state.path_labels.difference_update(labels_list)
-        ended = {state.series.pop(labels).forward_block: None for labels in labels_list}
+        ended = {state.forward_block(state.series.pop(labels), labels): None for labels in labels_list}
         return [(block, stamp) for block in ended]
 
     def live_states(self, now: float) -> Iterator[AgentState]:

@@ -287,6 +287,9 @@ class Decoder:
     def __init__(self, max_decompressed_bytes: int, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.max_decompressed_bytes = max_decompressed_bytes
         self._labels = _BoundedCache(cache_size)  # canonical label block -> validated labels
+        # (name, value) pairs of the cached label sets, one object each: series repeat their metric names and
+        # label values, and a pair per label per series was over half of what a series held (docs/benchmarks.md)
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
 
     def decode(self, body: bytes) -> list[Series]:
         return self.parse(decompress(body, self.max_decompressed_bytes))
@@ -327,9 +330,16 @@ class Decoder:
         block = _WireTimeSeries(labels=label_fields).SerializeToString()
         labels = self._labels.get(block)
         if labels is None:
-            labels = _labels_of(label_fields)
+            labels = self._shared(_labels_of(label_fields))
             self._labels.remember(block, labels)
         return Series(labels, tuple([(sample.timestamp, sample.value) for sample in timeseries.samples]))
+
+    def _shared(self, labels: Labels) -> Labels:
+        """The labels made of pairs already held where there are (the pairs kept are bounded like the label sets)."""
+        pairs = self._pairs
+        if len(pairs) >= max(self._labels.size, 1) * 4:
+            pairs.clear()  # churning label values: start afresh rather than hold every pair ever seen
+        return tuple([pairs.setdefault(pair, pair) for pair in labels])
 
 
 # A Sample field as protobuf writes one with a timestamp of 6 varint bytes: tag 2, length 16, value (tag 1,

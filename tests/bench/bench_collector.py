@@ -11,7 +11,8 @@ every agent's push once; round 1 is first sight (label caches cold), later round
   sent back to back by 4 concurrent keep-alive clients: what one core of the server sustains;
 - push latency: p50/p99 of request round trips in a paced round (pushes spread over `--pace` seconds, as
   agents on a 15 s cadence do), 4 clients;
-- /metrics: wall time of a full GET /metrics after ingest (median of 5), and its size.
+- /metrics: wall time of a full GET /metrics after ingest (median of 5), and its size;
+- memory: RSS at the end, and bytes per series: (RSS after ingest, before /metrics - RSS when started, empty) / series.
 The collector runs twice: without remote_write out, and with one to a sink that answers 204 (the forward
 queue and its encoding then cost too). vmagent forwards to the same kind of sink.
 """
@@ -162,6 +163,7 @@ def percentile(values: list[float], share: float) -> float:
 def measure(name: str, pid: int, base: str, rounds: list[list[tuple[str, bytes, tuple]]], pace: float) -> dict:
     samples_per_round = len(rounds[0]) * SERIES_PER_AGENT
     steady_samples = sum(len(requests) for requests in rounds[1:-1]) * SERIES_PER_AGENT
+    rss_empty = rss_mib(pid)
     cpu0, wall0 = process_cpu_seconds(pid), time.monotonic()
     asyncio.run(send_all(base, rounds[0]))
     first_cpu, first_wall = process_cpu_seconds(pid) - cpu0, time.monotonic() - wall0
@@ -171,6 +173,7 @@ def measure(name: str, pid: int, base: str, rounds: list[list[tuple[str, bytes, 
     steady_cpu, steady_wall = process_cpu_seconds(pid) - cpu1, time.monotonic() - wall1
     latencies = asyncio.run(send_all(base, rounds[-1], pace=pace))
     time.sleep(2)  # let a forwarding server catch up before /metrics is timed
+    rss_ingested = rss_mib(pid)  # before /metrics is rendered: its page is garbage, not what the series hold
     render, size = metrics_render(f"{base}/metrics")
     return {
         "name": name, "first_us": first_cpu / samples_per_round * 1e6, "first_rate": samples_per_round / first_wall,
@@ -179,6 +182,7 @@ def measure(name: str, pid: int, base: str, rounds: list[list[tuple[str, bytes, 
         "wall_rate": steady_samples / steady_wall if steady_wall else float("nan"),
         "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
         "render_s": render, "render_mib": size / 2**20, "rss_mib": rss_mib(pid),
+        "bytes_per_series": (rss_ingested - rss_empty) * 2**20 / samples_per_round,
     }
 
 
@@ -243,11 +247,11 @@ def run_pushgateway(directory: Path, agents: int, rounds: int, pace: float, samp
 def print_table(results: list[dict], agents: int, load: tuple[float, ...]) -> None:
     print(f"\n{agents} agents x {SERIES_PER_AGENT} series = {agents * SERIES_PER_AGENT} series per round; {os.cpu_count()} CPUs, one run, "
           f"load average at the start: {' '.join(f'{one:.1f}' for one in load)}")
-    header = f"{'':40} {'first µs/s':>10} {'steady µs/s':>11} {'samples/s/core':>14} {'wall samples/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'/metrics s':>10} {'MiB':>6} {'RSS MiB':>8}"
+    header = f"{'':40} {'first µs/s':>10} {'steady µs/s':>11} {'samples/s/core':>14} {'wall samples/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'/metrics s':>10} {'MiB':>6} {'RSS MiB':>8} {'B/series':>8}"
     print(header)
     for r in results:
         print(f"{r['name']:40} {r['first_us']:10.2f} {r['steady_us']:11.2f} {r['per_core']:14.0f} {r['wall_rate']:14.0f} "
-              f"{r['p50_ms']:7.1f} {r['p99_ms']:7.1f} {r['render_s']:10.3f} {r['render_mib']:6.1f} {r['rss_mib']:8.0f}")
+              f"{r['p50_ms']:7.1f} {r['p99_ms']:7.1f} {r['render_s']:10.3f} {r['render_mib']:6.1f} {r['rss_mib']:8.0f} {r['bytes_per_series']:8.0f}")
 
 
 def main() -> None:
