@@ -40,6 +40,7 @@ PUSH_TOKEN = "live-dashboards-push-token-5c1e"
 VALUES = {
     "district": "tp-my-tho", "agency": "so-y-te", "device": "sw-core",
     "icmp_target": "dc-core", "http_target": "cong-tinh", "dns_target": "dns-tinh", "transaction": "dvc-journey",
+    "path_target": "dc-path",
 }
 TARGET_BY_DASHBOARD = {"netmon-portals": "cong-tinh"}
 OLD_DEVICES = ("sw-old", "sw-v1")  # no ifXTable; SNMPv1 (no Counter64)
@@ -77,6 +78,7 @@ defaults: {{interval: 3s, timeout: 2s}}
 host: {{enabled: true}}
 modules:
   icmp: {{prober: icmp, icmp: {{count: 5, packet_interval: 100ms}}}}
+  path: {{prober: path, path: {{count: 3, packet_interval: 100ms, max_hops: 4}}}}
   https_portal: {{prober: http, http: {{tls_config: {{ca_file: '{portal_ca}'}}}}}}
   portal_journey:
     prober: transaction
@@ -96,6 +98,7 @@ modules:
       mailbox: {{protocol: imap, server: '{mail.address("imap")}', {mail_tls}, {probe_auth}}}
 targets:
   - {{name: dc-core, address: 127.0.0.1, module: icmp}}
+  - {{name: dc-path, address: 127.0.0.1, module: path}}
   - {{name: cong-tinh, address: '{portal_url}', module: https_portal}}
   - {{name: dvc-journey, address: '{portal_url}', module: portal_journey}}
   - {{name: smtp-tinh, address: '{mail.address("smtp")}', module: smtp_starttls}}

@@ -3,6 +3,7 @@ Postfix holds mail back (defer_transports), and no credential in any output the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -131,6 +132,20 @@ def test_run_mode_logs_each_runs_message_id_and_queue_id_at_info(mail: MailSyste
     queue_id = re.search(r"queued as (\w+)", line).group(1)
     postfix_log = mail.postfix_log.read_text()
     assert f"{queue_id}: message-id={message_id}" in postfix_log, line
+    _remove_if_left(mail, queue_id, message_id)  # the agent may be stopped mid-run: the next tests need a clean mailbox
+
+
+def _remove_if_left(mail: MailSystem, queue_id: str, message_id: str, timeout: float = 10.0) -> None:
+    """Once Postfix has delivered the run's message, delete it if the stopped agent did not."""
+    deadline = time.monotonic() + timeout
+    while f"{queue_id}: " not in "".join(line for line in mail.postfix_log.read_text().splitlines(True) if "status=sent" in line):
+        assert time.monotonic() < deadline, f"Postfix never delivered {queue_id}"
+        time.sleep(0.1)
+    maildir = mail.maildir(PROBE)
+    for path in [path for sub in ("new", "cur") for path in (maildir / sub).iterdir()]:
+        with contextlib.suppress(FileNotFoundError):  # the agent's own clean-up may win the race
+            if message_id in path.read_text(errors="replace"):
+                path.unlink()
 
 
 def _wait_for_line(log: Path, wanted: str, timeout: float = 20.0) -> str:
