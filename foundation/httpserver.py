@@ -182,7 +182,10 @@ class HttpServer:
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise HttpError(400, "malformed request line")
         method, target, version = parts
-        split = urlsplit(target)
+        try:
+            split = urlsplit(target)
+        except ValueError:  # e.g. "http://[::1/": an IPv6 authority without its bracket
+            raise HttpError(400, "malformed request target") from None
         request = Request(method, unquote(split.path), parse_qs(split.query), {}, b"", peer, version)
         try:
             request.headers = await asyncio.wait_for(self._read_headers(reader), HEADER_TIMEOUT)
@@ -216,7 +219,7 @@ class HttpServer:
         length_text = headers.get("content-length")
         if length_text is None:
             return b""
-        if not length_text.isdigit():
+        if not (length_text.isascii() and length_text.isdigit()):  # isdigit() alone takes "²", which int() refuses
             raise HttpError(400, "invalid Content-Length")
         length = int(length_text)
         if length > self._max_body:

@@ -42,6 +42,7 @@ TlsMode = Literal["starttls", "opportunistic", "implicit", "none"]
 T = TypeVar("T")
 
 MAX_LITERAL_BYTES = 1 << 20  # IMAP literals the probers read are header excerpts, never whole mailboxes
+MAX_READ_BYTES = 8 << 20  # all a server may send in one conversation: an endless multi-line reply ends here, not in memory
 REPLY_EXCERPT = 200  # characters of a server reply quoted in a detail
 
 
@@ -146,6 +147,7 @@ class Connection:
         self._writer = writer
         self.deadline = deadline
         self.last_step = "connect"  # named in timeout and hang-up details; never holds a credential
+        self.unread = MAX_READ_BYTES  # what the server may still send in this conversation
 
     def remaining(self) -> float:
         return max(self.deadline - time.monotonic(), 0.001)
@@ -167,11 +169,18 @@ class Connection:
             raise MailError(Failure.PROTOCOL_ERROR, f"a reply line longer than 64 KiB after {self.last_step}") from None
         if not raw.endswith(b"\n"):
             raise MailError(Failure.CONNECTION_RESET, f"the server closed the connection after {self.last_step}")
+        self._count(len(raw))
         return raw.decode("utf-8", "replace").rstrip("\r\n")
+
+    def _count(self, size: int) -> None:
+        self.unread -= size
+        if self.unread < 0:
+            raise MailError(Failure.PROTOCOL_ERROR, f"the server sent more than {MAX_READ_BYTES} bytes by {self.last_step}")
 
     async def read_exactly(self, size: int) -> bytes:
         if size > MAX_LITERAL_BYTES:
             raise MailError(Failure.PROTOCOL_ERROR, f"a {size}-byte literal after {self.last_step} is too long")
+        self._count(size)
         try:
             return await self._bounded(self._reader.readexactly(size))
         except asyncio.IncompleteReadError:

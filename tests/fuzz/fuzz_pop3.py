@@ -1,0 +1,38 @@
+"""POP3 replies (agents/probes/pop3.py): whatever a server says, a session's CAPA, USER/PASS, STAT and QUIT
+raise only MailError, and STAT's counts are what the line says."""
+
+from __future__ import annotations
+
+from agents.probes import pop3
+from agents.probes.mailproto import MailAuth, MailError
+from foundation.config.types import SecretRef
+from tests.fuzz._mail import connection
+from tests.fuzz.harness import run
+
+AUTH = MailAuth(username="probe@test.local", password=SecretRef("secret", "fuzz"))
+
+
+async def _conversation(data: bytes) -> None:
+    session = pop3.Pop3Session(connection(data))
+    await session.status_line()  # the greeting
+    await session.refresh_capabilities()
+    await session.login(AUTH)
+    messages, size = await session.stat()
+    assert messages >= 0 and size >= 0
+    await session.quit()
+
+
+def check(data: bytes) -> None:
+    try:
+        run(_conversation(data))
+    except MailError:
+        pass
+
+
+def seeds() -> list[bytes]:
+    return [
+        b"+OK Dovecot ready.\r\n+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nSTLS\r\nUSER\r\nSASL PLAIN\r\n.\r\n"
+        b"+OK\r\n+OK Logged in.\r\n+OK 2 320\r\n+OK Logging out.\r\n",
+        b"+OK hi\r\n-ERR no CAPA\r\n+OK\r\n-ERR [AUTH] bad\r\n",
+        b"+OK hi\r\n+OK\r\n..dotted\r\n.\r\n+OK\r\n+OK\r\n+OK 99999999999999999999 1\r\n",
+    ]
