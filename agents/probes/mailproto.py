@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import ssl
 import time
 from collections.abc import Collection
@@ -21,6 +20,7 @@ from typing import Any, Awaitable, Callable, Generic, Iterator, Literal, Protoco
 
 import msgspec
 
+from agents import linear_regex
 from agents.config.model import ModuleConfig
 from agents.probes.resolve import ResolveError, resolve, split_host_port
 from agents.probes.tcp import FAILED_DUE_TO_REGEX
@@ -67,10 +67,7 @@ def check_common(port: int | None, banner_regexp: str | None, auth: MailAuth | N
     if port is not None and not 0 < port < 65536:
         raise ValueError("port: must be between 1 and 65535")
     if banner_regexp is not None:
-        try:
-            re.compile(banner_regexp)
-        except re.error as exc:
-            raise ValueError(f"banner_regexp: invalid regexp: {exc}") from None
+        linear_regex.check_patterns("banner_regexp", [banner_regexp], multiline=True)
     if auth is not None:
         auth.check("auth")
 
@@ -272,7 +269,7 @@ class TlsUpgrade:
 
 def banner_matches(pattern: str, lines: list[str]) -> bool:
     """The expected-banner check: the regexp searched in the greeting's lines, one per line (re.MULTILINE)."""
-    return re.search(pattern, "\n".join(lines), re.MULTILINE) is not None
+    return linear_regex.search(pattern, "\n".join(lines), multiline=True)
 
 
 def summary(connection: Connection, authenticated: bool) -> str:
