@@ -1,11 +1,11 @@
-"""Config files (agents/config, collector/config.py, foundation/config: YAML with lines kept, then msgspec): whatever
+"""Config files (agents/catalog.py, agents/config, collector/config.py, foundation/config: YAML with lines kept, then msgspec): whatever
 an operator writes, or a collector serves, loading raises only ConfigError, within the time and memory bounds
 (YAML aliases included). `*_file` keys and certificate paths are checked by form only here: a fuzzer must not read
 this machine's files."""
 
 from __future__ import annotations
 
-from agents.config import parse_config
+from agents.catalog import parse_config
 from collector.config import parse_collector_config
 from foundation.config import types
 from foundation.config.base import ConfigError

@@ -35,7 +35,7 @@ TARGETS = {
     "pop3": ["agents.probes.pop3", "agents.probes.mailproto"],
     "remote_write": ["foundation.remote_write"],
     "text": ["collector.scrape", "prometheus_client.parser"],
-    "config": ["agents.config", "foundation.config", "collector.config", "yaml"],
+    "config": ["agents.catalog", "agents.config", "foundation.config", "collector.config", "yaml"],
 }
 MAX_LEN = 8192  # bytes per input: enough for every structure the parsers know; large inputs have their own tests
 
