@@ -21,6 +21,7 @@ from agents.exposition import FamiliesCollector, render_chunks, result_families
 from agents.fleet import ConfigInfoCollector, FleetSync, Served, load_agent_config
 from agents.host.collector import HostCollector
 from agents.host.config import host_config
+from foundation.httprefusals import RefusalsCollector
 from foundation.httpserver import HttpError, HttpServer, Request, Response, require_method
 from foundation.logs import protect_secrets
 from agents.resources import ProbeResources
@@ -51,6 +52,7 @@ class Agent:
         self.resources = ProbeResources()
         self._scheduler: Scheduler | None = None
         self._server: HttpServer | None = None
+        self.registry.register(RefusalsCollector("netmon_agent", lambda: self._server))
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._refused_served = False  # the last reload failed on a served config (reload_ok is 0 for that reason)
