@@ -45,7 +45,14 @@ async def fetch_metrics(address: str, timeout: float) -> str:
 
 def parse_exposition(text: str, timestamp_ms: int) -> list[Series]:
     """Text exposition -> series stamped with the scrape time (NaN and ±Inf kept, as Prometheus keeps them); badly
-    named samples are skipped."""
+    named samples are skipped. Raises ValueError, and only that, for text that is not the exposition format."""
+    try:
+        return _series_of(text, timestamp_ms)
+    except (IndexError, KeyError, TypeError, AttributeError) as exc:  # prometheus_client's parser lets these out too
+        raise ValueError(f"not the text exposition format ({type(exc).__name__}: {exc})") from None
+
+
+def _series_of(text: str, timestamp_ms: int) -> list[Series]:
     out = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
