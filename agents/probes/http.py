@@ -576,7 +576,7 @@ def _declared_length(response: Response) -> int:
     values = {part.strip() for value in response.values("content-length") for part in value.split(",")}
     if not values:
         return -1
-    if len(values) > 1 or not next(iter(values)).isdigit():
+    if len(values) > 1 or not (next(iter(values)).isascii() and next(iter(values)).isdigit()):  # isdigit() takes "²"
         raise _ProtocolError(f"invalid Content-Length {sorted(values)!r}")
     return int(next(iter(values)))
 

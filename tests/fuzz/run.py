@@ -30,6 +30,7 @@ TARGETS = {
     "snmp": ["agents.snmp.ber", "agents.snmp.usm"],
     "http_request": ["foundation.httpserver"],
     "http_response": ["foundation.httpclient"],
+    "http_probe": ["agents.probes.http"],
     "smtp": ["agents.probes.smtp", "agents.probes.mailproto"],
     "imap": ["agents.probes.imap", "agents.probes.mailproto"],
     "pop3": ["agents.probes.pop3", "agents.probes.mailproto"],
