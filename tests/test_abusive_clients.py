@@ -2,7 +2,7 @@
 slowloris connections, 1,000 idle keep-alive connections, a 1 MB header block, a chunked body that never ends,
 and (collector) a gzip bomb and oversized pushes. Throughout, a legitimate scrape (and push) from another
 address is answered within 1 s, the server's memory stays within ATTACK_RSS_MB of what it was before, and every
-connection the server closes early is counted in `*_http_refusals_total{reason}` (docs/operations.md)."""
+connection the server closes early is counted in `*_http_refusals_total{reason}` (docs/fuzzing.md)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.test_agent_run import ROOT, agent_config, metric_value
 from tests.test_collector import TOKEN_ENV, TOKENS, collector_argv, collector_config, probe_series
 
 ATTACKERS = 1_000
-ATTACK_RSS_MB = 40  # what 1,000 hostile connections may add to a server's memory (measured: docs/operations.md)
+ATTACK_RSS_MB = 40  # what 1,000 hostile connections may add to a server's memory (measured: docs/fuzzing.md)
 LEGIT = ("127.0.0.2", 0)  # legitimate clients come from another address than the attacker (127.0.0.1)
 
 
