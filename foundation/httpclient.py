@@ -203,7 +203,8 @@ class HttpClient:
 def _parse_status_line(line: bytes) -> tuple[str, str, int]:
     text = line.decode("latin-1").rstrip("\r\n")
     parts = text.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _is_number(parts[1]) or len(parts[1]) != 3:
+    code_ok = len(parts) > 1 and len(parts[1]) == 3 and _is_number(parts[1]) and parts[1] >= "100"  # RFC 9110 15: 100-599
+    if not code_ok or not parts[0].startswith("HTTP/1."):
         raise ProtocolError(f"not an HTTP status line: {line[:60]!r}")
     return text, parts[0], int(parts[1])
 

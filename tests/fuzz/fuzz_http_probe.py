@@ -10,6 +10,7 @@ import gzip
 
 from agents.probes import http
 from tests.fuzz.harness import KeptWriter, fed_reader, run
+from tests.fuzz.http_tokens import HTTP_TOKENS as DICTIONARY  # noqa: F401 - read by tests/fuzz/run.py
 
 # the first input byte picks the module: compression, a body size limit, regexes (the body is kept) or not
 SETTINGS = [

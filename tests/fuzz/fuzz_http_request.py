@@ -7,6 +7,7 @@ from __future__ import annotations
 from foundation import httpserver
 from foundation.httpserver import HttpServer, Request, Response
 from tests.fuzz.harness import KeptWriter, fed_reader, run
+from tests.fuzz.http_tokens import HTTP_TOKENS as DICTIONARY  # noqa: F401 - read by tests/fuzz/run.py
 
 MAX_BODY = 64
 STATUSES = {200, 400, 404, 405, 411, 413, 414, 431}

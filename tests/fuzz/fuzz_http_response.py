@@ -11,6 +11,7 @@ import zlib
 
 from foundation.httpclient import BodyLimit, Endpoint, HttpClient, ProtocolError
 from tests.fuzz.harness import KeptWriter, fed_reader, run
+from tests.fuzz.http_tokens import HTTP_TOKENS as DICTIONARY  # noqa: F401 - read by tests/fuzz/run.py
 
 # the first input byte picks how the client asks: cap, truncate or refuse, gzip or not
 LIMITS = [BodyLimit(16, False), BodyLimit(16, True), BodyLimit(1 << 12, False), BodyLimit(1 << 12, True)]
@@ -34,13 +35,18 @@ def check(data: bytes) -> None:
 
 
 def _raw_body(data: bytes) -> bytes:
-    """The body of a reply without Transfer-Encoding: as Content-Length says, else up to the end."""
-    head, _, rest = data.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n")[1:]:
+    """The body of a reply without Transfer-Encoding, read the plain way: lines end in LF (CR before it
+    dropped), the head ends at the first empty line after the status line, then Content-Length or all the rest."""
+    pos, length = data.index(b"\n") + 1, None
+    while True:
+        end = data.index(b"\n", pos)
+        line, pos = data[pos:end].rstrip(b"\r"), end + 1
+        if not line:
+            break
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            return rest[: int(value.strip())]
-    return rest
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    return data[pos:] if length is None else data[pos:pos + length]
 
 
 def seeds() -> list[bytes]:

@@ -72,10 +72,18 @@ def child(target: str, libfuzzer_args: list[str]) -> None:
     atheris.Fuzz()
 
 
-def write_seeds(target: str, directory: Path) -> None:
+def write_seeds(target: str, directory: Path) -> list[str]:
+    """The target's seeds as files, and its dictionary (tokens the mutator splices in) as libFuzzer's -dict."""
     directory.mkdir(parents=True, exist_ok=True)
-    for index, seed in enumerate(module_of(target).seeds()):
+    module = module_of(target)
+    for index, seed in enumerate(module.seeds()):
         (directory / f"seed-{index}").write_bytes(seed)
+    tokens = getattr(module, "DICTIONARY", [])
+    if not tokens:
+        return []
+    dictionary = directory.parent / f"{target}.dict"
+    dictionary.write_text("".join('"' + "".join(f"\\x{byte:02x}" for byte in token) + '"\n' for token in tokens))
+    return [f"-dict={dictionary}"]
 
 
 def fuzz(target: str, args: argparse.Namespace) -> Result:
@@ -83,13 +91,13 @@ def fuzz(target: str, args: argparse.Namespace) -> Result:
     corpus, seeds, findings = work / "corpus" / target, work / "seeds" / target, work / "findings" / target
     for directory in (corpus, findings):
         directory.mkdir(parents=True, exist_ok=True)
-    write_seeds(target, seeds)
+    dictionary = write_seeds(target, seeds)
     before = set(findings.iterdir())
     limit = [f"-runs={args.runs}"] if args.runs else [f"-max_total_time={args.time}"]
     command = [
         sys.executable, "-m", "tests.fuzz.run", "--child", target, "--",
         str(corpus), str(seeds), *limit, f"-timeout={args.input_timeout}", f"-rss_limit_mb={args.rss_mb}",
-        f"-max_len={MAX_LEN}", f"-artifact_prefix={findings}/", "-print_final_stats=1", f"-seed={args.seed}",
+        f"-max_len={MAX_LEN}", f"-artifact_prefix={findings}/", "-print_final_stats=1", f"-seed={args.seed}", *dictionary,
     ]
     started = time.monotonic()
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, errors="replace")
