@@ -14,10 +14,9 @@ import pytest
 
 from agents import linear_regex
 from agents.config import ConfigError
-from agents.probes.http import HttpFailure
-from agents.results import ProbeTarget
-from agents.probes.http import probe
+from agents.probes.http import HttpFailure, probe
 from agents.resources import ProbeResources
+from agents.results import ProbeTarget
 from tests.support.httpd import HttpServer, Reply
 from tests.test_http import http_module
 

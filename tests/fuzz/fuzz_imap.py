@@ -4,16 +4,12 @@ LOGOUT raise only MailError; literals are read within their cap."""
 from __future__ import annotations
 
 from agents.probes import imap
-from agents.probes.mailproto import MailAuth, MailError
-from foundation.config.types import SecretRef
-from tests.fuzz._mail import connection
-from tests.fuzz.harness import run
-
-AUTH = MailAuth(username="probe@test.local", password=SecretRef("secret", "fuzz"))
+from agents.probes.mailproto import Connection
+from tests.fuzz._mail import AUTH, converse
 
 
-async def _conversation(data: bytes) -> None:
-    session = imap.ImapSession(connection(data))
+async def _conversation(connection: Connection) -> None:
+    session = imap.ImapSession(connection)
     await session.read_line()  # the greeting
     await session.refresh_capabilities()
     await session.login(AUTH)
@@ -23,10 +19,7 @@ async def _conversation(data: bytes) -> None:
 
 
 def check(data: bytes) -> None:
-    try:
-        run(_conversation(data))
-    except MailError:
-        pass
+    converse(_conversation, data)
 
 
 def seeds() -> list[bytes]:

@@ -4,16 +4,12 @@ raise only MailError, and STAT's counts are what the line says."""
 from __future__ import annotations
 
 from agents.probes import pop3
-from agents.probes.mailproto import MailAuth, MailError
-from foundation.config.types import SecretRef
-from tests.fuzz._mail import connection
-from tests.fuzz.harness import run
-
-AUTH = MailAuth(username="probe@test.local", password=SecretRef("secret", "fuzz"))
+from agents.probes.mailproto import Connection
+from tests.fuzz._mail import AUTH, converse
 
 
-async def _conversation(data: bytes) -> None:
-    session = pop3.Pop3Session(connection(data))
+async def _conversation(connection: Connection) -> None:
+    session = pop3.Pop3Session(connection)
     await session.status_line()  # the greeting
     await session.refresh_capabilities()
     await session.login(AUTH)
@@ -23,10 +19,7 @@ async def _conversation(data: bytes) -> None:
 
 
 def check(data: bytes) -> None:
-    try:
-        run(_conversation(data))
-    except MailError:
-        pass
+    converse(_conversation, data)
 
 
 def seeds() -> list[bytes]:

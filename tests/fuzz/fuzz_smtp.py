@@ -5,25 +5,20 @@ of one reply with different codes, which RFC 5321 4.2.1 forbids, are read lenien
 from __future__ import annotations
 
 from agents.probes import smtp
-from agents.probes.mailproto import MailError
-from tests.fuzz._mail import connection
-from tests.fuzz.harness import run
+from agents.probes.mailproto import Connection
+from tests.fuzz._mail import converse
 
 
-async def _conversation(data: bytes) -> None:
-    session = connection(data)
+async def _conversation(connection: Connection) -> None:
     for _ in range(50):
-        reply = await smtp.read_reply(session)
+        reply = await smtp.read_reply(connection)
         assert reply.lines[-1][:3] == f"{reply.code:03d}" and all(line[:3].isdigit() for line in reply.lines), reply
         for keyword, parameters in smtp.parse_capabilities(reply).items():
             assert keyword == keyword.upper() and all(p == p.upper() for p in parameters)
 
 
 def check(data: bytes) -> None:
-    try:
-        run(_conversation(data))
-    except MailError:
-        pass
+    converse(_conversation, data)
 
 
 def seeds() -> list[bytes]:
