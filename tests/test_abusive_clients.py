@@ -10,9 +10,12 @@ import asyncio
 import contextlib
 import gzip
 import http.client
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -77,25 +80,31 @@ async def legitimate_traffic(server: Server, seconds: float) -> list[float]:
     return durations
 
 
-@pytest.fixture(scope="module", params=["agent", "collector"])
-def server(request, tmp_path_factory) -> Iterator[Server]:
-    directory = tmp_path_factory.mktemp(request.param)
+@contextmanager
+def started(kind: str, directory: Path) -> Iterator[Server]:
     port = free_port()
-    if request.param == "agent":
+    if kind == "agent":
         config = directory / "agent.yml"
         config.write_text(agent_config(port, free_port()), encoding="utf-8")
-        argv, env = [sys_executable(), "-m", "agents.cli", "run", "--config", str(config)], {}
+        argv, env = [sys.executable, "-m", "agents.cli", "run", "--config", str(config)], {}
     else:
         argv, env = collector_argv(collector_config(directory, port)), TOKEN_ENV
     with running(argv, log_path=str(directory / "server.log"), env=env, cwd=str(ROOT)) as proc:
         wait_for_port("127.0.0.1", port, proc=proc)
-        yield Server(request.param, port, proc.pid)
+        yield Server(kind, port, proc.pid)
 
 
-def sys_executable() -> str:
-    import sys
+@pytest.fixture(scope="module", params=["agent", "collector"])
+def server(request, tmp_path_factory) -> Iterator[Server]:
+    with started(request.param, tmp_path_factory.mktemp(request.param)) as running_server:
+        yield running_server
 
-    return sys.executable
+
+@pytest.fixture(scope="module")
+def collector(tmp_path_factory) -> Iterator[Server]:
+    """For what only the collector takes: pushes."""
+    with started("collector", tmp_path_factory.mktemp("pushes")) as running_server:
+        yield running_server
 
 
 async def open_many(port: int, count: int, first_bytes: bytes) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
@@ -208,9 +217,8 @@ async def test_a_chunked_body_that_never_ends_is_refused_at_once_and_counted(ser
     assert server.refusals("bad_request") - before == 1
 
 
-def test_a_gzip_bomb_pushed_to_the_collector_is_refused_without_inflating_it(server):
-    if server.kind != "collector":
-        return  # the agent takes no pushes
+def test_a_gzip_bomb_pushed_to_the_collector_is_refused_without_inflating_it(collector):
+    server = collector
     bomb = gzip.compress(b"\0" * (512 << 20), compresslevel=9)  # 512 MiB of zeros in ~0.5 MB
     headers = {**dict(rw.HEADERS), "Content-Encoding": "gzip", "Authorization": f"Bearer {TOKENS['so-tttt-1']}"}
     baseline = server.rss_mb()
@@ -221,9 +229,8 @@ def test_a_gzip_bomb_pushed_to_the_collector_is_refused_without_inflating_it(ser
     assert metric_value(metrics.decode(), "netmon_collector_write_requests_total", code="400", reason="bad_encoding") >= 1
 
 
-def test_a_snappy_bomb_and_an_oversized_body_are_refused_before_inflating_or_reading(server):
-    if server.kind != "collector":
-        return
+def test_a_snappy_bomb_and_an_oversized_body_are_refused_before_inflating_or_reading(collector):
+    server = collector
     headers = {**dict(rw.HEADERS), "Authorization": f"Bearer {TOKENS['so-tttt-1']}"}
     snappy_bomb = bytes([0x80, 0x80, 0x80, 0x80, 0x04]) + b"\0" * 64  # the header announces 1 GiB
     status, text, took = server.request("POST", "/api/v1/write", snappy_bomb, headers)
