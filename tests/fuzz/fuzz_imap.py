@@ -10,7 +10,7 @@ from tests.fuzz._mail import AUTH, converse
 
 async def _conversation(connection: Connection) -> None:
     session = imap.ImapSession(connection)
-    await session.read_line()  # the greeting
+    await session.read_greeting()
     await session.refresh_capabilities()
     await session.login(AUTH)
     count = await session.open_mailbox("INBOX", read_only=True)

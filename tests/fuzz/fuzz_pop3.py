@@ -10,7 +10,7 @@ from tests.fuzz._mail import AUTH, converse
 
 async def _conversation(connection: Connection) -> None:
     session = pop3.Pop3Session(connection)
-    await session.status_line()  # the greeting
+    await session.read_greeting()
     await session.refresh_capabilities()
     await session.login(AUTH)
     messages, size = await session.stat()
