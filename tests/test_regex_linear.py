@@ -92,3 +92,26 @@ def test_check_config_refuses_an_expect_pattern_re2_cannot_run(tmp_path):
 def test_multiline_patterns_anchor_at_every_line_as_python_re_multiline_does():
     assert linear_regex.search(r"^220 mail\.example ESMTP$", "220-first\n220 mail.example ESMTP", multiline=True)
     assert not linear_regex.search(r"^220 mail\.example ESMTP$", "220-first\n220 mail.example ESMTP")
+
+
+@pytest.mark.parametrize("settings, key", [
+    (r"steps: [{name: a, url: /, assert: {body_matches: ['(a)\1']}}]", "steps[0].assert.body_matches"),
+    (r"steps: [{name: a, url: /, extract: {v: {regex: 'x(?=y)'}}}]", "steps[0].extract.v"),
+])
+def test_the_transaction_probers_regexes_are_linear_time_too(settings, key):
+    from tests.test_transaction import transaction_module
+
+    with pytest.raises(ConfigError) as error:
+        transaction_module(settings)
+    assert key in str(error.value) and "which linear-time matching (RE2, as blackbox_exporter) does not support" in str(error.value)
+
+
+async def test_a_catastrophic_transaction_assertion_on_a_1mb_page_is_judged_at_once(hostile_site):
+    from agents.runner import run_probe
+    from tests.test_transaction import transaction_module
+
+    module = transaction_module("steps: [{name: portal, url: /, assert: {body_matches: ['(a+)+$']}}]", timeout="10s")
+    started = time.monotonic()
+    result = await run_probe(ProbeTarget("journey", hostile_site.url("/")), module, ProbeResources())
+    assert time.monotonic() - started < 1.0
+    assert result.failure is not None and "does not match '(a+)+$'" in result.detail
