@@ -88,7 +88,8 @@ def write_seeds(target: str, directory: Path) -> list[str]:
 
 def fuzz(target: str, args: argparse.Namespace) -> Result:
     work = ROOT / "tmp" / "fuzz"
-    corpus, seeds, findings = work / "corpus" / target, work / "seeds" / target, work / "findings" / target
+    corpus = Path(args.corpus) / target if args.corpus else work / "corpus" / target
+    seeds, findings = work / "seeds" / target, work / "findings" / target
     for directory in (corpus, findings):
         directory.mkdir(parents=True, exist_ok=True)
     dictionary = write_seeds(target, seeds)
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-timeout", type=int, default=5, help="seconds one input may take")
     parser.add_argument("--rss-mb", type=int, default=1024, help="memory the fuzzing process may reach")
     parser.add_argument("--seed", type=int, default=1, help="libFuzzer's random seed (fixed: CI runs are repeatable)")
+    parser.add_argument("--corpus", help="where the growing corpus lives (default tmp/fuzz/corpus; a fresh one: from the seeds only)")
     args = parser.parse_args(argv)
     targets = args.targets or list(TARGETS)
     print(f"{'target':<14} {'executions':>12} {'seconds':>9} {'exec/s':>8}  findings", flush=True)
