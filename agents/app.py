@@ -29,6 +29,7 @@ from agents.selfmetrics import AgentMetrics
 from agents.store import ResultStore
 from foundation import __version__
 from foundation.config.remote_write import PushConfig
+from foundation.httprefusals import RefusalsCollector
 from foundation.httpserver import HttpError, HttpServer, Request, Response, require_method
 from foundation.logs import protect_secrets
 from foundation.textformat import render_families
@@ -60,6 +61,7 @@ class Agent:
         )
         self._scheduler: Scheduler | None = None
         self._server: HttpServer | None = None
+        self.registry.register(RefusalsCollector("netmon_agent", lambda: self._server))
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._refused_served = False  # the last reload failed on a served config (reload_ok is 0 for that reason)

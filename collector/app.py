@@ -23,6 +23,7 @@ from collector.store import OutOfBounds, SeriesStore
 from collector.tls import server_ssl_context
 from foundation import __version__
 from foundation.config.base import ConfigError
+from foundation.httprefusals import RefusalsCollector
 from foundation.httpserver import PREFIX_ROUTE, HttpError, HttpServer, Request, Response, require_method
 from foundation.remote_write import BlockSeries, compress, write_blocks
 
@@ -79,6 +80,7 @@ class Collector:
         self.scraper = Scraper(self.store, config.scrape_timeout, self._forward, self.metrics.received.labels("pull").inc)
         self._server: HttpServer | None = None
         self.registry.register(ConnectionsCollector(lambda: self._server.refused_connections if self._server else 0))
+        self.registry.register(RefusalsCollector("netmon_collector", lambda: self._server))
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()

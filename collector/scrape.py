@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector.store import AgentState, Rejected, SeriesStore
 from foundation import __version__
 from foundation.httpclient import Endpoint, HttpClient, ProtocolError
-from foundation.remote_write import METRIC_NAME, BlockSeries, Series
+from foundation.remote_write import LABEL_NAME, METRIC_NAME, BlockSeries, Series
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,29 @@ async def fetch_metrics(address: str, timeout: float) -> str:
 
 
 def parse_exposition(text: str, timestamp_ms: int) -> list[Series]:
-    """Text exposition -> series stamped with the scrape time (NaN and ±Inf kept, as Prometheus keeps them); badly
-    named samples are skipped."""
+    """Text exposition -> series stamped with the scrape time (NaN and ±Inf kept, as Prometheus keeps them); samples
+    with a metric or label name Prometheus would refuse are skipped. Raises ValueError, and only that, for text that
+    is not the exposition format."""
+    try:
+        return _series_of(text, timestamp_ms)
+    except (IndexError, KeyError, TypeError, AttributeError) as exc:  # prometheus_client's parser lets these out too
+        raise ValueError(f"not the text exposition format ({type(exc).__name__}: {exc})") from None
+
+
+def _series_of(text: str, timestamp_ms: int) -> list[Series]:
     out = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             value = float(sample.value)
-            if not METRIC_NAME.fullmatch(sample.name):
-                continue
+            if not METRIC_NAME.fullmatch(sample.name) or not _well_named(sample.labels):
+                continue  # prometheus_client reads names Prometheus refuses: one such series would break /metrics
             labels = tuple(sorted({**sample.labels, "__name__": sample.name}.items()))
             out.append(Series(labels, ((timestamp_ms, value),)))
     return out
+
+
+def _well_named(labels: dict[str, str]) -> bool:
+    return all(LABEL_NAME.fullmatch(name) for name in labels)
 
 
 def _scrape_series(name: str, value: float, timestamp_ms: int) -> Series:

@@ -203,7 +203,8 @@ class HttpClient:
 def _parse_status_line(line: bytes) -> tuple[str, str, int]:
     text = line.decode("latin-1").rstrip("\r\n")
     parts = text.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
+    code_ok = len(parts) > 1 and len(parts[1]) == 3 and _is_number(parts[1]) and parts[1] >= "100"  # RFC 9110 15: 100-599
+    if not code_ok or not parts[0].startswith("HTTP/1."):
         raise ProtocolError(f"not an HTTP status line: {line[:60]!r}")
     return text, parts[0], int(parts[1])
 
@@ -229,7 +230,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limi
     length_text = headers.get("content-length")
     if length_text is None:
         return await _read_until_close(reader, limit), False
-    if not length_text.isdigit():
+    if not _is_number(length_text):
         raise ProtocolError(f"invalid Content-Length {length_text[:20]!r}")
     length = int(length_text)
     if length > limit.max_bytes:
@@ -254,10 +255,14 @@ async def _read_chunked(reader: asyncio.StreamReader, limit: BodyLimit) -> tuple
 
 def _chunk_size(line: bytes) -> int:
     size_text = line.split(b";")[0].strip()
-    try:
-        return int(size_text, 16)
-    except ValueError:
-        raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
+    if not 0 < len(size_text) <= 16 or size_text.strip(b"0123456789abcdefABCDEF"):  # int() would take "-1", "0x1", "1_0"
+        raise ProtocolError(f"bad chunk size {size_text[:20]!r}")
+    return int(size_text, 16)
+
+
+def _is_number(text: str) -> bool:
+    """Decimal ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 async def _read_until_close(reader: asyncio.StreamReader, limit: BodyLimit) -> bytes:

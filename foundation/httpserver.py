@@ -8,6 +8,7 @@ reason for anything malformed. (aiohttp would cost more memory than the whole ag
 from __future__ import annotations
 
 import asyncio
+import collections
 import gzip
 import logging
 import resource
@@ -22,11 +23,14 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_LINE = 8192
 MAX_HEADERS = 100
-HEADER_TIMEOUT = 10.0
+HEADER_TIMEOUT = 10.0  # for the request line, then again for the headers, then for the body: a slowloris client is gone by then
 IDLE_TIMEOUT = 60.0
+WRITE_TIMEOUT = 10.0  # for the client to take more of a response (a reader that stalls is aborted)
 GZIP_MIN_BYTES = 1024
 FD_RESERVE = 256  # descriptors kept for what the program opens itself: queue segments, outgoing connections, logs
 PEER_SHARE = 2  # one client address may hold at most 1/PEER_SHARE of the connections
+# why the server closed a connection before serving it whole (HttpServer.refusals, exported by both programs)
+REFUSAL_REASONS = ("connection_limit", "idle_reclaimed", "timeout", "write_timeout", "bad_request", "too_large")
 
 
 @dataclass(slots=True)
@@ -84,7 +88,10 @@ def default_max_connections() -> int:
 class HttpServer:
     """Connections beyond `max_connections`, or beyond half of them from one client address, are closed at once:
     a client holding connections open (slowloris) can neither exhaust the process's file descriptors (which the
-    durable queue needs too) nor take every connection from the other clients."""
+    durable queue needs too) nor take every connection from the other clients. When the server is full, the
+    connection idle longest between keep-alive requests is closed to make room (as nginx reuses idle keep-alive
+    connections), so idle connections never lock out a new client. Every read and write has a deadline; every
+    connection closed before it was served is counted in `refusals` by reason (REFUSAL_REASONS)."""
 
     def __init__(
         self, routes: dict[str, Handler], max_body_bytes: int = 1 << 20, ssl_context: ssl.SSLContext | None = None,
@@ -98,7 +105,14 @@ class HttpServer:
         self._connections: set[asyncio.Task] = set()
         self.max_connections = max_connections or default_max_connections()
         self._per_address: dict[str, int] = {}
-        self.refused_connections = 0  # closed at once for being over a limit
+        self._idle: dict[asyncio.Task, asyncio.StreamWriter] = {}  # waiting for a next request, longest first
+        self._reclaimed: set[asyncio.Task] = set()  # idle connections aborted to make room, not yet ended
+        self.refusals: collections.Counter[str] = collections.Counter()
+
+    @property
+    def refused_connections(self) -> int:
+        """Closed at once for being over a limit."""
+        return self.refusals["connection_limit"]
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._serve, host, port, ssl=self._ssl, limit=MAX_REQUEST_LINE)
@@ -115,8 +129,16 @@ class HttpServer:
 
     def _admit(self, address: str) -> bool:
         held = self._per_address.get(address, 0)
-        if len(self._connections) >= self.max_connections or held >= self.max_connections // PEER_SHARE:
-            self.refused_connections += 1
+        full = len(self._connections) - len(self._reclaimed) >= self.max_connections
+        if full and self._idle:
+            task, writer = next(iter(self._idle.items()))
+            del self._idle[task]
+            self._reclaimed.add(task)  # counted as gone: its task ends on the next turn of the loop
+            writer.transport.abort()
+            self.refusals["idle_reclaimed"] += 1
+            full = False
+        if full or held >= self.max_connections // PEER_SHARE:
+            self.refusals["connection_limit"] += 1
             return False
         self._per_address[address] = held + 1
         return True
@@ -140,13 +162,13 @@ class HttpServer:
             keep_alive = True
             first = True
             while keep_alive:
-                try:
-                    request = await self._read_request(reader, peer_text, IDLE_TIMEOUT if not first else HEADER_TIMEOUT)
-                except HttpError as exc:
-                    self._observe(exc.request, peer_text, exc)
-                    await self._write(writer, Response.text(exc.status, exc.reason + "\n"), close=True)
+                line = await self._request_line(reader, writer, first, peer_text)
+                if not line:
                     return
-                if request is None:
+                try:
+                    request = await self._read_request(line, reader, peer_text)
+                except HttpError as exc:
+                    await self._refuse(writer, exc.request, peer_text, exc)
                     return
                 request.tls_peer_cert = writer.get_extra_info("peercert")
                 first = False
@@ -159,30 +181,59 @@ class HttpServer:
                     writer, response, close=not keep_alive, gzip_ok="gzip" in request.headers.get("accept-encoding", ""),
                     head_only=request.method == "HEAD",
                 )
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, ssl.SSLError):
+        except asyncio.TimeoutError:
+            self.refusals["timeout"] += 1  # headers or body not sent in time
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         except asyncio.CancelledError:
             pass
         finally:
             if task is not None:
                 self._connections.discard(task)
+                self._idle.pop(task, None)
+                self._reclaimed.discard(task)
             self._release(address)
             writer.close()
 
-    async def _read_request(self, reader: asyncio.StreamReader, peer: str, timeout: float) -> Request | None:
+    async def _refuse(self, writer: asyncio.StreamWriter, request: Request | None, peer: str, exc: HttpError) -> None:
+        """Answer a request the server will not read on with its 4xx, count it, tell the observer, and close."""
+        self.refusals["too_large" if exc.status in (413, 414, 431) else "bad_request"] += 1
+        self._observe(request, peer, exc)
+        await self._write(writer, Response.text(exc.status, exc.reason + "\n"), close=True)
+
+    async def _request_line(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool, peer: str) -> bytes:
+        """The next request line; b"" when the client is gone or too slow. Between keep-alive requests the
+        connection is idle until the next request's first byte: the server may close it to make room for a new client."""
+        start = b""
+        if not first:
+            task = asyncio.current_task()
+            self._idle[task] = writer  # type: ignore[index]
+            try:
+                start = await asyncio.wait_for(reader.read(1), IDLE_TIMEOUT)
+            except asyncio.TimeoutError:
+                return b""  # an idle keep-alive connection ends: no refusal
+            finally:
+                self._idle.pop(task, None)  # type: ignore[arg-type]
+            if not start:
+                return b""
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout)
+            return start + await asyncio.wait_for(reader.readline(), HEADER_TIMEOUT)
         except asyncio.TimeoutError:
-            return None
+            self.refusals["timeout"] += 1  # silent, or a request line begun and never ended (slowloris)
+            return b""
         except ValueError:  # the stream's limit: a line longer than MAX_REQUEST_LINE
-            raise HttpError(414, "request line too long") from None
-        if not line:
-            return None
+            await self._refuse(writer, None, peer, HttpError(414, "request line too long"))
+            return b""
+
+    async def _read_request(self, line: bytes, reader: asyncio.StreamReader, peer: str) -> Request:
         parts = line.decode("latin-1").rstrip("\r\n").split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise HttpError(400, "malformed request line")
         method, target, version = parts
-        split = urlsplit(target)
+        try:
+            split = urlsplit(target)
+        except ValueError:  # e.g. "http://[::1/": an IPv6 authority without its bracket
+            raise HttpError(400, "malformed request target") from None
         request = Request(method, unquote(split.path), parse_qs(split.query), {}, b"", peer, version)
         try:
             request.headers = await asyncio.wait_for(self._read_headers(reader), HEADER_TIMEOUT)
@@ -216,7 +267,7 @@ class HttpServer:
         length_text = headers.get("content-length")
         if length_text is None:
             return b""
-        if not length_text.isdigit():
+        if not (length_text.isascii() and length_text.isdigit()):  # isdigit() alone takes "²", which int() refuses
             raise HttpError(400, "invalid Content-Length")
         length = int(length_text)
         if length > self._max_body:
@@ -269,7 +320,16 @@ class HttpServer:
         if close:
             headers["Connection"] = "close"
         writer.write(_head(response.status, headers) + (b"" if head_only else body))
-        await writer.drain()
+        await self._drain(writer)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """Wait for the client to take what was written, within WRITE_TIMEOUT; else abort (closing would wait)."""
+        try:
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.refusals["write_timeout"] += 1
+            writer.transport.abort()
+            raise ConnectionAbortedError("the client stopped reading") from None
 
     async def _write_chunked(self, writer: asyncio.StreamWriter, response: Response, close: bool, gzip_ok: bool, head_only: bool) -> None:
         """A large body piece by piece, so it is never whole in memory (a /metrics of 1,000 targets)."""
@@ -281,16 +341,16 @@ class HttpServer:
             headers["Connection"] = "close"
         writer.write(_head(response.status, headers))
         if head_only:
-            await writer.drain()
+            await self._drain(writer)
             return
         for piece in response.body:
             data = compressor.compress(piece) if compressor is not None else piece
             if data:
                 writer.write(b"%x\r\n%b\r\n" % (len(data), data))
-                await writer.drain()
+                await self._drain(writer)
         tail = compressor.flush() if compressor is not None else b""
         writer.write((b"%x\r\n%b\r\n" % (len(tail), tail) if tail else b"") + b"0\r\n\r\n")
-        await writer.drain()
+        await self._drain(writer)
 
 
 def _head(status: int, headers: dict[str, str]) -> bytes:

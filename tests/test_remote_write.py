@@ -17,11 +17,10 @@ from hypothesis import strategies as st
 
 from foundation import remote_write as rw
 from foundation.remote_write import Series, make_series
+from tests.fuzz.fuzz_remote_write import BIG, POOL_LABELS, full_schema_decode, outcome, warm_decoder
 from tests.support.httpd import HttpServer, Reply
 from tests.support.ports import free_port
 from tests.support.tsdb import query_prometheus, running_prometheus, running_victoria_metrics, stored_samples
-
-BIG = 1 << 26
 
 
 def post_body(url: str, body: bytes) -> tuple[int, str]:
@@ -228,11 +227,6 @@ def test_random_series_round_trip_or_fail_with_our_errors(labels, value):
 
 # --- the decoder's fast path (a cached label block + one Sample of a fixed shape) is exactly protobuf's reading
 
-POOL_LABELS = [
-    (("__name__", "probe_success"), ("target", "dc")),
-    (("__name__", "probe_duration_seconds"), ("phase", "rtt"), ("target", "Trạm y tế")),
-    (("__name__", "up"),),
-]
 TIMESTAMPS = st.one_of(
     st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, 2**35 - 1, 2**35, 2**42 - 1, 2**42, 1_764_000_000_000]),
     st.integers(2**35 - 10, 2**42 + 10),
@@ -270,37 +264,6 @@ NEAR_MISSES = st.one_of(
 )
 BODIES = st.builds(lambda fast, misses, at: fast[:at] + misses + fast[at:], st.lists(FAST_SHAPES, min_size=1, max_size=4),
                    st.lists(NEAR_MISSES, max_size=1), st.integers(0, 4))
-
-
-def full_schema_decode(raw: bytes) -> list[Series]:
-    """The reference: prompb's whole schema through protobuf, labels checked the same way."""
-    from google.protobuf.message import DecodeError
-
-    try:
-        request = rw.WriteRequest.FromString(raw)
-    except DecodeError as exc:
-        raise rw.BadProtobuf(str(exc)) from None
-    out = []
-    for timeseries in request.timeseries:
-        labels = tuple((label.name, label.value) for label in timeseries.labels)
-        rw.check_labels(labels)
-        out.append(Series(labels, tuple((sample.timestamp, sample.value) for sample in timeseries.samples)))
-    return out
-
-
-def outcome(decode, raw: bytes):
-    """What a decoder makes of raw: its series (values by bit pattern, so NaNs compare), or its error's class."""
-    try:
-        series = decode(raw)
-    except rw.RemoteWriteError as exc:
-        return type(exc)
-    return [(labels, tuple((ts, struct.pack("<d", value)) for ts, value in samples)) for labels, samples in series]
-
-
-def warm_decoder() -> rw.Decoder:
-    decoder = rw.Decoder(BIG)
-    decoder.parse(rw.Encoder(cache_size=0).write_request([Series(labels, ((1, 1.0),)) for labels in POOL_LABELS]))
-    return decoder
 
 
 @settings(max_examples=1500, deadline=None)

@@ -15,6 +15,8 @@ import json
 import re
 from typing import Any, Callable, Iterator, Literal
 
+from agents import linear_regex
+
 QueryKind = Literal["regex", "json_path", "xpath", "css", "header"]
 SOAP_11 = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP_12 = "http://www.w3.org/2003/05/soap-envelope"
@@ -35,6 +37,9 @@ def check_expression(kind: QueryKind, expression: str, namespaces: dict[str, str
         if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", expression):
             raise ValueError(f"{expression!r} is not a header name")
         return
+    if kind == "regex":
+        linear_regex.compile_linear(expression)  # ValueError naming what RE2 cannot run (docs/configuration.md#regexes)
+        return
     what, compile_, errors = _compiler(kind, namespaces)
     try:
         compile_(expression)
@@ -44,8 +49,6 @@ def check_expression(kind: QueryKind, expression: str, namespaces: dict[str, str
 
 def _compiler(kind: QueryKind, namespaces: dict[str, str]) -> tuple[str, Callable[[str], Any], type[Exception]]:
     """What the expression is called, what compiles it, and what that raises when it cannot."""
-    if kind == "regex":
-        return "regex", re.compile, re.error
     if kind == "json_path":
         from jsonpath import JSONPathError
 
@@ -159,7 +162,8 @@ def find(
     if kind == "header":
         return (value for name, value in document.headers if name == expression.lower())
     if kind == "regex":
-        return (match.group(1) if match.re.groups else match.group(0) for match in re.finditer(expression, document.text()))
+        compiled = linear_regex.compile_linear(expression)
+        return (match.group(1) if compiled.groups else match.group(0) for match in compiled.finditer(document.text()))
     if kind == "json_path":
         data = document.json()
         return (_json_text(match) for match in _json_path_environment().finditer(expression, data))

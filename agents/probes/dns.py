@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from agents import linear_regex
 from agents.config.model import ModuleConfig
 from agents.probes.base import ProberSpec
 from agents.probes.resolve import DNS_LOOKUP_TIME, ResolveError, resolve, resolve_all, split_host_port
@@ -115,28 +115,25 @@ class RRValidator(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     def check(self) -> None:
         for key, patterns in self.patterns().items():
             for index, pattern in enumerate(patterns):
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise ValueError(f"{key}[{index}]: invalid regex {pattern!r}: {exc}") from None
+                linear_regex.check_patterns(f"{key}[{index}]", [pattern])
 
     def problem(self, lines: list[str]) -> str | None:
         """Why these RRs fail the validation, or None when they pass."""
         if not lines and (self.fail_if_not_matches_regexp or self.fail_if_none_matches_regexp):
             return "no RRs, but a match is required"
         for pattern in self.fail_if_matches_regexp:
-            hit = next((line for line in lines if re.search(pattern, line)), None)
+            hit = next((line for line in lines if linear_regex.search(pattern, line)), None)
             if hit is not None:
                 return f"{hit!r} matches {pattern!r}"
         for pattern in self.fail_if_not_matches_regexp:
-            miss = next((line for line in lines if not re.search(pattern, line)), None)
+            miss = next((line for line in lines if not linear_regex.search(pattern, line)), None)
             if miss is not None:
                 return f"{miss!r} does not match {pattern!r}"
         for pattern in self.fail_if_all_match_regexp:
-            if lines and all(re.search(pattern, line) for line in lines):
+            if lines and all(linear_regex.search(pattern, line) for line in lines):
                 return f"every RR matches {pattern!r}"
         patterns = self.fail_if_none_matches_regexp
-        if patterns and not any(re.search(pattern, line) for pattern in patterns for line in lines):
+        if patterns and not any(linear_regex.search(pattern, line) for pattern in patterns for line in lines):
             return f"no RR matches any of {patterns!r}"
         return None
 

@@ -26,6 +26,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import msgspec
 
+from agents import linear_regex
 from agents.config.model import ModuleConfig
 from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve
@@ -123,11 +124,7 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
         if self.fail_if_ssl and self.fail_if_not_ssl:
             raise ValueError("fail_if_not_ssl: cannot be set together with fail_if_ssl (the probe would always fail)")
         for key in ("fail_if_body_matches_regexp", "fail_if_body_not_matches_regexp"):
-            for pattern in getattr(self, key):
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise ValueError(f"{key}: invalid regex {pattern!r}: {exc}") from None
+            linear_regex.check_patterns(key, getattr(self, key))
         if self.max_content_age is not None and self.max_content_age <= 0:
             raise ValueError("max_content_age: must be greater than 0")
         if self.body_size_limit is not None and self.body_size_limit <= 0:
@@ -580,7 +577,7 @@ def _declared_length(response: Response) -> int:
     values = {part.strip() for value in response.values("content-length") for part in value.split(",")}
     if not values:
         return -1
-    if len(values) > 1 or not next(iter(values)).isdigit():
+    if len(values) > 1 or not (next(iter(values)).isascii() and next(iter(values)).isdigit()):  # isdigit() takes "²"
         raise _ProtocolError(f"invalid Content-Length {sorted(values)!r}")
     return int(next(iter(values)))
 
@@ -699,10 +696,10 @@ def _check_response(run: _Run, settings: HttpSettings) -> tuple[Reason, str] | N
 def _check_body(body: Body, settings: HttpSettings) -> str | None:
     text = body.kept.decode("utf-8", "replace")
     for pattern in settings.fail_if_body_matches_regexp:
-        if re.search(pattern, text):
+        if linear_regex.search(pattern, text):
             return f"body matches {pattern!r}"
     for pattern in settings.fail_if_body_not_matches_regexp:
-        if not re.search(pattern, text):
+        if not linear_regex.search(pattern, text):
             return f"body does not match {pattern!r}"
     return None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import ssl
 import time
 from collections.abc import Collection
@@ -21,6 +20,7 @@ from typing import Any, Awaitable, Callable, Generic, Iterator, Literal, Protoco
 
 import msgspec
 
+from agents import linear_regex
 from agents.config.model import ModuleConfig
 from agents.probes.resolve import ResolveError, resolve, split_host_port
 from agents.probes.tcp import FAILED_DUE_TO_REGEX
@@ -42,6 +42,7 @@ TlsMode = Literal["starttls", "opportunistic", "implicit", "none"]
 T = TypeVar("T")
 
 MAX_LITERAL_BYTES = 1 << 20  # IMAP literals the probers read are header excerpts, never whole mailboxes
+MAX_READ_BYTES = 8 << 20  # all a server may send in one conversation: an endless multi-line reply ends here, not in memory
 REPLY_EXCERPT = 200  # characters of a server reply quoted in a detail
 
 
@@ -66,10 +67,7 @@ def check_common(port: int | None, banner_regexp: str | None, auth: MailAuth | N
     if port is not None and not 0 < port < 65536:
         raise ValueError("port: must be between 1 and 65535")
     if banner_regexp is not None:
-        try:
-            re.compile(banner_regexp)
-        except re.error as exc:
-            raise ValueError(f"banner_regexp: invalid regexp: {exc}") from None
+        linear_regex.check_patterns("banner_regexp", [banner_regexp], multiline=True)
     if auth is not None:
         auth.check("auth")
 
@@ -146,6 +144,7 @@ class Connection:
         self._writer = writer
         self.deadline = deadline
         self.last_step = "connect"  # named in timeout and hang-up details; never holds a credential
+        self.unread = MAX_READ_BYTES  # what the server may still send in this conversation
 
     def remaining(self) -> float:
         return max(self.deadline - time.monotonic(), 0.001)
@@ -167,11 +166,18 @@ class Connection:
             raise MailError(Failure.PROTOCOL_ERROR, f"a reply line longer than 64 KiB after {self.last_step}") from None
         if not raw.endswith(b"\n"):
             raise MailError(Failure.CONNECTION_RESET, f"the server closed the connection after {self.last_step}")
+        self._count(len(raw))
         return raw.decode("utf-8", "replace").rstrip("\r\n")
+
+    def _count(self, size: int) -> None:
+        self.unread -= size
+        if self.unread < 0:
+            raise MailError(Failure.PROTOCOL_ERROR, f"the server sent more than {MAX_READ_BYTES} bytes by {self.last_step}")
 
     async def read_exactly(self, size: int) -> bytes:
         if size > MAX_LITERAL_BYTES:
             raise MailError(Failure.PROTOCOL_ERROR, f"a {size}-byte literal after {self.last_step} is too long")
+        self._count(size)
         try:
             return await self._bounded(self._reader.readexactly(size))
         except asyncio.IncompleteReadError:
@@ -263,7 +269,7 @@ class TlsUpgrade:
 
 def banner_matches(pattern: str, lines: list[str]) -> bool:
     """The expected-banner check: the regexp searched in the greeting's lines, one per line (re.MULTILINE)."""
-    return re.search(pattern, "\n".join(lines), re.MULTILINE) is not None
+    return linear_regex.search(pattern, "\n".join(lines), multiline=True)
 
 
 def summary(connection: Connection, authenticated: bool) -> str:

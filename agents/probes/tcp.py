@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import time
 
 import msgspec
 
+from agents import linear_regex
 from agents.config.model import ModuleConfig
 from agents.probes.base import ProberSpec
 from agents.probes.resolve import ResolveError, resolve, split_host_port
@@ -53,10 +53,7 @@ class TcpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
             raise ValueError("port: must be between 1 and 65535")
         for index, step in enumerate(self.query_response):
             if step.expect is not None:
-                try:
-                    re.compile(step.expect)
-                except re.error as exc:
-                    raise ValueError(f"query_response: step {index}: invalid regex {step.expect!r}: {exc}") from None
+                linear_regex.check_patterns(f"query_response: step {index}: expect", [step.expect])
 
     def check_address(self, address: str) -> None:
         """A target address this module can connect to: `host:port`, `[v6]:port`, or a host when `port` is set."""
@@ -160,7 +157,7 @@ async def _read_until_match(reader: asyncio.StreamReader, pattern: str) -> tuple
     while next_line := await reader.readline():
         line = next_line
         # match the line without its terminator, so `$` works on CRLF protocols
-        if re.search(pattern, line.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")):
+        if linear_regex.search(pattern, line.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")):
             return True, line
     return False, line
 

@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 import msgspec
 
+from agents import linear_regex
 from agents.config.model import ModuleConfig
 from agents.probes import http
 from agents.probes.base import ProberSpec
@@ -578,10 +579,10 @@ class _Judge:
             wanted = ", ".join(map(str, checks.status)) or "2xx"
             return TransactionFailure.HTTP_STATUS, f"status {self.status}, wanted {wanted}"
         for pattern in checks.body_matches:
-            if not re.search(pattern, self.document.text()):
+            if not linear_regex.search(pattern, self.document.text()):
                 return TransactionFailure.ASSERTION_FAILED, f"body does not match {pattern!r}"
         for pattern in checks.body_not_matches:
-            if re.search(pattern, self.document.text()):
+            if linear_regex.search(pattern, self.document.text()):
                 return TransactionFailure.ASSERTION_FAILED, f"body matches {pattern!r}"
         for check in self.values:
             problem = _check_values(check, find(check.kind, check.expression, self.document, self.namespaces, check.attribute))
@@ -612,7 +613,7 @@ def _check_values(check: Check, found: Iterator[str]) -> str | None:
     for value in found:
         if check.absent:
             return f"found {_shown([value], 1)}, wanted nothing"
-        if (wanted is None or value == wanted) and (check.matches is None or re.search(check.matches, value)):
+        if (wanted is None or value == wanted) and (check.matches is None or linear_regex.search(check.matches, value)):
             return None
         count += 1
         if len(seen) < 3:

@@ -144,6 +144,8 @@ def header(data: bytes, pos: int) -> tuple[int, int, int]:
         pos += 2
         if length & 0x80:
             count = length & 0x7F
+            if not 0 < count <= 4:  # 0: the indefinite form, which SNMP forbids (RFC 3417 8); over 4: no UDP datagram is that long
+                raise DecodeError(f"a length of {count} octets" if count else "an indefinite length (SNMP allows definite lengths only)")
             length = int.from_bytes(data[pos:pos + count], "big")
             pos += count
     except IndexError:

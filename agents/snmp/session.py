@@ -32,7 +32,7 @@ Payload = TypeVar("Payload")
 
 
 class RequestTimeout(Exception):
-    """No response to one request PDU within its timeout."""
+    """No response to one request PDU within its timeout; the message says what did come, if anything."""
 
 
 class SnmpError(Exception):
@@ -63,6 +63,7 @@ class _Responses(asyncio.DatagramProtocol, Generic[Payload]):
         self._parse = parse
         self.waiting: dict[int, asyncio.Future[Payload]] = {}
         self.dropped: tuple[Reason, str] | None = None
+        self.unmatched: int | None = None  # the ID of the last response that answered no request in flight
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
@@ -74,7 +75,9 @@ class _Responses(asyncio.DatagramProtocol, Generic[Payload]):
             self.dropped = (Failure.AUTH_FAILED, "responses fail authentication: wrong auth password or protocol")
             return
         future = self.waiting.get(key)
-        if future is not None and not future.done():
+        if future is None:
+            self.unmatched = key  # a late answer to an earlier try, or an agent that answers with the wrong ID
+        elif not future.done():
             future.set_result(payload)
 
     def error_received(self, exc: Exception) -> None:
@@ -105,14 +108,15 @@ class _UdpSession(Generic[Payload]):
     async def _exchange(self, key: int, message: bytes, timeout: float) -> Payload:
         future: asyncio.Future[Payload] = asyncio.get_running_loop().create_future()
         self._responses.waiting[key] = future
-        self._responses.dropped = None
+        self._responses.dropped = self._responses.unmatched = None
         try:
             self._transport.sendto(message)
             return await asyncio.wait_for(future, max(timeout, 0.001))
         except asyncio.TimeoutError:
             if self._responses.dropped is not None:
                 raise SnmpError(*self._responses.dropped) from None
-            raise RequestTimeout() from None
+            unmatched = self._responses.unmatched
+            raise RequestTimeout("" if unmatched is None else f"a response came with ID {unmatched}, not the {key} asked") from None
         except OSError as exc:
             hint = " (ICMP port unreachable: no SNMP agent listens on that port)" if isinstance(exc, ConnectionRefusedError) else ""
             raise SnmpError(socket_failure(exc), f"UDP: {exc.strerror or exc}{hint}") from None

@@ -122,9 +122,9 @@ class Walker:
             timeout = min(self._request_timeout, remaining)
             try:
                 response = await self._session.request(pdu, oids, repetitions, timeout)
-            except RequestTimeout:
+            except RequestTimeout as exc:
                 if attempts > self._retries or remaining <= self._request_timeout:
-                    raise SnmpError(Failure.TIMEOUT, _timeout_detail(attempts, timeout, self._session.version)) from None
+                    raise SnmpError(Failure.TIMEOUT, _timeout_detail(attempts, timeout, self._session.version, str(exc))) from None
                 self._stats.retries += 1
                 if pdu == ber.GETBULK:
                     repetitions = self._bulk.shrink(too_big=False)
@@ -137,6 +137,9 @@ class Walker:
                 continue
             self._stats.varbinds += len(response.varbinds)
             _raise_for_status(response)
+            asked = len(oids) * (repetitions if pdu == ber.GETBULK else 1)
+            if len(response.varbinds) > asked:  # RFC 3416 4.2.3: at most N + M * R; more is not an answer to us
+                raise SnmpError(Failure.PROTOCOL_ERROR, f"the agent answered {len(response.varbinds)} varbinds to a request for at most {asked}")
             return response
 
 
@@ -157,7 +160,9 @@ def _take(varbinds: list[ber.Varbind], active: list[int], prefixes: list[bytes],
             continue
         index = oid[len(prefix):]
         values = results[column]
-        if index in values:  # an agent that walks in circles: stop rather than loop until the deadline
+        # an agent that walks in circles or backwards: stop rather than loop until the deadline (bytes compare
+        # in OID order except across sub-identifier lengths, so only a suspect pair is compared by numbers)
+        if index in values or oid <= last[column] and ber.decode_subids(oid) <= ber.decode_subids(last[column]):
             raise SnmpError(Failure.PROTOCOL_ERROR, f"OID not increasing at {ber.decode_oid(oid)}")
         last[column] = oid
         values[index] = varbind.value
@@ -174,7 +179,9 @@ def _raise_for_status(response: ber.Response) -> None:
     raise SnmpError(Failure.PROTOCOL_ERROR, f"the agent answered {name} (error-index {response.error_index})")
 
 
-def _timeout_detail(attempts: int, timeout: float, version: int) -> str:
+def _timeout_detail(attempts: int, timeout: float, version: int, note: str = "") -> str:
+    if note:
+        return f"no response to {attempts} request(s) of {timeout:g}s: {note}"
     hint = " (a wrong privacy passphrase is answered with silence)" if version == 3 else \
         " (a wrong community is answered with silence)"
     return f"no response to {attempts} request(s) of {timeout:g}s{hint}"

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from agents import linear_regex
 from agents.results import Metric, Sample
 
 Parse = Callable[[str], list[Sample]]
@@ -142,7 +143,7 @@ class RegexParser:
     pattern: str
 
     def __call__(self, output: str) -> list[Sample]:
-        match = re.search(self.pattern, output, re.MULTILINE)
+        match = linear_regex.compile_linear(self.pattern, multiline=True).search(output)
         if match is None:
             raise ParseError(f"the output does not match {self.pattern!r}")
         samples = []
@@ -157,10 +158,7 @@ class RegexParser:
 def _regex_parser(pattern: str | None) -> Parse:
     if pattern is None:
         raise ValueError("the regex parser needs a 'regex' with named groups, e.g. '(?P<load1>[0-9.]+)'")
-    try:
-        compiled = re.compile(pattern, re.MULTILINE)
-    except re.error as exc:
-        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+    compiled = linear_regex.compile_linear(pattern, multiline=True)  # ValueError with the reason
     if not compiled.groupindex:
         raise ValueError("the regex has no named group; name each number to keep, e.g. (?P<load1>[0-9.]+)")
     return RegexParser(pattern)
