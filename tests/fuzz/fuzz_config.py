@@ -5,6 +5,8 @@ this machine's files."""
 
 from __future__ import annotations
 
+import contextlib
+
 from agents.catalog import parse_config
 from collector.config import parse_collector_config
 from foundation.config import types
@@ -17,8 +19,16 @@ def _form_only(text):
     return types.SecretFile("x" * 32, f"file:{text}")
 
 
-types._PARSERS[types.SecretFile] = _form_only
-types._PARSERS[types.FilePath] = lambda text: _form_only(text) and types.FilePath(text)
+@contextlib.contextmanager
+def _paths_checked_by_form_only():
+    """Only while a fuzz input is parsed: the test process runs other tests after this one, which read real files."""
+    saved = {kind: types._PARSERS[kind] for kind in (types.SecretFile, types.FilePath)}
+    types._PARSERS[types.SecretFile] = _form_only
+    types._PARSERS[types.FilePath] = lambda text: _form_only(text) and types.FilePath(text)
+    try:
+        yield
+    finally:
+        types._PARSERS.update(saved)
 
 
 def check(data: bytes) -> None:
@@ -26,11 +36,12 @@ def check(data: bytes) -> None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return  # read_config_file refuses it as ConfigError before parsing
-    for parse in (parse_config, parse_collector_config):
-        try:
-            parse(text)
-        except ConfigError:
-            pass
+    with _paths_checked_by_form_only():
+        for parse in (parse_config, parse_collector_config):
+            try:
+                parse(text)
+            except ConfigError:
+                pass
 
 
 def seeds() -> list[bytes]:
