@@ -25,6 +25,7 @@ DEFAULT_MAX_BODY = 1 << 20
 DEFAULT_USER_AGENT = f"netmon/{__version__}"
 READ_BLOCK = 1 << 16
 BODYLESS_STATUSES = (204, 304)
+OWS = " \t"  # the whitespace HTTP allows around a header value (RFC 9110 5.6.3)
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -216,10 +217,10 @@ async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
         if not line:
             return headers
         name, colon, value = line.partition(":")
-        if not colon or not name.strip():
+        key, value = name.strip(OWS).lower(), value.strip(OWS)  # str.strip() alone would also take "\x1f" for space
+        if not colon or not key:
             raise ProtocolError(f"not a header line: {line[:60]!r}")
-        key = name.strip().lower()
-        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
     raise ProtocolError(f"more than {MAX_HEADER_LINES} header lines")
 
 
