@@ -220,8 +220,8 @@ class Agent:
         require_method(request, "GET")
         # self-metrics and host metrics: prometheus_client families, collected now (an error is a 500, not a cut
         # body); probe results: read from the store while streaming. One text writer for both.
-        head = list(render_families(self.registry.collect()))
-        chunks = itertools.chain(head, render_chunks(self.store.states()))
+        head = "".join(render_families(self.registry.collect()))  # one chunk: a write per family costs more than it saves
+        chunks = itertools.chain((head,), render_chunks(self.store.states()))
         return Response(200, (chunk.encode("utf-8") for chunk in chunks), CONTENT_TYPE_LATEST)
 
     async def _handle_probe(self, request: Request) -> Response:

@@ -323,7 +323,12 @@ class HttpServer:
         await self._drain(writer)
 
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
-        """Wait for the client to take what was written, within WRITE_TIMEOUT; else abort (closing would wait)."""
+        """Wait for the client to take what was written, within WRITE_TIMEOUT; else abort (closing would wait).
+        Below the transport's high-water mark drain() returns at once: no deadline task for every chunk."""
+        transport = writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            await writer.drain()
+            return
         try:
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
         except asyncio.TimeoutError:
