@@ -63,6 +63,12 @@ class KeptWriter:
     def is_closing(self) -> bool:
         return self.closed
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything written is taken at once
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16 << 10, 64 << 10)  # asyncio's defaults
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._extra.get(name, default)
 
