@@ -36,6 +36,7 @@ from agents.host.config import host_config  # noqa: E402
 from agents.host.diskstats import DEFAULT_DEVICE_EXCLUDE  # noqa: E402
 from agents.host.filesystem import DEFAULT_FS_TYPES_EXCLUDE, DEFAULT_MOUNT_POINTS_EXCLUDE  # noqa: E402
 from foundation.textformat import render_families  # noqa: E402
+from tests.bench import idle  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.procs import running, wait_for_port  # noqa: E402
 
@@ -124,6 +125,7 @@ def main() -> int:
     if binary is None:
         print("prometheus-node-exporter is not installed (apt-get install prometheus-node-exporter)", file=sys.stderr)
         return 1
+    load = idle.start()
     ne_same, ne_same_text = bench_node_exporter(binary, SAME_AS_AGENT, args.scrapes)
     ne_none, ne_none_text = bench_node_exporter(binary, ["--collector.disable-defaults"], args.scrapes)
     ne_default, ne_default_text = bench_node_exporter(binary, [], args.scrapes)
@@ -146,12 +148,14 @@ def main() -> int:
         print(f"{name:56s} {series(text, 'node_'):13d} {series(text):10d} {cpu * 1000:8.2f} ms")
     our_series, their_series = series(agent_text, "node_"), series(ne_same_text, "node_")
     ours, theirs = agent - agent_none, ne_same - ne_none
-    print(f"agent / node_exporter, whole scrape with the same collectors: {agent / ne_same:.2f}x")
     print(
         f"host collectors alone (minus each server's baseline): agent {ours * 1000:.2f} ms for {our_series} series, "
-        f"node_exporter {theirs * 1000:.2f} ms for {their_series} series: {ours / theirs:.2f}x per scrape, "
-        f"{(ours / our_series) / (theirs / their_series):.2f}x per series"
+        f"node_exporter {theirs * 1000:.2f} ms for {their_series} series"
     )
+    print(idle.ratio_line("host collectors alone, agent / node_exporter per scrape", ours / theirs, load))
+    per_series = (ours / our_series) / (theirs / their_series)
+    print(idle.ratio_line("host collectors alone, agent / node_exporter per series", per_series, load))
+    print(idle.ratio_line("agent / node_exporter, whole scrape with the same collectors", agent / ne_same, load))
     return 0
 
 
