@@ -8,6 +8,7 @@ counter reading is the kernel's running total, not an increment.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,21 @@ if TYPE_CHECKING:
     from agents.host.config import HostConfig
 
 IS_LINUX = sys.platform.startswith("linux")
+
+
+def read_file(path: str) -> bytes:
+    """All of a small /proc or /sys file: open, read to the end, close, and no file object (a scrape reads a dozen)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 65536)
+        while data:  # /proc files are made as they are read; only an empty read says the end
+            more = os.read(fd, 65536)
+            if not more:
+                break
+            data += more
+        return data
+    finally:
+        os.close(fd)
 
 
 def exclusion(pattern: str | None, default: str | None) -> re.Pattern[str] | None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, read_file
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -42,9 +42,7 @@ class LinuxMeminfoCollector:
         return known
 
     def collect(self) -> Iterator[Reading]:
-        with open(self._path, "rb") as file:
-            lines = file.read().splitlines()
-        for line in lines:
+        for line in read_file(self._path).splitlines():
             parts = line.split()
             if len(parts) < 2:
                 continue

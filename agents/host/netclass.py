@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, read_file
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -25,8 +25,7 @@ MTU = Desc("node_network_mtu_bytes", "Network device property: mtu_bytes", label
 
 def _read(path: str) -> bytes | None:
     try:
-        with open(path, "rb") as file:
-            return file.read().strip()
+        return read_file(path).strip()
     except OSError:  # a device that disappeared between listing and reading, or has no such attribute
         return None
 
