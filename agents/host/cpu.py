@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, read_file
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, KeptFile, Reading
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -53,14 +53,14 @@ class CpuCollector:
 
 class LinuxCpuCollector:
     def __init__(self, path: str = PROC_STAT_PATH) -> None:
-        self._path = path
+        self._file = KeptFile(path)
         self._ticks = float(os.sysconf("SC_CLK_TCK"))
         columns = [(SECONDS, MODES[c]) if c in MODES else (GUEST_SECONDS, GUEST_MODES[c]) for c in PROC_STAT_COLUMNS]
         self._columns = tuple(columns)
 
     def collect(self) -> Iterator[Reading]:
         ticks = self._ticks
-        for line in read_file(self._path).split(b"\n"):
+        for line in self._file.read().split(b"\n"):
             if not line.startswith(b"cpu") or line.startswith(b"cpu "):  # "cpu " is the sum over all CPUs
                 continue
             fields = line.split()

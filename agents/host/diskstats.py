@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, excluded, exclusion, read_file
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, KeptFile, Reading, excluded, exclusion
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -64,14 +64,14 @@ class DiskstatsCollector:
 class LinuxDiskstatsCollector:
     def __init__(self, device_exclude: str | None, path: str = DISKSTATS_PATH) -> None:
         self._exclude = exclusion(device_exclude, DEFAULT_DEVICE_EXCLUDE)
-        self._path = path
+        self._file = KeptFile(path)
         self._columns = tuple(
             (desc, DISKSTATS_COLUMNS[field], SECTOR_BYTES if field.endswith("_bytes") else multiplier)
             for field, (desc, multiplier) in FIELDS.items()
         )
 
     def collect(self) -> Iterator[Reading]:
-        for line in read_file(self._path).decode().splitlines():
+        for line in self._file.read().decode().splitlines():
             fields = line.split()[2:]  # major, minor, then the name and its counters
             if len(fields) < 12 or excluded(self._exclude, fields[0]):
                 continue  # fewer columns: a partition line of a 2.6.25 kernel

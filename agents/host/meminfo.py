@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, read_file
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, KeptFile, Reading
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -30,7 +30,7 @@ def field_name(key: str, has_unit: bool) -> str:
 
 class LinuxMeminfoCollector:
     def __init__(self, path: str = MEMINFO_PATH) -> None:
-        self._path = path
+        self._file = KeptFile(path)
         self._descs: dict[bytes, tuple[Desc, float]] = {}  # raw line key -> (desc, multiplier)
 
     def _desc(self, key: bytes, has_unit: bool) -> tuple[Desc, float]:
@@ -42,7 +42,7 @@ class LinuxMeminfoCollector:
         return known
 
     def collect(self) -> Iterator[Reading]:
-        for line in read_file(self._path).splitlines():
+        for line in self._file.read().splitlines():
             parts = line.split()
             if len(parts) < 2:
                 continue

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, excluded, exclusion, read_file
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, KeptFile, Reading, excluded, exclusion
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -53,11 +53,11 @@ class NetdevCollector:
 class LinuxNetdevCollector:
     def __init__(self, device_exclude: str | None, path: str = NET_DEV_PATH) -> None:
         self._exclude = exclusion(device_exclude, None)
-        self._path = path
+        self._file = KeptFile(path)
         self._columns = tuple((desc, NET_DEV_COLUMNS[field]) for field, desc in STATISTICS.items())
 
     def collect(self) -> Iterator[Reading]:
-        for line in read_file(self._path).decode().splitlines()[2:]:  # two header lines
+        for line in self._file.read().decode().splitlines()[2:]:  # two header lines
             name, _, counters = line.rpartition(":")
             device = name.strip()
             if excluded(self._exclude, device):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, read_file
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, KeptFile, Reading
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -27,12 +27,12 @@ class StatCollector:
 
 class LinuxStatCollector:
     def __init__(self, path: str = "/proc/stat") -> None:
-        self._path = path
+        self._file = KeptFile(path)
         self._descs = {b"btime": BOOT_TIME, b"ctxt": CONTEXT_SWITCHES, b"intr": INTERRUPTS}
 
     def collect(self) -> Iterator[Reading]:
         values = {}
-        for line in read_file(self._path).split(b"\n"):
+        for line in self._file.read().split(b"\n"):
             key, _, rest = line.partition(b" ")
             if key in self._descs:  # intr's first number is the total; the per-IRQ counts follow
                 values[key] = float(rest.split(b" ", 1)[0])

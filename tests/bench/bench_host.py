@@ -7,8 +7,8 @@ CPU of each server process (all threads, utime + stime from /proc/PID/stat) is r
 node_exporter runs with only the collectors the agent has (same exclusion regexes), with no collectors
 (its fixed cost per scrape) and with its Debian defaults for reference; the agent runs with host
 metrics on and off. Subtracting each server's fixed cost leaves the collectors' own cost. The
-in-process figures are HostCollector + the text writer /metrics uses (foundation/textformat.py), and + prometheus_client's
-generate_latest as before, without HTTP or self-metrics.
+in-process figures are HostCollector.render (the text /metrics writes), its prometheus_client families through
+foundation/textformat.py (as before) and through prometheus_client's generate_latest, without HTTP or self-metrics.
 """
 
 from __future__ import annotations
@@ -98,16 +98,20 @@ def bench_agent(scrapes: int, host_enabled: bool) -> tuple[float, str]:
             return scrape_cpu(pid, port, scrapes)
 
 
-def bench_in_process(scrapes: int, writer: str = "textformat") -> tuple[float, str]:
-    """writer "textformat": the text writer /metrics uses; "generate_latest": prometheus_client's, used before."""
+def bench_in_process(scrapes: int, writer: str = "direct") -> tuple[float, str]:
+    """writer "direct": HostCollector.render, what /metrics writes; "textformat": its prometheus_client families
+    through foundation's text writer (before this round); "generate_latest": prometheus_client's writer."""
     config = parse_config(AGENT_CONFIG.format(port=1, enabled="true"))
+    host = HostCollector(lambda: host_config(config))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HostCollector(lambda: host_config(config)))
+    registry.register(host)
 
     def render() -> str:
         if writer == "generate_latest":
             return generate_latest(registry).decode()
-        return "".join(render_families(registry.collect()))
+        if writer == "textformat":
+            return "".join(render_families(registry.collect()))
+        return host.render()
 
     for _ in range(WARMUP_SCRAPES):
         render()
@@ -132,6 +136,7 @@ def main() -> int:
     agent, agent_text = bench_agent(args.scrapes, host_enabled=True)
     agent_none, agent_none_text = bench_agent(args.scrapes, host_enabled=False)
     in_process, in_process_text = bench_in_process(args.scrapes)
+    in_process_families, in_process_families_text = bench_in_process(args.scrapes, "textformat")
     in_process_old, in_process_old_text = bench_in_process(args.scrapes, "generate_latest")
     rows = [
         ("prometheus-node-exporter, same collectors as the agent", ne_same, ne_same_text),
@@ -139,7 +144,8 @@ def main() -> int:
         ("prometheus-node-exporter, Debian defaults", ne_default, ne_default_text),
         ("netmon-agent /metrics, host enabled, no targets", agent, agent_text),
         ("netmon-agent /metrics, host disabled (baseline)", agent_none, agent_none_text),
-        ("host collectors in-process (collect + text writer)", in_process, in_process_text),
+        ("host collectors in-process (HostCollector.render)", in_process, in_process_text),
+        ("host collectors in-process (families + text writer)", in_process_families, in_process_families_text),
         ("host collectors in-process (collect + generate_latest)", in_process_old, in_process_old_text),
     ]
     print(f"{args.scrapes} scrapes each, {os.cpu_count()} CPUs, one run")
