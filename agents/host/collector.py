@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.registry import Collector as RegistryCollector
@@ -43,12 +43,13 @@ class _Scrape:
     def __init__(self) -> None:
         self.groups: dict[str, Group] = {}
 
-    def add(self, reading: Reading) -> None:
-        desc, label_values, value = reading
-        group = self.groups.get(desc.name)
-        if group is None:
-            group = self.groups[desc.name] = (desc, [])
-        group[1].append((label_values, value))
+    def add(self, readings: Iterable[Reading]) -> None:
+        groups = self.groups
+        for desc, label_values, value in readings:
+            group = groups.get(desc.name)
+            if group is None:
+                group = groups[desc.name] = (desc, [])
+            group[1].append((label_values, value))
 
     def families(self) -> Iterator[Family]:
         for desc, series in self.groups.values():
@@ -151,7 +152,5 @@ class HostCollector(RegistryCollector):
             if name in self._failing:
                 log.info("host collector %s recovered", name)
                 self._failing.discard(name)
-        for reading in readings:
-            scrape.add(reading)
-        scrape.add(SCRAPE_DURATION(time.perf_counter() - started, name))
-        scrape.add(SCRAPE_SUCCESS(success, name))
+        scrape.add(readings)
+        scrape.add((SCRAPE_DURATION(time.perf_counter() - started, name), SCRAPE_SUCCESS(success, name)))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 MEMINFO_PATH = "/proc/meminfo"
 _PARENS = re.compile(r"\((.*)\)")
+_FIELD = re.compile(rb"^([^:\s]+):[ \t]+(\d+)( kB)?$", re.MULTILINE)  # "Active(anon):  123 kB", "HugePages_Total:  0"
 
 
 def field_name(key: str, has_unit: bool) -> str:
@@ -42,12 +43,9 @@ class LinuxMeminfoCollector:
         return known
 
     def collect(self) -> Iterator[Reading]:
-        for line in self._file.read().splitlines():
-            parts = line.split()
-            if len(parts) < 2:
-                continue
-            desc, multiplier = self._desc(parts[0].rstrip(b":"), len(parts) == 3)  # the unit is always kB
-            yield desc(float(parts[1]) * multiplier)
+        for key, value, unit in _FIELD.findall(self._file.read()):
+            desc, multiplier = self._descs.get(key) or self._desc(key, bool(unit))  # the unit is always kB
+            yield Reading(desc, (), int(value) * multiplier)
 
 
 def _portable(name: str) -> Desc:
