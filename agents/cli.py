@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from agents.catalog import PROBERS
 from agents.config import AgentConfig, ConfigError
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from agents.resources import ProbeResources
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_CONFIG = 0, 1, 2
-LOOPS = ("asyncio", "uvloop")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,10 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="probe on schedule and serve /metrics until SIGTERM")
     run.add_argument("--config", required=True, help="agent YAML config file")
     run.add_argument("--listen", type=listen_argument(9855), help="HOST:PORT, overrides the config's listen")
-    run.add_argument(
-        "--loop", choices=LOOPS, default=os.environ.get("NETMON_LOOP", "asyncio"),
-        help="event loop: asyncio (default) or uvloop (pip install 'egov-netmon[fast]'); env NETMON_LOOP",
-    )
     check = commands.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
     check.add_argument("config")
     probe = commands.add_parser("probe", help="run probes once and print the results")
@@ -92,32 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "probe":
         return asyncio.run(_probe_once(config, args.target, args.json, args.parallel))
-    return _run(loaded, config_path, args.listen, args.loop)
+    return _run(loaded, config_path, args.listen)
 
 
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop `run` uses: None is asyncio's own; uvloop is the optional `fast` extra."""
-    if name == "uvloop":
-        import uvloop  # an optional dependency, imported only when asked for
-
-        return uvloop.new_event_loop
-    return None
-
-
-def _run(loaded: LoadedConfig, config_path: str, listen: tuple[str, int] | None, loop: str = "asyncio") -> int:
+def _run(loaded: LoadedConfig, config_path: str, listen: tuple[str, int] | None) -> int:
     from agents.app import Agent  # the server stack is only needed by `run`
 
     async def main_loop() -> None:
         await Agent(loaded.config, config_path, listen, loaded.served, loaded.local_hash).run_until_stopped()
 
     try:
-        factory = loop_factory(loop)
-    except ImportError:
-        print("netmon-agent: --loop uvloop needs uvloop: pip install 'egov-netmon[fast]'", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(main_loop())
+        asyncio.run(main_loop())
     except OSError as exc:
         print(f"netmon-agent: {exc}", file=sys.stderr)
         return 1

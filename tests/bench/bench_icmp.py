@@ -1,6 +1,6 @@
 """CPU per ICMP echo and peak memory: netmon-agent vs prometheus-blackbox-exporter vs fping, at the same echo rate.
 
-    cd /work/main && .venv/bin/python tests/bench/bench_icmp.py [--targets 1000] [--duration 120] [--only agent,agent-uvloop,fping]
+    cd /work/main && .venv/bin/python tests/bench/bench_icmp.py [--targets 1000] [--duration 120]
 
 Needs root (raw ICMP sockets for blackbox_exporter and fping; the agent too, as ping_group_range is off here).
 Targets are loopback addresses (127.1.0.1 onwards), so the kernel answers every echo at once; each tool sends
@@ -12,8 +12,6 @@ targets x 5 echoes every 10 s (500 echoes/s by default) for --duration seconds:
   once, and again --duration seconds later; /metrics is scraped outside that window.
 - blackbox_exporter sends one echo per /probe request; this script drives those requests at the same rate
   from a bounded pool of keep-alive connections (the client's own CPU is not counted).
-- agent-uvloop (only when named in --only; needs `pip install -e '.[fast]'`): the same agent run with
-  `--loop uvloop`.
 - fping pings every target once per 2 s, 2 ms apart (`-p 2000 -i 2`), for duration / 2 rounds;
   its CPU and peak RSS come from its rusage.
 """
@@ -119,13 +117,12 @@ def total(samples: dict, name: str, **labels: str) -> float:
     return sum(value for sample_labels, value in samples.get(name, []) if labels.items() <= sample_labels.items())
 
 
-def bench_agent(targets: list[str], duration: float, workdir: Path, loop: str = "asyncio") -> Figure:
+def bench_agent(targets: list[str], duration: float, workdir: Path) -> Figure:
     config = workdir / "agent.yml"
     config.write_text(agent_config(targets))
     port = free_port()
-    argv = [sys.executable, "-m", "agents.cli", "run", "--config", str(config), "--listen", f"127.0.0.1:{port}",
-            "--loop", loop]
-    with running(argv, log_path=str(workdir / f"agent-{loop}.log"), cwd=ROOT) as agent:
+    argv = [sys.executable, "-m", "agents.cli", "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
+    with running(argv, log_path=str(workdir / "agent.log"), cwd=ROOT) as agent:
         wait_for_port("127.0.0.1", port, timeout=30, proc=agent)
         time.sleep(AGENT_WARMUP_SECONDS)
         rss_unscraped = memory_bytes(agent.pid, "VmRSS")
@@ -158,13 +155,7 @@ def bench_agent(targets: list[str], duration: float, workdir: Path, loop: str = 
         f"echo replies {_share(delta['probe_icmp_packets_received_total'], delta['probe_icmp_packets_sent_total'])}; "
         f"RSS after the warm-up, before the first /metrics scrape {rss_unscraped / 2**20:.1f} MB",
     ]
-    label = "netmon-agent" if loop == "asyncio" else f"netmon-agent ({loop})"
-    return Figure(label, int(delta["probe_icmp_packets_sent_total"]), cpu_after - cpu_before, rss, notes)
-
-
-def bench_agent_uvloop(targets: list[str], duration: float, workdir: Path) -> Figure:
-    """The same agent on uvloop's event loop (`run --loop uvloop`, the optional `fast` extra)."""
-    return bench_agent(targets, duration, workdir, loop="uvloop")
+    return Figure("netmon-agent", int(delta["probe_icmp_packets_sent_total"]), cpu_after - cpu_before, rss, notes)
 
 
 def _share(part: float, whole: float) -> str:
@@ -320,25 +311,22 @@ def report(figures: list[Figure], targets: int, duration: float, load: float) ->
     for figure in figures:
         lines += [f"{figure.label}: {note}" for note in figure.notes]
     by_label = {figure.label: figure for figure in figures}
-    agents = [figure for figure in figures if figure.label.startswith("netmon-agent")]
+    agent = by_label.get("netmon-agent")
     for other in ("fping", "prometheus-blackbox-exporter"):
-        for agent in agents:
-            if other in by_label:
-                ratio = agent.cpu_per_echo_ms / by_label[other].cpu_per_echo_ms
-                name = agent.label.replace("netmon-agent", "agent")
-                lines.append(idle.ratio_line(f"CPU per echo, {name} / {other}", ratio, load))
+        if agent is not None and other in by_label:
+            ratio = agent.cpu_per_echo_ms / by_label[other].cpu_per_echo_ms
+            lines.append(idle.ratio_line(f"CPU per echo, agent / {other}", ratio, load))
     return "\n".join(lines)
 
 
-BENCHES = {"agent": bench_agent, "agent-uvloop": bench_agent_uvloop, "blackbox": bench_blackbox, "fping": bench_fping}
-DEFAULT_BENCHES = "agent,blackbox,fping"  # agent-uvloop needs the optional `fast` extra
+BENCHES = {"agent": bench_agent, "blackbox": bench_blackbox, "fping": bench_fping}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=1000, help="loopback addresses to ping (default 1000)")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds measured per tool (default 120)")
-    parser.add_argument("--only", default=DEFAULT_BENCHES, help=f"comma-separated subset of {', '.join(BENCHES)}")
+    parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {', '.join(BENCHES)}")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root: blackbox_exporter and fping need raw ICMP sockets", file=sys.stderr)
