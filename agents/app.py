@@ -219,9 +219,8 @@ class Agent:
 
     async def _handle_metrics(self, request: Request) -> Response:
         require_method(request, "GET")
-        # self-metrics and host metrics: prometheus_client families, collected now (an error is a 500, not a cut
-        # body); probe results: read from the store while streaming. One text writer for both.
-        # one chunk: a write per family costs more than it saves
+        # self-metrics (prometheus_client families) and host metrics (their own text, HostCollector.render), made now
+        # as one chunk (an error is a 500, not a cut body); probe results: read from the store while streaming.
         head = "".join(render_families(self.registry.collect())) + self.host.render()
         chunks = itertools.chain((head,), render_chunks(self.store.states()))
         return Response(200, (chunk.encode("utf-8") for chunk in chunks), CONTENT_TYPE_LATEST)
