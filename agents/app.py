@@ -51,7 +51,8 @@ class Agent:
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = AgentMetrics(self.registry)
         self.store = ResultStore()
-        self.registry.register(HostCollector(lambda: host_config(self.config)))  # follows reloads
+        # follows reloads; kept out of the registry: /metrics writes its text directly (render), push collects it
+        self.host = HostCollector(lambda: host_config(self.config))
         self.resources = ProbeResources()
         self.path_triggers = PathTriggers()
         self._traces = TraceRequests(self.resources)
@@ -193,7 +194,7 @@ class Agent:
         if push is not None:
             from agents.push import Pusher  # protobuf and the queue only for agents that push
 
-            self.pusher = await Pusher.start(push, self.store, self.registry)
+            self.pusher = await Pusher.start(push, self.store, self.registry, also=(self.host,))
 
     async def _apply_fleet(self, fleet: FleetConfig | None) -> None:
         """Start, restart or stop the fleet sync to follow the config."""
@@ -218,9 +219,9 @@ class Agent:
 
     async def _handle_metrics(self, request: Request) -> Response:
         require_method(request, "GET")
-        # self-metrics and host metrics: prometheus_client families, collected now (an error is a 500, not a cut
-        # body); probe results: read from the store while streaming. One text writer for both.
-        head = "".join(render_families(self.registry.collect()))  # one chunk: a write per family costs more than it saves
+        # self-metrics (prometheus_client families) and host metrics (their own text, HostCollector.render), made now
+        # as one chunk (an error is a 500, not a cut body); probe results: read from the store while streaming.
+        head = "".join(render_families(self.registry.collect())) + self.host.render()
         chunks = itertools.chain((head,), render_chunks(self.store.states()))
         return Response(200, (chunk.encode("utf-8") for chunk in chunks), CONTENT_TYPE_LATEST)
 

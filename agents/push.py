@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from agents import USER_AGENT
 from agents.exposition import target_rows
@@ -54,12 +54,17 @@ class Pusher:
         self._self_metrics: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, config: PushConfig, store: ResultStore, registry: CollectorRegistry) -> Pusher:
-        """Open (and recover) the queue, start sending. Raises OSError if the queue cannot be opened."""
+    async def start(
+        cls, config: PushConfig, store: ResultStore, registry: CollectorRegistry, also: Sequence[Collector] = ()
+    ) -> Pusher:
+        """Open (and recover) the queue, start sending. Raises OSError if the queue cannot be opened.
+        `also`: collectors pushed with the registry's though not in it (the host metrics)."""
         names = SenderNames(log, "push", "netmon-push-queue", USER_AGENT)
         pusher = cls(config, store, await QueuedSender.start(config, names))
         registry.register(pusher.collector)
-        pusher._self_metrics = asyncio.create_task(pusher._push_registry_forever(registry), name="push:self-metrics")
+        pusher._self_metrics = asyncio.create_task(
+            pusher._push_registry_forever((registry, *also)), name="push:self-metrics"
+        )
         log.info("pushing to %s, queue in %s", config.url, config.queue.directory)
         return pusher
 
@@ -86,21 +91,22 @@ class Pusher:
             return
         self.pipeline.append(payload, len(series), timestamp_ms)
 
-    async def _push_registry_forever(self, registry: CollectorRegistry) -> None:
+    async def _push_registry_forever(self, collectors: Sequence[Collector]) -> None:
         """The agent's own, process and host metrics (everything on /metrics that is not a probe result),
         so an agent behind NAT is as visible to the collector as a scraped one."""
         while True:
             await asyncio.sleep(float(self.config.self_metrics_interval))
             timestamp_ms = int(time.time() * 1000)
-            series = registry_series(registry, timestamp_ms)
+            series = registry_series(collectors, timestamp_ms)
             if series:
                 self._append(series, timestamp_ms, "agent metrics")
 
 
-def registry_series(registry: CollectorRegistry, timestamp_ms: int) -> list[Series]:
+def registry_series(collectors: Sequence[Collector], timestamp_ms: int) -> list[Series]:
     return [
         Series(tuple(sorted({**sample.labels, "__name__": sample.name}.items())), ((timestamp_ms, float(sample.value)),))
-        for family in registry.collect()
+        for collector in collectors
+        for family in collector.collect()
         for sample in family.samples
     ]
 

@@ -27,6 +27,7 @@ HEADER_TIMEOUT = 10.0  # for the request line, then again for the headers, then 
 IDLE_TIMEOUT = 60.0
 WRITE_TIMEOUT = 10.0  # for the client to take more of a response (a reader that stalls is aborted)
 GZIP_MIN_BYTES = 1024
+WRITE_BATCH_BYTES = 65536  # a streamed body is written in batches of about this size, not a write per piece
 FD_RESERVE = 256  # descriptors kept for what the program opens itself: queue segments, outgoing connections, logs
 PEER_SHARE = 2  # one client address may hold at most 1/PEER_SHARE of the connections
 # why the server closed a connection before serving it whole (HttpServer.refusals, exported by both programs)
@@ -209,16 +210,18 @@ class HttpServer:
             task = asyncio.current_task()
             self._idle[task] = writer  # type: ignore[index]
             try:
-                start = await asyncio.wait_for(reader.read(1), IDLE_TIMEOUT)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(IDLE_TIMEOUT):  # a deadline, not wait_for's task per read
+                    start = await reader.read(1)
+            except TimeoutError:
                 return b""  # an idle keep-alive connection ends: no refusal
             finally:
                 self._idle.pop(task, None)  # type: ignore[arg-type]
             if not start:
                 return b""
         try:
-            return start + await asyncio.wait_for(reader.readline(), HEADER_TIMEOUT)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(HEADER_TIMEOUT):
+                return start + await reader.readline()
+        except TimeoutError:
             self.refusals["timeout"] += 1  # silent, or a request line begun and never ended (slowloris)
             return b""
         except ValueError:  # the stream's limit: a line longer than MAX_REQUEST_LINE
@@ -236,7 +239,8 @@ class HttpServer:
             raise HttpError(400, "malformed request target") from None
         request = Request(method, unquote(split.path), parse_qs(split.query), {}, b"", peer, version)
         try:
-            request.headers = await asyncio.wait_for(self._read_headers(reader), HEADER_TIMEOUT)
+            async with asyncio.timeout(HEADER_TIMEOUT):
+                request.headers = await self._read_headers(reader)
             request.body = await self._read_body(reader, request.headers)
         except HttpError as exc:
             exc.request = request
@@ -272,7 +276,8 @@ class HttpServer:
         length = int(length_text)
         if length > self._max_body:
             raise HttpError(413, f"request body of {length} bytes exceeds the limit of {self._max_body} bytes")
-        return await asyncio.wait_for(reader.readexactly(length), HEADER_TIMEOUT)
+        async with asyncio.timeout(HEADER_TIMEOUT):
+            return await reader.readexactly(length)
 
     def _handler(self, path: str) -> Handler | None:
         """The exact route, else the longest prefix route the path is under."""
@@ -344,17 +349,26 @@ class HttpServer:
             headers["Content-Encoding"] = "gzip"
         if close:
             headers["Connection"] = "close"
-        writer.write(_head(response.status, headers))
+        pending = [_head(response.status, headers)]  # written together up to WRITE_BATCH_BYTES: a send(2) per piece,
+        size = 0  # on loopback, cost a scrape more than making its text
         if head_only:
-            await self._drain(writer)
+            await self._flush(writer, pending)
             return
         for piece in response.body:
             data = compressor.compress(piece) if compressor is not None else piece
             if data:
-                writer.write(b"%x\r\n%b\r\n" % (len(data), data))
-                await self._drain(writer)
+                pending.append(b"%x\r\n%b\r\n" % (len(data), data))
+                size += len(data)
+                if size >= WRITE_BATCH_BYTES:
+                    await self._flush(writer, pending)
+                    size = 0
         tail = compressor.flush() if compressor is not None else b""
-        writer.write((b"%x\r\n%b\r\n" % (len(tail), tail) if tail else b"") + b"0\r\n\r\n")
+        pending.append((b"%x\r\n%b\r\n" % (len(tail), tail) if tail else b"") + b"0\r\n\r\n")
+        await self._flush(writer, pending)
+
+    async def _flush(self, writer: asyncio.StreamWriter, pending: list[bytes]) -> None:
+        writer.write(b"".join(pending))
+        pending.clear()
         await self._drain(writer)
 
 

@@ -25,16 +25,22 @@ from agents.host import COLLECTORS
 from agents.host.base import CollectorSpec
 from agents.host.collector import HostCollector
 from agents.host.config import host_config
-from agents.host.diskstats import DEFAULT_DEVICE_EXCLUDE
+from agents.host.cpu import CpuCollector, LinuxCpuCollector
+from agents.host.diskstats import DEFAULT_DEVICE_EXCLUDE, DiskstatsCollector, LinuxDiskstatsCollector
 from agents.host.filesystem import (
     DEFAULT_FS_TYPES_EXCLUDE,
     DEFAULT_MOUNT_POINTS_EXCLUDE,
+    MountTable,
+    linux_mounts,
     portable_mounts,
     psutil_usage,
     statvfs_usage,
 )
 from agents.host.meminfo import LinuxMeminfoCollector, PortableMeminfoCollector
 from agents.host.netclass import PortableNetclassCollector
+from agents.host.netdev import LinuxNetdevCollector, NetdevCollector
+from agents.host.stat import LinuxStatCollector, StatCollector
+from foundation.textformat import render_families
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for_port
 from tests.support.require import require_binary, require_root
@@ -319,6 +325,64 @@ def test_portable_code_paths_used_off_linux_give_the_same_figures():
     readings = PortableNetclassCollector().collect()
     up = {reading.label_values[0]: reading.value for reading in readings if reading.desc.name == "node_network_up"}
     assert up["lo"] == 1  # psutil's flag is "administratively up"; operstate says "unknown" (documented)
+
+
+
+def readings_by_series(collector) -> dict[tuple[str, tuple[str, ...]], float]:
+    return {(reading.desc.name, reading.label_values): reading.value for reading in collector.collect()}
+
+
+@pytest.mark.parametrize("linux, portable", [
+    (LinuxCpuCollector(), CpuCollector()),
+    (LinuxStatCollector(), StatCollector()),
+    (LinuxDiskstatsCollector(None), DiskstatsCollector(None)),
+    (LinuxNetdevCollector(None), NetdevCollector(None)),
+], ids=["cpu", "stat", "diskstats", "netdev"])
+def test_direct_proc_readers_give_psutils_figures(linux, portable):
+    """The Linux collectors read /proc themselves; psutil, read just before and just after, brackets every figure."""
+    before = readings_by_series(portable)
+    ours = readings_by_series(linux)
+    after = readings_by_series(portable)
+    assert ours.keys() == before.keys() == after.keys()
+    for series, value in ours.items():
+        assert before[series] <= value <= after[series], (series, before[series], value, after[series])
+
+
+class Replay:
+    """One real pass's readings, given again on every collect, so two writers see the same figures."""
+
+    def __init__(self, readings: list) -> None:
+        self.readings = readings
+
+    def collect(self):
+        return iter(self.readings)
+
+
+def test_host_text_is_the_bytes_render_families_writes_for_its_families():
+    config = parse_config(agent_config(1, "{enabled: true}"))
+    settings = host_config(config)
+    replays = {name: Replay(list(spec.build(settings).collect())) for name, spec in COLLECTORS.items()}
+    table = {name: CollectorSpec(name, lambda host, replay=replay: replay) for name, replay in replays.items()}
+    host = HostCollector(lambda: settings, table)
+    ours, theirs = host.render(), "".join(render_families(host.collect()))
+    duration = "node_scrape_collector_duration_seconds{"  # the one figure that differs between two passes
+    assert [line for line in ours.splitlines() if not line.startswith(duration)] == [
+        line for line in theirs.splitlines() if not line.startswith(duration)
+    ]
+    assert ours.count(duration) == theirs.count(duration) == len(COLLECTORS)
+
+
+def test_mount_table_is_read_again_only_after_a_mount_or_unmount(tmp_path):
+    require_root("mounting a tmpfs")
+    table = MountTable()
+    first = table.mounts()
+    assert first == linux_mounts() and table.mounts() is first  # unchanged: not read again
+    subprocess.run(["mount", "-t", "tmpfs", "netmon-test", str(tmp_path)], check=True, timeout=10)
+    try:
+        assert str(tmp_path) in {mount.mountpoint for mount in table.mounts()}
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=True, timeout=10)
+    assert str(tmp_path) not in {mount.mountpoint for mount in table.mounts()}
 
 
 # --- a hung mount ------------------------------------------------------------------------------

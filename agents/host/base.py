@@ -8,6 +8,7 @@ counter reading is the kernel's running total, not an increment.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,52 @@ if TYPE_CHECKING:
     from agents.host.config import HostConfig
 
 IS_LINUX = sys.platform.startswith("linux")
+
+
+def read_file(path: str) -> bytes:
+    """All of a small /proc or /sys file: open, read to the end, close, and no file object."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    data = os.pread(fd, 65536, 0)
+    while data:  # a /proc file of many records comes a page at a time; only an empty read is the end
+        more = os.pread(fd, 65536, len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+class KeptFile:
+    """A /proc or /sys file opened once and read again from its start every scrape: the kernel makes its text anew
+    on a read at offset 0, so a scrape costs a pread or two per file, not open + reads + close. A file whose object
+    went away (a removed network device: ENODEV) is opened again by its path, once, before the error is raised."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def read(self) -> bytes:
+        if self._fd is not None:
+            try:
+                return _read_all(self._fd)
+            except OSError:
+                self.close()
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return _read_all(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def exclusion(pattern: str | None, default: str | None) -> re.Pattern[str] | None:

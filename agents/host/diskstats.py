@@ -1,5 +1,6 @@
-"""diskstats: bytes, operations and busy time per block device (node_exporter's diskstats collector),
-from psutil.disk_io_counters, which reads /proc/diskstats on Linux (sectors of 512 bytes, times in ms).
+"""diskstats: bytes, operations and busy time per block device (node_exporter's diskstats collector): on Linux
+from /proc/diskstats itself (sectors of 512 bytes, times in ms; what psutil.disk_io_counters reads there, without
+its objects), elsewhere from psutil.disk_io_counters.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import CollectorSpec, Desc, Reading, excluded, exclusion
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, KeptFile, Reading, excluded, exclusion
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -35,6 +36,15 @@ FIELDS = {
 }
 
 
+# psutil field -> its column in /proc/diskstats, counted from the device name (Documentation/admin-guide/iostats.rst)
+DISKSTATS_COLUMNS = {
+    "read_count": 1, "read_merged_count": 2, "read_bytes": 3, "read_time": 4,
+    "write_count": 5, "write_merged_count": 6, "write_bytes": 7, "write_time": 8, "busy_time": 10,
+}
+SECTOR_BYTES = 512.0  # the kernel counts 512-byte sectors whatever the device's sector size
+DISKSTATS_PATH = "/proc/diskstats"
+
+
 class DiskstatsCollector:
     def __init__(self, device_exclude: str | None) -> None:
         self._exclude = exclusion(device_exclude, DEFAULT_DEVICE_EXCLUDE)
@@ -51,7 +61,28 @@ class DiskstatsCollector:
                     yield desc(value * multiplier, device)
 
 
-def build(host: "HostConfig") -> DiskstatsCollector:
+class LinuxDiskstatsCollector:
+    def __init__(self, device_exclude: str | None, path: str = DISKSTATS_PATH) -> None:
+        self._exclude = exclusion(device_exclude, DEFAULT_DEVICE_EXCLUDE)
+        self._file = KeptFile(path)
+        self._columns = tuple(
+            (desc, DISKSTATS_COLUMNS[field], SECTOR_BYTES if field.endswith("_bytes") else multiplier)
+            for field, (desc, multiplier) in FIELDS.items()
+        )
+
+    def collect(self) -> Iterator[Reading]:
+        for line in self._file.read().decode().splitlines():
+            fields = line.split()[2:]  # major, minor, then the name and its counters
+            if len(fields) < 12 or excluded(self._exclude, fields[0]):
+                continue  # fewer columns: a partition line of a 2.6.25 kernel
+            device = (fields[0],)
+            for desc, column, multiplier in self._columns:
+                yield Reading(desc, device, int(fields[column]) * multiplier)
+
+
+def build(host: "HostConfig") -> DiskstatsCollector | LinuxDiskstatsCollector:
+    if IS_LINUX:
+        return LinuxDiskstatsCollector(host.diskstats.device_exclude)
     return DiskstatsCollector(host.diskstats.device_exclude)
 
 

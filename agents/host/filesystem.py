@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import select
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, excluded, exclusion
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, excluded, exclusion, read_file
 from agents.host.stall import StallGuard
 
 if TYPE_CHECKING:
@@ -66,14 +67,45 @@ def _unescape(field: str) -> str:
 
 
 def linux_mounts(path: str = MOUNTS_PATH) -> list[Mount]:
-    with open(path, encoding="utf-8", errors="surrogateescape") as file:
-        lines = file.read().splitlines()
+    return parse_mounts(read_file(path))
+
+
+def parse_mounts(table: bytes) -> list[Mount]:
     mounts = []
-    for line in lines:
+    for line in table.decode("utf-8", "surrogateescape").splitlines():
         parts = line.split()
         if len(parts) >= 4:
             mounts.append(Mount(parts[0], _unescape(parts[1]), parts[2], "ro" in parts[3].split(",")))
     return mounts
+
+
+class MountTable:
+    """/proc/self/mounts, read again only when the kernel says the mount table changed: an open mounts file polls
+    with POLLPRI after a mount or unmount in its namespace (proc(5)), so an unchanged table costs one poll(2),
+    not the kernel writing out every mount and this process parsing it."""
+
+    def __init__(self, path: str = MOUNTS_PATH) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._poll = select.poll()
+        self._mounts: list[Mount] = []
+
+    def mounts(self) -> list[Mount]:
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            self._poll.register(self._fd, select.POLLPRI)
+        elif not self._poll.poll(0):
+            return self._mounts
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self._fd, 65536):
+            chunks.append(chunk)
+        self._mounts = parse_mounts(b"".join(chunks))
+        return self._mounts
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
 
 
 def portable_mounts() -> list[Mount]:
@@ -98,23 +130,31 @@ class FilesystemCollector:
     def __init__(self, settings: "HostFilesystem") -> None:
         self._exclude_mountpoints = exclusion(settings.mount_points_exclude, DEFAULT_MOUNT_POINTS_EXCLUDE)
         self._exclude_fstypes = exclusion(settings.fs_types_exclude, DEFAULT_FS_TYPES_EXCLUDE)
-        self._list_mounts = linux_mounts if IS_LINUX else portable_mounts
+        self._list_mounts = MountTable().mounts if IS_LINUX else portable_mounts
+        self._listed: list[Mount] | None = None
+        self._selected: list[Mount] = []
+        self._mountpoints: list[str] = []
         self._statfs: StallGuard[str, Usage] = StallGuard(
             statvfs_usage if hasattr(os, "statvfs") else psutil_usage, float(settings.mount_timeout), "statfs of"
         )
 
     def mounts(self) -> list[Mount]:
-        """Mounts not excluded, each (device, mountpoint, fstype) once."""
+        """Mounts not excluded, each (device, mountpoint, fstype) once; chosen again when the table changed."""
+        listed = self._list_mounts()
+        if listed is self._listed:
+            return self._selected
         selected: dict[tuple[str, str, str], Mount] = {}
-        for mount in self._list_mounts():
+        for mount in listed:
             if excluded(self._exclude_mountpoints, mount.mountpoint) or excluded(self._exclude_fstypes, mount.fstype):
                 continue
             selected.setdefault(mount.labels, mount)
-        return list(selected.values())
+        self._listed, self._selected = listed, list(selected.values())
+        self._mountpoints = list(dict.fromkeys(mount.mountpoint for mount in self._selected))
+        return self._selected
 
     def collect(self) -> Iterator[Reading]:
         mounts = self.mounts()
-        usages, stuck = self._statfs.run(list(dict.fromkeys(mount.mountpoint for mount in mounts)))
+        usages, stuck = self._statfs.run(self._mountpoints)
         for mount in mounts:
             usage = usages.get(mount.mountpoint)
             if usage is None and mount.mountpoint not in stuck:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import CollectorSpec, Desc, Reading
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, KeptFile, Reading
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -22,14 +22,25 @@ LOADS = (
 )
 
 
+class LinuxLoadavgCollector:
+    """/proc/loadavg kept open (os.getloadavg, which psutil calls, opens and closes it every time)."""
+
+    def __init__(self, path: str = "/proc/loadavg") -> None:
+        self._file = KeptFile(path)
+
+    def collect(self) -> Iterator[Reading]:
+        for desc, load in zip(LOADS, self._file.read().split()[:3]):
+            yield Reading(desc, (), float(load))
+
+
 class LoadavgCollector:
     def collect(self) -> Iterator[Reading]:
         for desc, load in zip(LOADS, psutil.getloadavg()):
             yield desc(load)
 
 
-def build(host: "HostConfig") -> LoadavgCollector:
-    return LoadavgCollector()
+def build(host: "HostConfig") -> LoadavgCollector | LinuxLoadavgCollector:
+    return LinuxLoadavgCollector() if IS_LINUX else LoadavgCollector()
 
 
 SPEC = CollectorSpec("loadavg", build, available=lambda: hasattr(psutil, "getloadavg"))

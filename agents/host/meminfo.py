@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, KeptFile, Reading
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
 
 MEMINFO_PATH = "/proc/meminfo"
 _PARENS = re.compile(r"\((.*)\)")
+_FIELD = re.compile(rb"^([^:\s]+):[ \t]+(\d+)( kB)?$", re.MULTILINE)  # "Active(anon):  123 kB", "HugePages_Total:  0"
 
 
 def field_name(key: str, has_unit: bool) -> str:
@@ -30,7 +31,7 @@ def field_name(key: str, has_unit: bool) -> str:
 
 class LinuxMeminfoCollector:
     def __init__(self, path: str = MEMINFO_PATH) -> None:
-        self._path = path
+        self._file = KeptFile(path)
         self._descs: dict[bytes, tuple[Desc, float]] = {}  # raw line key -> (desc, multiplier)
 
     def _desc(self, key: bytes, has_unit: bool) -> tuple[Desc, float]:
@@ -42,14 +43,9 @@ class LinuxMeminfoCollector:
         return known
 
     def collect(self) -> Iterator[Reading]:
-        with open(self._path, "rb") as file:
-            lines = file.read().splitlines()
-        for line in lines:
-            parts = line.split()
-            if len(parts) < 2:
-                continue
-            desc, multiplier = self._desc(parts[0].rstrip(b":"), len(parts) == 3)  # the unit is always kB
-            yield desc(float(parts[1]) * multiplier)
+        for key, value, unit in _FIELD.findall(self._file.read()):
+            desc, multiplier = self._descs.get(key) or self._desc(key, bool(unit))  # the unit is always kB
+            yield Reading(desc, (), int(value) * multiplier)
 
 
 def _portable(name: str) -> Desc:

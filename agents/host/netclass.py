@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import psutil
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, KeptFile, Reading
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -23,10 +23,12 @@ UP = Desc("node_network_up", "Value is 1 if operstate is 'up', 0 otherwise.", la
 MTU = Desc("node_network_mtu_bytes", "Network device property: mtu_bytes", labels=("device",))
 
 
-def _read(path: str) -> bytes | None:
+MAX_KEPT_DEVICES = 64  # devices whose two files stay open between scrapes; more are opened and closed each scrape
+
+
+def _read(file: KeptFile) -> bytes | None:
     try:
-        with open(path, "rb") as file:
-            return file.read().strip()
+        return file.read().strip()
     except OSError:  # a device that disappeared between listing and reading, or has no such attribute
         return None
 
@@ -34,16 +36,30 @@ def _read(path: str) -> bytes | None:
 class LinuxNetclassCollector:
     def __init__(self, root: str = SYS_CLASS_NET) -> None:
         self._root = root
+        self._files: dict[str, tuple[KeptFile, KeptFile]] = {}  # device -> its operstate and mtu files
 
     def collect(self) -> Iterator[Reading]:
-        for device in sorted(os.listdir(self._root)):
-            operstate = _read(f"{self._root}/{device}/operstate")
+        devices = sorted(os.listdir(self._root))
+        for gone in self._files.keys() - set(devices):
+            for file in self._files.pop(gone):
+                file.close()
+        for device in devices:
+            operstate_file, mtu_file = self._device_files(device)
+            operstate = _read(operstate_file)
             if operstate is None:
                 continue
             yield UP(operstate == b"up", device)
-            mtu = _read(f"{self._root}/{device}/mtu")
+            mtu = _read(mtu_file)
             if mtu:
                 yield MTU(int(mtu), device)
+
+    def _device_files(self, device: str) -> tuple[KeptFile, KeptFile]:
+        files = self._files.get(device)
+        if files is None:
+            files = (KeptFile(f"{self._root}/{device}/operstate"), KeptFile(f"{self._root}/{device}/mtu"))
+            if len(self._files) < MAX_KEPT_DEVICES:
+                self._files[device] = files  # else read once and closed when dropped, after this scrape
+        return files
 
 
 class PortableNetclassCollector:

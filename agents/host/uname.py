@@ -6,7 +6,7 @@ import os
 import platform
 from typing import TYPE_CHECKING, Iterator
 
-from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading
+from agents.host.base import IS_LINUX, CollectorSpec, Desc, Reading, read_file
 
 if TYPE_CHECKING:
     from agents.host.config import HostConfig
@@ -24,8 +24,7 @@ def domainname() -> str:
     if not IS_LINUX:
         return "(none)"
     try:
-        with open(DOMAINNAME_PATH, encoding="utf-8") as file:
-            return file.read().strip() or "(none)"
+        return read_file(DOMAINNAME_PATH).decode("utf-8", "replace").strip() or "(none)"
     except OSError:
         return "(none)"
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from foundation.httpclient import Endpoint, HttpClient  # noqa: E402
 from foundation.remote_write import HEADERS, Encoder, Series  # noqa: E402
+from tests.bench import idle  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.procs import running, wait_for_port  # noqa: E402
 from tests.support.require import require_binary  # noqa: E402
@@ -244,9 +245,8 @@ def run_pushgateway(directory: Path, agents: int, rounds: int, pace: float, samp
         return measure(name, proc.pid, f"http://127.0.0.1:{port}", [pushes] + [later] * (rounds - 1), pace)
 
 
-def print_table(results: list[dict], agents: int, load: tuple[float, ...]) -> None:
-    print(f"\n{agents} agents x {SERIES_PER_AGENT} series = {agents * SERIES_PER_AGENT} series per round; {os.cpu_count()} CPUs, one run, "
-          f"load average at the start: {' '.join(f'{one:.1f}' for one in load)}")
+def print_table(results: list[dict], agents: int) -> None:
+    print(f"\n{agents} agents x {SERIES_PER_AGENT} series = {agents * SERIES_PER_AGENT} series per round; {os.cpu_count()} CPUs, one run")
     header = f"{'':40} {'first µs/s':>10} {'steady µs/s':>11} {'samples/s/core':>14} {'wall samples/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'/metrics s':>10} {'MiB':>6} {'RSS MiB':>8} {'B/series':>8}"
     print(header)
     for r in results:
@@ -263,7 +263,7 @@ def main() -> None:
     parser.add_argument("--pushgateway-sample", type=int, default=0,
                         help="after its first (filling) round, Pushgateway gets only this many agents' pushes per round (0: all)")
     args = parser.parse_args()
-    load = os.getloadavg()  # other work on the machine: the figures are CPU time, but caches and cores are shared
+    load = idle.start()  # other work on the machine: the figures are CPU time, but caches and cores are shared
     agents = AGENTS * args.scale
     only = set(args.only.split(","))
     print(f"encoding {args.rounds} rounds of {agents} bodies ...", flush=True)
@@ -282,7 +282,15 @@ def main() -> None:
                 sub.mkdir()
                 print(f"running {key} ...", flush=True)
                 results.append(run(sub))
-    print_table(results, agents, load)
+    print_table(results, agents)
+    print_ratios(results, load)
+
+
+def print_ratios(results: list[dict], load: float) -> None:
+    vmagent = next((r for r in results if r["name"].startswith("vmagent")), None)
+    for r in results:
+        if vmagent is not None and r is not vmagent and r["name"].startswith("netmon-collector"):
+            print(idle.ratio_line(f"{r['name']} / vmagent, steady µs per sample", r["steady_us"] / vmagent["steady_us"], load))
 
 
 if __name__ == "__main__":

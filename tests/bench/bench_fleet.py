@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from collector.config import parse_collector_config  # noqa: E402
+from tests.bench import idle  # noqa: E402
 
 TEMPLATES = """\
 templates:
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    idle.start()  # no peer here, so no ratio; the load still says what the times are worth
     os.environ.update({f"BENCH_TOKEN_{number}": f"bench-token-{number:05d}-x" for number in range(args.agents)})
     text = collector_yaml(args.agents)
     seconds, cpu_seconds = [], []

@@ -7,8 +7,8 @@ CPU of each server process (all threads, utime + stime from /proc/PID/stat) is r
 node_exporter runs with only the collectors the agent has (same exclusion regexes), with no collectors
 (its fixed cost per scrape) and with its Debian defaults for reference; the agent runs with host
 metrics on and off. Subtracting each server's fixed cost leaves the collectors' own cost. The
-in-process figures are HostCollector + the text writer /metrics uses (foundation/textformat.py), and + prometheus_client's
-generate_latest as before, without HTTP or self-metrics.
+in-process figures are HostCollector.render (the text /metrics writes), its prometheus_client families through
+foundation/textformat.py (as before) and through prometheus_client's generate_latest, without HTTP or self-metrics.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from agents.host.config import host_config  # noqa: E402
 from agents.host.diskstats import DEFAULT_DEVICE_EXCLUDE  # noqa: E402
 from agents.host.filesystem import DEFAULT_FS_TYPES_EXCLUDE, DEFAULT_MOUNT_POINTS_EXCLUDE  # noqa: E402
 from foundation.textformat import render_families  # noqa: E402
+from tests.bench import idle  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.procs import running, wait_for_port  # noqa: E402
 
@@ -97,16 +98,20 @@ def bench_agent(scrapes: int, host_enabled: bool) -> tuple[float, str]:
             return scrape_cpu(pid, port, scrapes)
 
 
-def bench_in_process(scrapes: int, writer: str = "textformat") -> tuple[float, str]:
-    """writer "textformat": the text writer /metrics uses; "generate_latest": prometheus_client's, used before."""
+def bench_in_process(scrapes: int, writer: str = "direct") -> tuple[float, str]:
+    """writer "direct": HostCollector.render, what /metrics writes; "textformat": its prometheus_client families
+    through foundation's text writer (before this round); "generate_latest": prometheus_client's writer."""
     config = parse_config(AGENT_CONFIG.format(port=1, enabled="true"))
+    host = HostCollector(lambda: host_config(config))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HostCollector(lambda: host_config(config)))
+    registry.register(host)
 
     def render() -> str:
         if writer == "generate_latest":
             return generate_latest(registry).decode()
-        return "".join(render_families(registry.collect()))
+        if writer == "textformat":
+            return "".join(render_families(registry.collect()))
+        return host.render()
 
     for _ in range(WARMUP_SCRAPES):
         render()
@@ -124,12 +129,14 @@ def main() -> int:
     if binary is None:
         print("prometheus-node-exporter is not installed (apt-get install prometheus-node-exporter)", file=sys.stderr)
         return 1
+    load = idle.start()
     ne_same, ne_same_text = bench_node_exporter(binary, SAME_AS_AGENT, args.scrapes)
     ne_none, ne_none_text = bench_node_exporter(binary, ["--collector.disable-defaults"], args.scrapes)
     ne_default, ne_default_text = bench_node_exporter(binary, [], args.scrapes)
     agent, agent_text = bench_agent(args.scrapes, host_enabled=True)
     agent_none, agent_none_text = bench_agent(args.scrapes, host_enabled=False)
     in_process, in_process_text = bench_in_process(args.scrapes)
+    in_process_families, in_process_families_text = bench_in_process(args.scrapes, "textformat")
     in_process_old, in_process_old_text = bench_in_process(args.scrapes, "generate_latest")
     rows = [
         ("prometheus-node-exporter, same collectors as the agent", ne_same, ne_same_text),
@@ -137,7 +144,8 @@ def main() -> int:
         ("prometheus-node-exporter, Debian defaults", ne_default, ne_default_text),
         ("netmon-agent /metrics, host enabled, no targets", agent, agent_text),
         ("netmon-agent /metrics, host disabled (baseline)", agent_none, agent_none_text),
-        ("host collectors in-process (collect + text writer)", in_process, in_process_text),
+        ("host collectors in-process (HostCollector.render)", in_process, in_process_text),
+        ("host collectors in-process (families + text writer)", in_process_families, in_process_families_text),
         ("host collectors in-process (collect + generate_latest)", in_process_old, in_process_old_text),
     ]
     print(f"{args.scrapes} scrapes each, {os.cpu_count()} CPUs, one run")
@@ -146,12 +154,14 @@ def main() -> int:
         print(f"{name:56s} {series(text, 'node_'):13d} {series(text):10d} {cpu * 1000:8.2f} ms")
     our_series, their_series = series(agent_text, "node_"), series(ne_same_text, "node_")
     ours, theirs = agent - agent_none, ne_same - ne_none
-    print(f"agent / node_exporter, whole scrape with the same collectors: {agent / ne_same:.2f}x")
     print(
         f"host collectors alone (minus each server's baseline): agent {ours * 1000:.2f} ms for {our_series} series, "
-        f"node_exporter {theirs * 1000:.2f} ms for {their_series} series: {ours / theirs:.2f}x per scrape, "
-        f"{(ours / our_series) / (theirs / their_series):.2f}x per series"
+        f"node_exporter {theirs * 1000:.2f} ms for {their_series} series"
     )
+    print(idle.ratio_line("host collectors alone, agent / node_exporter per scrape", ours / theirs, load))
+    per_series = (ours / our_series) / (theirs / their_series)
+    print(idle.ratio_line("host collectors alone, agent / node_exporter per series", per_series, load))
+    print(idle.ratio_line("agent / node_exporter, whole scrape with the same collectors", agent / ne_same, load))
     return 0
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from tests.bench import idle  # noqa: E402
 from tests.bench.bench_host import process_cpu_seconds  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.procs import running, wait_for_port  # noqa: E402
@@ -295,7 +296,7 @@ def _exited(pid: int) -> bool:
 # --- report -----------------------------------------------------------------------------------------------------
 
 
-def report(figures: list[Figure], targets: int, duration: float) -> str:
+def report(figures: list[Figure], targets: int, duration: float, load: float) -> str:
     rate = targets * ECHOES_PER_ROUND / ROUND_INTERVAL_SECONDS
     lines = [
         f"{targets} targets x {ECHOES_PER_ROUND} echoes every {ROUND_INTERVAL_SECONDS} s ({rate:g} echoes/s), "
@@ -314,7 +315,7 @@ def report(figures: list[Figure], targets: int, duration: float) -> str:
     for other in ("fping", "prometheus-blackbox-exporter"):
         if agent is not None and other in by_label:
             ratio = agent.cpu_per_echo_ms / by_label[other].cpu_per_echo_ms
-            lines.append(f"CPU per echo, agent / {other}: {ratio:.2f}x")
+            lines.append(idle.ratio_line(f"CPU per echo, agent / {other}", ratio, load))
     return "\n".join(lines)
 
 
@@ -330,13 +331,14 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root: blackbox_exporter and fping need raw ICMP sockets", file=sys.stderr)
         return 2
+    load = idle.start()
     targets = loopback_targets(args.targets)
     figures = []
     with tempfile.TemporaryDirectory(prefix="bench-icmp-") as workdir:
         for name in args.only.split(","):
             print(f"running {name} for {args.duration:g} s ...", file=sys.stderr, flush=True)
             figures.append(BENCHES[name](targets, args.duration, Path(workdir)))
-    print(report(figures, args.targets, args.duration))
+    print(report(figures, args.targets, args.duration, load))
     return 0
 
 

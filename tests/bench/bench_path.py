@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 from pathlib import Path
@@ -30,12 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.bench import idle  # noqa: E402
 from tests.support.netns import ns_exec  # noqa: E402
 from tests.support.pathchain import linear_chain  # noqa: E402
 from tests.support.require import require_binary  # noqa: E402
 
 ROUTERS = 7  # + the server: 8 hops
-MAX_LOAD = 1.0
 IN_AGENT = """
 import asyncio, json, sys, time
 from agents.path.probe import PathSettings, module_for, trace_path
@@ -83,8 +82,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--interval", type=float, default=0.1)
     args = parser.parse_args()
-    load = os.getloadavg()
-    print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
+    load = idle.start()
     mtr = require_binary_or_exit("mtr")
     with linear_chain(ROUTERS) as chain:
         mtr_argv = [mtr, "-n", "--report", "-c", str(args.count), "-i", str(args.interval), "-m", "8", chain.server_ip]
@@ -103,10 +101,7 @@ def main() -> int:
           f"{ours['answered']}/{ours['probes']} probes answered)")
     print(f"  netmon-agent trace (CLI)         {cli_cpu * 1000:8.2f} ms CPU for one trace, interpreter start included "
           f"(reached: {json.loads(cli_out)['reached']})")
-    if load[0] > MAX_LOAD:
-        print(f"no ratio: the 1-minute load average {load[0]:.2f} is above {MAX_LOAD} (not an idle machine)")
-        return 1
-    print(f"  ratio agent / mtr                {ours_per_trace / mtr_per_trace:8.2f}")
+    print(idle.ratio_line("  ratio agent / mtr, CPU per trace", ours_per_trace / mtr_per_trace, load))
     return 0
 
 

@@ -47,6 +47,7 @@ from agents.resources import ProbeResources  # noqa: E402
 from agents.runner import run_target  # noqa: E402
 from agents.snmp.schema import MetricSpec, Profile, TableSpec, load_builtin_profiles  # noqa: E402
 from agents.store import ResultStore  # noqa: E402
+from tests.bench import idle  # noqa: E402
 from tests.bench.bench_host import process_cpu_seconds, series  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.procs import running, wait_for_port  # noqa: E402
@@ -227,7 +228,7 @@ def bench_snmpbulkwalk(server: Snmpd, polls: int) -> Figure:
 # --- report ------------------------------------------------------------------------------------------------------
 
 
-def report(figures: list[Figure], polls: int) -> str:
+def report(figures: list[Figure], polls: int, load: float) -> str:
     by_label = {figure.label: figure for figure in figures}
     rows = [f"{polls} polls of a 201-interface net-snmp agent (snmpbulkwalk: {max(polls // 5, 5)}), 2 CPUs, one run",
             f"{'':58} {'CPU/poll':>10} {'wall/poll':>10}  series"]
@@ -238,7 +239,7 @@ def report(figures: list[Figure], polls: int) -> str:
     for label, figure in by_label.items():
         if label.startswith("netmon-agent") or label.startswith("snmpbulkwalk"):
             reference = exporter_v3 if "v3" in label else exporter
-            rows.append(f"  {label:56} / snmp_exporter: {figure.cpu / reference.cpu:5.2f}x")
+            rows.append(idle.ratio_line(f"  {label:56} / snmp_exporter", figure.cpu / reference.cpu, load))
     return "\n".join(rows)
 
 
@@ -249,6 +250,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_snmp needs root (network namespace with 100 veth pairs)", file=sys.stderr)
         return 1
+    load = idle.start()
     with tempfile.TemporaryDirectory(prefix="bench-snmp-") as tmp, snmpd_with_interfaces(Path(tmp)) as server:
 
         def measure() -> list[Figure]:
@@ -257,8 +259,8 @@ def main() -> int:
             figures.append(bench_snmpbulkwalk(server, max(args.polls // 5, 5)))
             return figures
 
-        print(report(call_in_netns(server.ns, measure), args.polls))  # type: ignore[arg-type]
-        print(f"load average at the end: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
+        print(f"load average at the end: {' '.join(f'{one:.2f}' for one in os.getloadavg())}")
+        print(report(call_in_netns(server.ns, measure), args.polls, load))  # type: ignore[arg-type]
     return 0
 
 

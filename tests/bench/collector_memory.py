@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from collector.config import parse_collector_config  # noqa: E402
 from collector.ingest import Receiver, TokenBucket  # noqa: E402
 from collector.store import SeriesStore  # noqa: E402
+from tests.bench import idle  # noqa: E402
 from tests.bench.bench_collector import AGENTS, SERIES_PER_AGENT, collector_config, remote_write_rounds  # noqa: E402
 
 
@@ -49,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--forward", action="store_true", help="forwarding on, as with a remote_write out")
     args = parser.parse_args()
+    idle.start()  # no peer here, so no ratio; the CPU per sample is still worth little on a busy machine
     rounds = remote_write_rounds(AGENTS, 3)
     series = AGENTS * SERIES_PER_AGENT
     with tempfile.TemporaryDirectory(prefix="collector-memory-") as temporary:
