@@ -23,7 +23,7 @@ from agents.path.triggers import PathTriggers
 from agents.path.web import TRACE_ARGS, TraceRequests
 from agents.resources import ProbeResources
 from agents.results import ProbeResult, ProbeTarget
-from agents.runner import run_probe
+from agents.runner import prepare_modules, run_probe
 from agents.scheduler import Scheduler
 from agents.selfmetrics import AgentMetrics
 from agents.store import ResultStore
@@ -96,6 +96,7 @@ class Agent:
         self.metrics.reload_time.set(time.time())
         await self._apply_push(self.config.push)
         self.path_triggers.apply(self.config)
+        prepare_modules(self.config.targets, self.resources)
         await self._scheduler.apply(self.config.targets)
         await self._apply_fleet(self.config.fleet)
         log.info(
@@ -155,6 +156,7 @@ class Agent:
             self.resources.reload()  # state built from files (CA bundles, client certs): they may have been replaced
             assert self._scheduler is not None
             self.path_triggers.apply(new_config)
+            prepare_modules(new_config.targets, self.resources)
             await self._scheduler.apply(new_config.targets, new_config.max_concurrent_probes)
             self.metrics.apply_config(new_config)
             self.metrics.reload_ok.set(1 if push_ok else 0)

@@ -231,4 +231,7 @@ async def _examine_and_log_out(session: ImapSession, settings: ImapSettings, pha
         await session.logout()
 
 
-SPEC = ProberSpec("imap", ImapSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure)
+SPEC = ProberSpec(
+    "imap", ImapSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure,
+    prepare=mailproto.prepare,
+)

@@ -31,7 +31,7 @@ from typing import Callable, Protocol
 import msgspec
 
 from agents.config.model import ModuleConfig
-from agents.probes import imap, pop3, smtp
+from agents.probes import imap, mailproto, pop3, smtp
 from agents.probes.base import ProberSpec
 from agents.probes.mailproto import Endpoint, MailError, MailFailure, Phases, resolve_endpoint, target_endpoint
 from agents.probes.resolve import split_host_port
@@ -491,6 +491,12 @@ def _samples(run: Run, state: RoundtripState, lost: int) -> list[Sample]:
     return samples
 
 
+def prepare(module: ModuleConfig[RoundtripSettings], resources: ProbeResources) -> None:
+    for settings in (module.settings.smtp, module.settings.mailbox):
+        mailproto.prepare_settings(settings, resources)
+
+
 SPEC = ProberSpec(
-    "mail_roundtrip", RoundtripSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=RoundtripFailure
+    "mail_roundtrip", RoundtripSettings, probe, host_of=lambda address: split_host_port(address, 0)[0],
+    failures=RoundtripFailure, prepare=prepare,
 )

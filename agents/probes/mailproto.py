@@ -30,9 +30,11 @@ from agents.probes.tlsinfo import (
     certificate_samples,
     classify_tls_error,
     peer_chain_der,
+    prepare_tls,
     session_samples,
     version_ok,
 )
+from agents.resources import ProbeResources
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample, socket_failure
 from foundation.config.types import SecretFile, SecretRef
 
@@ -431,3 +433,13 @@ async def run_probe(
     except MailError as exc:
         return ProbeResult.failed(exc.failure, exc.detail, samples + phases.samples())
     return ProbeResult(success=True, detail=detail, samples=samples + phases.samples())
+
+
+def prepare_settings(settings: Any, resources: ProbeResources) -> None:
+    """The TLS client context of one protocol's settings, unless they never speak TLS."""
+    if settings.tls != "none":
+        prepare_tls(resources, settings.tls_config)
+
+
+def prepare(module: ModuleConfig[Any], resources: ProbeResources) -> None:
+    prepare_settings(module.settings, resources)

@@ -159,4 +159,7 @@ async def _stat_and_quit(session: Pop3Session, settings: Pop3Settings, phases: P
         await session.quit()
 
 
-SPEC = ProberSpec("pop3", Pop3Settings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure)
+SPEC = ProberSpec(
+    "pop3", Pop3Settings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure,
+    prepare=mailproto.prepare,
+)

@@ -216,4 +216,7 @@ async def _quit(session: SmtpSession, settings: SmtpSettings, phases: Phases, sa
         await quit_session(session.connection)
 
 
-SPEC = ProberSpec("smtp", SmtpSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure)
+SPEC = ProberSpec(
+    "smtp", SmtpSettings, probe, host_of=lambda address: split_host_port(address, 0)[0], failures=Failure,
+    prepare=mailproto.prepare,
+)

@@ -20,6 +20,7 @@ from agents.snmp.failures import SnmpFailure
 from agents.snmp.labels import label_text
 from agents.snmp.plan import compile_profiles
 from agents.snmp.poller import SYS_NAME, Cadence, PollData, poll
+from agents.snmp.privacy import load_ciphers
 from agents.snmp.samples import data_samples
 from agents.snmp.schema import SnmpSettings
 from agents.snmp.session import SnmpError
@@ -106,6 +107,13 @@ def _summary(data: PollData, stats: PollStats) -> str:
     return ", ".join(parts)
 
 
+def prepare(module: ModuleConfig[SnmpSettings], resources: ProbeResources) -> None:
+    auth = module.settings.auth
+    if auth is not None and auth.version == 3 and auth.security_level == "authPriv":
+        load_ciphers()
+
+
 SPEC = ProberSpec(
-    "snmp", SnmpSettings, probe, host_of=lambda address: split_host_port(address, DEFAULT_PORT)[0], failures=SnmpFailure, section=SECTION
+    "snmp", SnmpSettings, probe, host_of=lambda address: split_host_port(address, DEFAULT_PORT)[0], failures=SnmpFailure,
+    section=SECTION, prepare=prepare,
 )

@@ -1,22 +1,19 @@
 """SNMPv3 messages with the User-based Security Model (RFC 3412, 3414, 3826, 7860) on our BER codec.
 
-pysnmp 7 provides the parts that must be exactly right and are easy to get subtly wrong: passphrase hashing,
-key localization (with the Blumenthal and Reeder key extensions of AES-192/256) and the privacy ciphers.
-The framing is ours, as for v1/v2c: pysnmp's whole-message path decodes every varbind through pyasn1
+Passphrase hashing, key localization and the privacy ciphers are in agents/snmp/privacy.py (checked against
+pysnmp's in tests/test_snmp_privacy.py). The framing is ours, as for v1/v2c: pysnmp's whole-message path decodes every varbind through pyasn1
 (~180 µs each here), so a v3 poll of a 200-port switch cost 250-500 ms of CPU; framed here it costs about what
 a v2c poll does (docs/benchmarks.md). Authentication is the standard library's HMAC, at the digest's known place.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 from agents.results import Failure
-from agents.snmp import ber
+from agents.snmp import ber, privacy
 from agents.snmp.failures import SnmpFailure
 from agents.snmp.schema import SnmpAuth
 
@@ -42,11 +39,8 @@ REPORTED_FAILURES = {
         Failure.AUTH_FAILED, "the agent could not decrypt the request (usmStatsDecryptionErrors): wrong privacy password or protocol"),
 }
 
-# auth protocol -> (hash, digest length in the message); RFC 3414 (MD5, SHA) and RFC 7860 (SHA-2)
-_DIGESTS: dict[str, tuple[Callable[..., Any], int]] = {
-    "MD5": (hashlib.md5, 12), "SHA": (hashlib.sha1, 12), "SHA224": (hashlib.sha224, 16),
-    "SHA256": (hashlib.sha256, 24), "SHA384": (hashlib.sha384, 32), "SHA512": (hashlib.sha512, 48),
-}
+# auth protocol -> the digest's length in the message; RFC 3414 (MD5, SHA) and RFC 7860 (SHA-2)
+_DIGEST_LENGTHS = {"MD5": 12, "SHA": 12, "SHA224": 16, "SHA256": 24, "SHA384": 32, "SHA512": 48}
 
 
 class AuthenticationError(Exception):
@@ -82,83 +76,45 @@ class Incoming:
     response: ber.Response
 
 
-def _services(auth: SnmpAuth) -> tuple[Any, tuple[int, ...], Any]:
-    """pysnmp's (authentication service, its protocol OID, privacy service) for the auth's protocols."""
-    import pysnmp.proto.secmod.rfc3414  # noqa: F401 - first: it imports the service modules in an order that works
-    from pysnmp.proto.secmod.eso.priv import aes192, aes256
-    from pysnmp.proto.secmod.rfc3414.auth import hmacmd5, hmacsha
-    from pysnmp.proto.secmod.rfc3414.priv import des
-    from pysnmp.proto.secmod.rfc3826.priv import aes
-    from pysnmp.proto.secmod.rfc7860.auth import hmacsha2
-
-    sha2 = hmacsha2.HmacSha2
-    auth_oids = {
-        "MD5": hmacmd5.HmacMd5.SERVICE_ID, "SHA": hmacsha.HmacSha.SERVICE_ID, "SHA224": sha2.SHA224_SERVICE_ID,
-        "SHA256": sha2.SHA256_SERVICE_ID, "SHA384": sha2.SAH384_SERVICE_ID, "SHA512": sha2.SHA512_SERVICE_ID,
-    }
-    priv_services = {
-        "DES": des.Des, "AES": aes.Aes, "AES192": aes192.AesBlumenthal192, "AES256": aes256.AesBlumenthal256,
-        "AES192C": aes192.Aes192, "AES256C": aes256.Aes256,
-    }
-    name = auth.auth_protocol.replace("-", "")
-    oid = auth_oids[name]
-    service = {"MD5": hmacmd5.HmacMd5, "SHA": hmacsha.HmacSha}[name]() if name in ("MD5", "SHA") else sha2(oid)
-    return service, oid, priv_services[auth.priv_protocol.replace("-", "")]()
-
-
 class UsmUser:
     """One v3 user: passphrases hashed once (a 1 MB hash each), keys localized once per engine ID."""
 
     def __init__(self, auth: SnmpAuth) -> None:
-        from pyasn1.type.univ import OctetString
-
         self.name = (auth.username or "").encode()
         self.context_name = auth.context_name.encode()
         self.flags = FLAG_REPORTABLE
-        self._auth_service, self._auth_oid, self._priv_service = _services(auth)
-        self._digest, self.digest_length = _DIGESTS[auth.auth_protocol.replace("-", "")]
-        self._master_auth = self._master_priv = None
+        protocol = auth.auth_protocol.replace("-", "")
+        self._hash, self.digest_length = privacy.HASHES[protocol], _DIGEST_LENGTHS[protocol]
+        self._cipher = privacy.cipher(auth.priv_protocol.replace("-", ""))
+        self._master_auth = self._master_priv = b""
         if auth.security_level != "noAuthNoPriv":
             self.flags |= FLAG_AUTH
-            self._master_auth = self._auth_service.hash_passphrase(OctetString(auth.auth_secret.reveal()))
+            self._master_auth = privacy.hash_passphrase(auth.auth_secret.reveal().encode(), self._hash)
         if auth.security_level == "authPriv":
             self.flags |= FLAG_PRIV
-            self._master_priv = self._priv_service.hash_passphrase(
-                self._auth_oid, OctetString(auth.priv_secret.reveal())
-            )
-        self._localized: dict[bytes, tuple[bytes, Any]] = {}
+            self._master_priv = privacy.hash_passphrase(auth.priv_secret.reveal().encode(), self._hash)
+        self._localized: dict[bytes, tuple[bytes, bytes]] = {}
 
-    def keys(self, engine_id: bytes) -> tuple[bytes, Any]:
-        """(auth key bytes, priv key as pysnmp takes it) localized to one engine."""
-        from pyasn1.type.univ import OctetString
-
+    def keys(self, engine_id: bytes) -> tuple[bytes, bytes]:
+        """(auth key, priv key) localized to one engine."""
         keys = self._localized.get(engine_id)
         if keys is None:
-            auth_key = priv_key = None
-            if self._master_auth is not None:
-                auth_key = bytes(self._auth_service.localize_key(self._master_auth, OctetString(engine_id)))
-            if self._master_priv is not None:
-                priv_key = self._priv_service.localize_key(
-                    self._auth_oid, self._master_priv, OctetString(engine_id)
-                )
-            keys = self._localized[engine_id] = (auth_key, priv_key)  # type: ignore[assignment]
-        return keys  # type: ignore[return-value]
+            auth_key = privacy.localize(self._master_auth, engine_id, self._hash) if self._master_auth else b""
+            priv_key = self._cipher.localize(self._master_priv, engine_id, self._hash) if self._master_priv else b""
+            keys = self._localized[engine_id] = (auth_key, priv_key)
+        return keys
 
     def digest(self, key: bytes, message: bytes) -> bytes:
-        return hmac.new(key, message, self._digest).digest()[: self.digest_length]
+        return hmac.new(key, message, self._hash).digest()[: self.digest_length]
 
-    def encrypt(self, key: Any, engine: Engine, engine_time: int, plain: bytes) -> tuple[bytes, bytes]:
-        encrypted, salt = self._priv_service.encrypt_data(key, (engine.boots, engine_time, None), plain)
-        return bytes(encrypted), bytes(salt)
+    def encrypt(self, key: bytes, engine: Engine, engine_time: int, plain: bytes) -> tuple[bytes, bytes]:
+        return self._cipher.encrypt(key, engine.boots, engine_time, plain)
 
-    def decrypt(self, key: Any, boots: int, engine_time: int, salt: bytes, encrypted: bytes) -> bytes:
-        from pyasn1.type.univ import OctetString
-
+    def decrypt(self, key: bytes, boots: int, engine_time: int, salt: bytes, encrypted: bytes) -> bytes:
         try:
-            params = (boots, engine_time, OctetString(salt))
-            return bytes(self._priv_service.decrypt_data(key, params, OctetString(encrypted)))
-        except Exception as exc:  # noqa: BLE001 - pysnmp signals a bad salt or length with its own error types
-            raise ber.DecodeError(f"cannot decrypt the response: {exc.__class__.__name__}") from None
+            return self._cipher.decrypt(key, boots, engine_time, salt, encrypted)
+        except (privacy.PrivacyError, ValueError) as exc:
+            raise ber.DecodeError(f"cannot decrypt the response: {exc}") from None
 
 
 def discovery_message(message_id: int, request_id: int) -> bytes:

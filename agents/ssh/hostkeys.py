@@ -37,14 +37,13 @@ class HostKeyPolicy:
         """Key type -> key trusted for the known_hosts entry ("host" or "[host]:port"); read now."""
         if self.known_hosts is None:
             return {}
-        import paramiko
-        from paramiko.hostkeys import InvalidHostKey
+        from agents.ssh.sshlib import paramiko
 
         try:
             known = paramiko.HostKeys(self.known_hosts)
         except OSError as exc:
             raise HostKeyUnknown(f"known_hosts file {self.known_hosts} cannot be read: {exc.strerror}") from None
-        except InvalidHostKey as exc:
+        except paramiko.hostkeys.InvalidHostKey as exc:
             raise HostKeyUnknown(f"known_hosts file {self.known_hosts} has an invalid line: {exc.line.strip()[:80]}") from None
         found = known.lookup(entry)
         return dict(found) if found is not None else {}

@@ -23,15 +23,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
-import paramiko
-from paramiko.common import cMSG_CHANNEL_REQUEST
-from paramiko.pkey import UnknownKeyType
-
 from agents.probes.resolve import ResolveError, resolve
 from agents.results import Failure, Reason, socket_failure
 from agents.ssh.config import SshHost
 from agents.ssh.failures import SshFailure
 from agents.ssh.hostkeys import HostKeyChanged, HostKeyUnknown
+from agents.ssh.sshlib import paramiko
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +128,7 @@ def _open_error(host: SshHost, exc: _OpenFailed) -> SshError:
 def _send_kill(channel: paramiko.Channel) -> None:
     # paramiko has no API for the "signal" channel request (RFC 4254 6.9); built like its exec request
     message = paramiko.Message()
-    message.add_byte(cMSG_CHANNEL_REQUEST)
+    message.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
     message.add_int(channel.remote_chanid)
     message.add_string("signal")
     message.add_boolean(False)
@@ -172,7 +169,7 @@ def _load_key(host: SshHost) -> paramiko.PKey:
     except ValueError:  # messages may quote the file; the reason is one of these
         reason = "wrong passphrase or not a private key" if passphrase else "not a private key"
         raise SshError(Failure.AUTH_FAILED, f"cannot load key file {host.key_file}: {reason}") from None
-    except (paramiko.SSHException, UnknownKeyType):
+    except (paramiko.SSHException, paramiko.UnknownKeyType):
         raise SshError(Failure.AUTH_FAILED, f"cannot load key file {host.key_file}: unsupported key type") from None
 
 

@@ -74,4 +74,8 @@ def _exit_detail(output: CommandOutput) -> str:
     return f"{status}: {said[:200]}" if said else status
 
 
-SPEC = ProberSpec("ssh", NotAModule, probe, failures=SshFailure, section=SECTION)
+def prepare(module: ModuleConfig[SshCheck], resources: ProbeResources) -> None:
+    resources.get(SSH_POOL)  # imports paramiko
+
+
+SPEC = ProberSpec("ssh", NotAModule, probe, failures=SshFailure, section=SECTION, prepare=prepare)

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -145,6 +146,54 @@ def bench_agent(work: Path, peers: dict, rounds: int) -> dict[str, float]:
     return figures
 
 
+# --- what each prober's first use costs, in this process ---------------------------------------------------------
+
+
+FIRST_USE = """\
+import asyncio, os, sys
+from agents.catalog import PROBERS, load_config
+from agents.host.collector import HostCollector
+from agents.host.config import host_config
+from agents.resources import ProbeResources
+from agents.runner import run_target
+
+def rss():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024
+
+config = load_config(sys.argv[1])
+last, modules = rss(), len(sys.modules)
+print(f"{'(config loaded)':28} {last:9.1f} MB {'':8} {modules:8}")
+
+def report(what):
+    global last, modules
+    now = rss()
+    print(f"{what:28} {now:9.1f} MB {now - last:+6.1f} MB {len(sys.modules) - modules:+8}")
+    last, modules = now, len(sys.modules)
+
+async def main():
+    resources = ProbeResources()
+    list(HostCollector(lambda: host_config(config)).collect())
+    report("host collectors")
+    for target in config.targets:
+        PROBERS[target.module.prober].prepare(target.module, resources)
+        result = await run_target(target, resources)
+        report(f"{target.module.prober} ({target.name}){'' if result.success else ' FAILED'}")
+    resources.close()
+
+asyncio.run(main())
+"""
+
+
+def first_use_costs(work: Path, peers: dict) -> None:
+    """VmRSS and loaded modules before and after each prober's first probe (prepare included), in config order, in
+    a fresh process: a prober's figure is what it adds to those before it (a shared library counts for the first)."""
+    config = work / "first-use.yml"
+    config.write_text(json.dumps(agent_config(work, free_port(), peers)), encoding="utf-8")
+    env = {**os.environ, "BENCH_SNMP_AUTH": V3_AUTH_PASSWORD, "BENCH_SNMP_PRIV": V3_PRIV_PASSWORD}
+    print(f"{'first use of':28} {'VmRSS after':>11} {'added':>8} {'modules':>8}")
+    subprocess.run([sys.executable, "-c", FIRST_USE, str(config)], cwd=ROOT, env=env, check=True, timeout=120)
+
+
 # --- blackbox_exporter --------------------------------------------------------------------------------------------
 
 
@@ -242,7 +291,7 @@ def start_peers(stack: ExitStack, work: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4, help="probe rounds (5 s each) with a /metrics scrape")
-    parser.add_argument("--only", default="agent,blackbox")
+    parser.add_argument("--only", default="agent,blackbox", help="agent, blackbox and/or first-use (in-process)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     print(load_average())
@@ -251,6 +300,8 @@ def main() -> int:
         os.chmod(work, 0o755)  # sshd reads the client's key directory as root; the mail peers as their users
         peers = start_peers(stack, work)
         agent = bench_agent(work, peers, args.rounds) if "agent" in only else None
+        if "first-use" in only:
+            first_use_costs(work, peers)
         blackbox = bench_blackbox(work, peers, args.rounds) if "blackbox" in only else None
     if agent is not None:
         print(f"goal {GOAL_MB:g} MB: agent peak {agent['VmHWM']:.1f} MB = {agent['VmHWM'] / GOAL_MB:.2f}x the goal")
