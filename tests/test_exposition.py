@@ -117,3 +117,58 @@ def test_cumulative_counters_are_exposed_as_read_under_their_own_name():
     text = render_text(store.states())
     assert "# TYPE ifHCInOctets gauge" in text  # see _family_header: parsers rename untotalled counters
     assert [l for l in text.splitlines() if l.startswith("ifHCInOctets{")][0].endswith(" 1500.0")
+
+
+def _ordered_series(text: str) -> list[tuple[str, tuple, float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def test_families_seen_in_different_orders_are_written_once_each_in_first_seen_order():
+    from agents.exposition import render_text
+
+    config = parse_config(
+        "agent: {id: a, agency: b}\nmodules: {tcp: {prober: tcp}}\ntargets:\n"
+        '  - {name: t1, address: "127.0.0.1:1", module: tcp}\n  - {name: t2, address: "127.0.0.1:2", module: tcp}\n',
+        "x.yml",
+    )
+    store = ResultStore()
+    store.record(config.targets[0], ProbeResult(True, samples=[LOSS(0.1), RTT.observe([0.05], phase="a"), SENT(1)]))
+    store.record(config.targets[1], ProbeResult(True, samples=[SENT(2), RTT.observe([0.5], phase="b"), LOSS(0.2, le="x")]))
+    text = render_text(store.states())
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert types == ["probe_test_loss_ratio", "probe_test_packets_sent_total", "probe_test_rtt_seconds"]
+    expected = [
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in ResultCollector(store).collect()
+        for s in family.samples
+    ]
+    assert _ordered_series(text) == expected
+
+
+def test_a_result_recorded_while_a_scrape_streams_leaves_each_histogram_whole():
+    from agents.exposition import render_chunks
+
+    config = parse_config(
+        "agent: {id: a, agency: b}\nmodules: {tcp: {prober: tcp}}\ntargets:\n"
+        + "".join(f'  - {{name: t{n}, address: "127.0.0.1:{n + 1}", module: tcp}}\n' for n in range(30)),
+        "x.yml",
+    )
+    store = ResultStore()
+    for target in config.targets:
+        store.record(target, run(1, [0.05], 0.0))
+    chunks = render_chunks(store.states(), lines_per_chunk=10)
+    text = next(chunks)
+    for target in config.targets:  # a counter and histogram series new to the store, mid-scrape
+        store.record(target, ProbeResult(True, samples=[SENT(1, path="b"), RTT.observe([0.005, 0.5], path="b")]))
+    text += "".join(chunks)
+    series = {(name, labels): value for name, labels, value in _ordered_series(text)}
+    for target in config.targets:
+        labels = (("module", "tcp"), ("target", target.name))
+        count = series[("probe_test_rtt_seconds_count", labels)]
+        assert series[("probe_test_rtt_seconds_bucket", tuple(sorted(labels + (("le", "+Inf"),))))] == count
