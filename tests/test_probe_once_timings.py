@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -134,3 +135,75 @@ targets:
     assert resources.get(TLS_CONTEXTS)._contexts, "the TLS client context is built"
     for loaded in ("cryptography.x509", "dns.asyncquery", "dns._asyncio_backend", "dns.rdtypes.ANY.MX"):
         assert loaded in sys.modules, loaded
+
+
+RUN_INTERVAL = 2.0
+
+
+def names_in_one_slot(agent_id: str, stems: list[str], interval: float) -> list[str]:
+    """A target name per stem whose schedule offset is the first one's: all their first runs start at once."""
+    from agents.scheduler import stable_offset
+
+    wanted = stable_offset(agent_id, stems[0], interval)
+    names = [stems[0]]
+    for stem in stems[1:]:
+        names.append(next(f"{stem}-{n}" for n in range(10_000) if stable_offset(agent_id, f"{stem}-{n}", interval) == wanted))
+    return names
+
+
+def connect_of_each_run(port: int, target: str, runs: int, timeout: float) -> list[float]:
+    """probe_tcp_connect_duration_seconds of the target's first `runs` runs, read from /metrics after each."""
+    from tests.test_agent_run import http_get, metric_value
+
+    seen: list[float] = []
+    done = 0.0
+    deadline = time.monotonic() + timeout
+    while len(seen) < runs and time.monotonic() < deadline:
+        _, text = http_get(f"http://127.0.0.1:{port}/metrics")
+        count = metric_value(text, "netmon_agent_probe_runs_total", target=target) or 0.0
+        if count > done:
+            assert count == done + 1, f"missed a run of {target}: polling too slow"
+            seen.append(metric_value(text, "probe_tcp_connect_duration_seconds", target=target))
+            done = count
+        time.sleep(0.05)
+    return seen
+
+
+def test_the_running_agents_first_probe_holds_no_other_modules_start_up(tmp_path: Path, listener: int, web: int):
+    """`run` prepares every module before the first slot: the first run's TCP connect beside a DNS, an HTTPS and
+    an ICMP module's first runs (same slot) is as short as later runs' (before, it held their imports and CA loads)."""
+    from tests.support.ports import free_port
+    from tests.support.procs import running, wait_for_port
+
+    agent_id = "timings-run"
+    port_name, dns_name, tls_name, web_name, ping_name = names_in_one_slot(
+        agent_id, ["port", "dns", "tls", "web", "ping"], RUN_INTERVAL
+    )
+    listen = free_port()
+    with running_dnsmasq(tmp_path / "dns", ["host-record=portal.test.lan,10.1.2.3"]) as dns:
+        config = tmp_path / "agent.yml"
+        config.write_text(
+            f"""\
+agent: {{id: {agent_id}, agency: test}}
+listen: "127.0.0.1:{listen}"
+defaults: {{interval: {RUN_INTERVAL:g}s}}
+modules:
+  dns: {{prober: dns, timeout: 1s, dns: {{query_name: portal.test.lan, query_type: MX}}}}
+  http: {{prober: http, timeout: 1s}}
+  icmp: {{prober: icmp, timeout: 1s, icmp: {{count: 1}}}}
+  tcp: {{prober: tcp, timeout: 1s}}
+targets:
+  - {{name: {port_name}, address: "127.0.0.1:{listener}", module: tcp}}
+  - {{name: {dns_name}, address: "{dns.address}", module: dns}}
+  - {{name: {tls_name}, address: "https://127.0.0.1:{listener}/", module: http}}
+  - {{name: {web_name}, address: "http://127.0.0.1:{web}/", module: http}}
+  - {{name: {ping_name}, address: 127.0.0.1, module: icmp}}
+""",
+            encoding="utf-8",
+        )
+        argv = [sys.executable, "-m", "agents.cli", "run", "--config", str(config)]
+        with running(argv, log_path=str(tmp_path / "agent.log"), cwd=str(ROOT)) as proc:
+            wait_for_port("127.0.0.1", listen, proc=proc)
+            first, *later = connect_of_each_run(listen, port_name, RUNS + 1, timeout=RUN_INTERVAL * (RUNS + 3))
+    assert len(later) == RUNS, (first, later)
+    assert first < statistics.median(later) + 0.010, (first, later)  # unprepared: +50 ms and more
