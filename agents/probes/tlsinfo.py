@@ -7,7 +7,6 @@ and on a verification error handshakes again without it just to read the chain (
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import ssl
 import warnings
@@ -15,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from agents.probes.x509fields import read_certificate
 from agents.resources import ProbeResources, Resource
 from agents.results import Failure, Metric, Reason, Sample
 from foundation.config.types import FilePath
@@ -91,9 +91,7 @@ TLS_CONTEXTS: Resource[TlsContexts] = Resource("tls_contexts", lambda resources:
 
 
 def prepare_tls(resources: ProbeResources, settings: TlsSettings, alpn: tuple[str, ...] = ()) -> None:
-    """Build the client context a TLS probe will use and load the certificate parser, before any probe is timed."""
-    from cryptography import x509  # noqa: F401
-
+    """Build the client context a TLS probe will use before any probe is timed."""
     resources.get(TLS_CONTEXTS).get(settings, alpn=alpn)
 
 
@@ -130,19 +128,15 @@ def session_samples(ssl_object: Any, verified: bool) -> list[Sample]:
 
 
 def certificate_samples(chain_der: list[bytes]) -> list[Sample]:
-    if not chain_der:
-        return []
-    from cryptography import x509  # imported only when a TLS probe runs (memory of ICMP-only agents)
-
     certs = []
     for der in chain_der:
         try:
-            certs.append(x509.load_der_x509_certificate(der))
+            certs.append(read_certificate(der))
         except ValueError:
             continue
     if not certs:
         return []
-    expiries = [_not_after(cert) for cert in certs]
+    expiries = [cert.not_after for cert in certs]
     leaf = certs[0]
     return [
         EARLIEST_EXPIRY(min(expiries)),
@@ -151,29 +145,12 @@ def certificate_samples(chain_der: list[bytes]) -> list[Sample]:
         CHAIN_INFO(
             1,
             fingerprint_sha256=hashlib.sha256(chain_der[0]).hexdigest(),
-            subject=leaf.subject.rfc4514_string(),
-            issuer=leaf.issuer.rfc4514_string(),
-            subjectalternative=_sans(leaf),
-            serialnumber=format(leaf.serial_number, "x"),
+            subject=leaf.subject,
+            issuer=leaf.issuer,
+            subjectalternative=leaf.alt_names,
+            serialnumber=leaf.serial_hex,
         ),
     ]
-
-
-def _not_after(cert: Any) -> float:
-    value = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=dt.timezone.utc)
-    return value.timestamp()
-
-
-def _sans(cert: Any) -> str:
-    from cryptography import x509
-
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ""
-    names = [str(n) for n in ext.get_values_for_type(x509.DNSName)]
-    names += [str(ip) for ip in ext.get_values_for_type(x509.IPAddress)]
-    return ",".join(names)
 
 
 def classify_tls_error(exc: BaseException) -> Reason:
