@@ -72,3 +72,27 @@ def test_each_message_gets_a_new_salt():
 def test_a_salt_of_the_wrong_length_is_a_privacy_error():
     with pytest.raises(privacy.PrivacyError):
         privacy.cipher("AES").decrypt(bytes(16), 1, 1, b"short", b"data")
+
+
+@pytest.mark.parametrize(("algorithm", "key", "size"), [("aes-cfb", bytes(range(16)), 33), ("aes-cfb", bytes(range(32)), 5),
+                                                       ("des-cbc", bytes(range(24)), 32)])
+def test_openssl_through_ctypes_and_cryptography_agree(algorithm, key, size):
+    data, iv = bytes(range(size)), bytes(range(100, 116))[: 16 if algorithm == "aes-cfb" else 8]
+    libcrypto, fallback = privacy._LibCrypto(), privacy._Cryptography()
+    encrypted = libcrypto.run(algorithm, key, iv, data, encrypt=True)
+    assert encrypted == fallback.run(algorithm, key, iv, data, encrypt=True)
+    assert libcrypto.run(algorithm, key, iv, encrypted, encrypt=False) == data
+
+
+def test_snmp_privacy_loads_no_cryptography():
+    """cryptography's OpenSSL build is 7-8 MB of RSS; the ssl module's libcrypto is loaded already."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom agents.snmp import privacy\nprivacy.load_ciphers()\n"
+        "c = privacy.cipher('AES256C')\nkey = c.localize(privacy.hash_passphrase(b'p' * 8, privacy.HASHES['SHA']), b'e', privacy.HASHES['SHA'])\n"
+        "print(type(privacy._engine()).__name__, 'cryptography' in sys.modules, c.decrypt(key, 1, 2, *c.encrypt(key, 1, 2, b'abc')[::-1]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["_LibCrypto", "False", "b'abc'"], out

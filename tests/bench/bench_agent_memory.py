@@ -60,7 +60,7 @@ def memory_mb(pid: int) -> dict[str, float]:
 # --- netmon agent -------------------------------------------------------------------------------------------------
 
 
-def agent_config(work: Path, port: int, peers: dict) -> dict:
+def agent_config(work: Path, port: int, peers: dict, skip: frozenset[str] = frozenset()) -> dict:
     mail: MailSystem = peers["mail"]
     snmpd: Snmpd = peers["snmpd"]
     sshd: Sshd = peers["sshd"]
@@ -95,7 +95,7 @@ def agent_config(work: Path, port: int, peers: dict) -> dict:
         {"name": "pop3s", "address": mail.address("pop3s"), "module": "pop3s"},
         {"name": "roundtrip", "address": "127.0.0.1", "module": "roundtrip"},
     ]
-    return {
+    config = {
         "agent": {"id": "bench-memory", "agency": "bench"},
         "listen": f"127.0.0.1:{port}",
         "defaults": {"interval": f"{ROUND_SECONDS:g}s", "timeout": "4s"},
@@ -112,6 +112,17 @@ def agent_config(work: Path, port: int, peers: dict) -> dict:
                               "key_file": str(peers["ssh_key"]), "host_key_fingerprint": sshd.host_key_fingerprint}},
         "ssh_checks": [{"name": "box-df", "host": "box", "command": "df /", "interval": f"{ROUND_SECONDS:g}s"}],
     }
+    return without(config, skip)
+
+
+def without(config: dict, skip: frozenset[str]) -> dict:
+    """The config without the probers in `skip` (e.g. ssh: what an agent without SSH checks holds)."""
+    modules = {name: module for name, module in config["modules"].items() if module["prober"] not in skip}
+    config = {**config, "modules": modules, "targets": [t for t in config["targets"] if t["module"] in modules]}
+    for prober, keys in (("ssh", ("ssh_hosts", "ssh_checks")), ("snmp", ("snmp_auths", "snmp_devices")), ("host", ("host",))):
+        if prober in skip:
+            config = {key: value for key, value in config.items() if key not in keys}
+    return config
 
 
 def scrape(port: int) -> str:
@@ -123,10 +134,10 @@ def failing_targets(text: str) -> list[str]:
     return sorted(set(re.findall(r'^probe_success\{[^}]*target="([^"]+)"[^}]*\} 0$', text, re.MULTILINE)))
 
 
-def bench_agent(work: Path, peers: dict, rounds: int) -> dict[str, float]:
+def bench_agent(work: Path, peers: dict, rounds: int, skip: frozenset[str]) -> dict[str, float]:
     port = free_port()
     config = work / "agent.yml"
-    config.write_text(json.dumps(agent_config(work, port, peers)), encoding="utf-8")  # JSON is YAML
+    config.write_text(json.dumps(agent_config(work, port, peers, skip)), encoding="utf-8")  # JSON is YAML
     argv = [sys.executable, "-m", "agents.cli", "run", "--config", str(config)]
     env = {**os.environ, "BENCH_SNMP_AUTH": V3_AUTH_PASSWORD, "BENCH_SNMP_PRIV": V3_PRIV_PASSWORD}
     with running(argv, log_path=str(work / "agent.log"), env=env, cwd=ROOT) as agent:
@@ -184,11 +195,11 @@ asyncio.run(main())
 """
 
 
-def first_use_costs(work: Path, peers: dict) -> None:
+def first_use_costs(work: Path, peers: dict, skip: frozenset[str]) -> None:
     """VmRSS and loaded modules before and after each prober's first probe (prepare included), in config order, in
     a fresh process: a prober's figure is what it adds to those before it (a shared library counts for the first)."""
     config = work / "first-use.yml"
-    config.write_text(json.dumps(agent_config(work, free_port(), peers)), encoding="utf-8")
+    config.write_text(json.dumps(agent_config(work, free_port(), peers, skip)), encoding="utf-8")
     env = {**os.environ, "BENCH_SNMP_AUTH": V3_AUTH_PASSWORD, "BENCH_SNMP_PRIV": V3_PRIV_PASSWORD}
     print(f"{'first use of':28} {'VmRSS after':>11} {'added':>8} {'modules':>8}")
     subprocess.run([sys.executable, "-c", FIRST_USE, str(config)], cwd=ROOT, env=env, check=True, timeout=120)
@@ -292,16 +303,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4, help="probe rounds (5 s each) with a /metrics scrape")
     parser.add_argument("--only", default="agent,blackbox", help="agent, blackbox and/or first-use (in-process)")
+    parser.add_argument("--skip", default="", help="probers to leave out, comma-separated (ssh, snmp, host, dns...)")
     args = parser.parse_args()
-    only = set(args.only.split(","))
+    only, skip = set(args.only.split(",")), frozenset(filter(None, args.skip.split(",")))
     print(load_average())
     with tempfile.TemporaryDirectory(prefix="bench-agent-memory-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         os.chmod(work, 0o755)  # sshd reads the client's key directory as root; the mail peers as their users
         peers = start_peers(stack, work)
-        agent = bench_agent(work, peers, args.rounds) if "agent" in only else None
+        agent = bench_agent(work, peers, args.rounds, skip) if "agent" in only else None
         if "first-use" in only:
-            first_use_costs(work, peers)
+            first_use_costs(work, peers, skip)
         blackbox = bench_blackbox(work, peers, args.rounds) if "blackbox" in only else None
     if agent is not None:
         print(f"goal {GOAL_MB:g} MB: agent peak {agent['VmHWM']:.1f} MB = {agent['VmHWM'] / GOAL_MB:.2f}x the goal")
