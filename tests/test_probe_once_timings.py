@@ -151,12 +151,13 @@ def names_in_one_slot(agent_id: str, stems: list[str], interval: float) -> list[
     return names
 
 
-def connect_of_each_run(port: int, target: str, runs: int, timeout: float) -> list[float]:
-    """probe_tcp_connect_duration_seconds of the target's first `runs` runs, read from /metrics after each."""
+def connect_of_each_run(port: int, target: str, runs: int, timeout: float, after: float = 0.0) -> list[float]:
+    """probe_tcp_connect_duration_seconds of the target's `runs` runs after its run number `after`, read from
+    /metrics after each."""
     from tests.test_agent_run import http_get, metric_value
 
     seen: list[float] = []
-    done = 0.0
+    done = after
     deadline = time.monotonic() + timeout
     while len(seen) < runs and time.monotonic() < deadline:
         _, text = http_get(f"http://127.0.0.1:{port}/metrics")
@@ -169,21 +170,20 @@ def connect_of_each_run(port: int, target: str, runs: int, timeout: float) -> li
     return seen
 
 
-def test_the_running_agents_first_probe_holds_no_other_modules_start_up(tmp_path: Path, listener: int, web: int):
-    """`run` prepares every module before the first slot: the first run's TCP connect beside a DNS, an HTTPS and
-    an ICMP module's first runs (same slot) is as short as later runs' (before, it held their imports and CA loads)."""
-    from tests.support.ports import free_port
-    from tests.support.procs import running, wait_for_port
-
-    agent_id = "timings-run"
+def run_config(agent_id: str, listen: int, listener: int, web: int, dns_address: str, only_tcp: bool = False) -> str:
+    """A TCP target and DNS, HTTPS, HTTP and ICMP targets whose runs start in the same slot (only_tcp: those
+    commented out by a mark `reload_with_every_target` removes)."""
     port_name, dns_name, tls_name, web_name, ping_name = names_in_one_slot(
         agent_id, ["port", "dns", "tls", "web", "ping"], RUN_INTERVAL
     )
-    listen = free_port()
-    with running_dnsmasq(tmp_path / "dns", ["host-record=portal.test.lan,10.1.2.3"]) as dns:
-        config = tmp_path / "agent.yml"
-        config.write_text(
-            f"""\
+    hidden = "# others" if only_tcp else ""  # a reload removes the mark
+    others = f"""\
+{hidden}  - {{name: {dns_name}, address: "{dns_address}", module: dns}}
+{hidden}  - {{name: {tls_name}, address: "https://127.0.0.1:{listener}/", module: http}}
+{hidden}  - {{name: {web_name}, address: "http://127.0.0.1:{web}/", module: http}}
+{hidden}  - {{name: {ping_name}, address: 127.0.0.1, module: icmp}}
+"""
+    return f"""\
 agent: {{id: {agent_id}, agency: test}}
 listen: "127.0.0.1:{listen}"
 defaults: {{interval: {RUN_INTERVAL:g}s}}
@@ -194,16 +194,46 @@ modules:
   tcp: {{prober: tcp, timeout: 1s}}
 targets:
   - {{name: {port_name}, address: "127.0.0.1:{listener}", module: tcp}}
-  - {{name: {dns_name}, address: "{dns.address}", module: dns}}
-  - {{name: {tls_name}, address: "https://127.0.0.1:{listener}/", module: http}}
-  - {{name: {web_name}, address: "http://127.0.0.1:{web}/", module: http}}
-  - {{name: {ping_name}, address: 127.0.0.1, module: icmp}}
-""",
-            encoding="utf-8",
-        )
+{others}"""
+
+
+def reload_with_every_target(listen: int, port_name: str, config: Path, proc) -> float:
+    """After the TCP target's first run: SIGHUP with the other targets added; its runs so far once it is applied."""
+    import signal
+
+    from tests.test_agent_run import http_get, metric_value
+
+    connect_of_each_run(listen, port_name, 1, timeout=RUN_INTERVAL * 3)
+    reloaded_at = "netmon_agent_config_last_reload_success_timestamp_seconds"
+    before = metric_value(http_get(f"http://127.0.0.1:{listen}/metrics")[1], reloaded_at)
+    config.write_text(config.read_text().replace("# others", ""))
+    proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + RUN_INTERVAL
+    while time.monotonic() < deadline:
+        text = http_get(f"http://127.0.0.1:{listen}/metrics")[1]
+        if metric_value(text, reloaded_at) != before:
+            return metric_value(text, "netmon_agent_probe_runs_total", target=port_name) or 0.0
+        time.sleep(0.02)
+    raise AssertionError("the reload was not applied")
+
+
+@pytest.mark.parametrize("when", ["start", "reload"])
+def test_the_running_agents_first_probes_hold_no_other_modules_start_up(tmp_path: Path, listener: int, web: int, when: str):
+    """`run` prepares every module before the first slot, and after a reload the modules of new targets: the TCP
+    connect of the run that shares its slot with the first runs of DNS, HTTPS, HTTP and ICMP targets is as short as
+    later runs' (unprepared, it held their imports and CA loads: +50 ms and more)."""
+    from tests.support.ports import free_port
+    from tests.support.procs import running, wait_for_port
+
+    agent_id, listen = f"timings-{when}", free_port()
+    port_name = names_in_one_slot(agent_id, ["port"], RUN_INTERVAL)[0]
+    with running_dnsmasq(tmp_path / "dns", ["host-record=portal.test.lan,10.1.2.3"]) as dns:
+        config = tmp_path / "agent.yml"
+        config.write_text(run_config(agent_id, listen, listener, web, dns.address, only_tcp=when == "reload"))
         argv = [sys.executable, "-m", "agents.cli", "run", "--config", str(config)]
         with running(argv, log_path=str(tmp_path / "agent.log"), cwd=str(ROOT)) as proc:
             wait_for_port("127.0.0.1", listen, proc=proc)
-            first, *later = connect_of_each_run(listen, port_name, RUNS + 1, timeout=RUN_INTERVAL * (RUNS + 3))
+            runs = reload_with_every_target(listen, port_name, config, proc) if when == "reload" else 0.0
+            first, *later = connect_of_each_run(listen, port_name, RUNS + 1, timeout=RUN_INTERVAL * (RUNS + 3), after=runs)
     assert len(later) == RUNS, (first, later)
-    assert first < statistics.median(later) + 0.010, (first, later)  # unprepared: +50 ms and more
+    assert first < statistics.median(later) + 0.010, (first, later)
