@@ -67,7 +67,7 @@ class Cipher:
     def encrypt(self, key: bytes, boots: int, engine_time: int, plain: bytes) -> tuple[bytes, bytes]:
         """(encrypted data, msgPrivacyParameters)."""
         if self.name == "DES":
-            salt = boots.to_bytes(4, "big") + self._next_salt(4)
+            salt = (boots & 0xFFFFFFFF).to_bytes(4, "big") + self._next_salt(4)
             padded = plain + b"\0" * (-len(plain) % 8)
             return _encrypt("des-cbc", *_des_key_iv(key, salt), padded), salt
         salt = self._next_salt(8)
@@ -190,7 +190,8 @@ def _engine() -> Any:
 
 
 def _aes_iv(boots: int, engine_time: int, salt: bytes) -> bytes:
-    return boots.to_bytes(4, "big") + engine_time.to_bytes(4, "big") + salt  # RFC 3826 3.1.2.1
+    """RFC 3826 3.1.2.1; boots and time are 31-bit on the wire, masked as pysnmp did for a device that sends more."""
+    return (boots & 0xFFFFFFFF).to_bytes(4, "big") + (engine_time & 0xFFFFFFFF).to_bytes(4, "big") + salt
 
 
 def _des_key_iv(key: bytes, salt: bytes) -> tuple[bytes, bytes]:
