@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.bench import idle  # noqa: E402
 from tests.support.dnsmasq import running_dnsmasq  # noqa: E402
 from tests.support.httpd import HttpServer, Reply  # noqa: E402
 from tests.support.mailserver import PROBE, MailSystem, running_mail_system  # noqa: E402
@@ -41,15 +42,7 @@ from tests.support.sshd import Sshd, make_key, running_sshd  # noqa: E402
 ROUND_SECONDS = 5.0
 WARMUP_SECONDS = 12.0  # every target has run at least twice (the first mail roundtrip included)
 GOAL_MB = 45.0
-LOAD_LIMIT = 1.0
 DNS_RECORDS = ["host-record=www.bench.local,127.0.0.1", "mx-host=bench.local,mail.bench.local,10"]
-
-
-def load_average() -> str:
-    """Other work on a 2-core machine inflates nothing here (RSS), but say it, as every benchmark does."""
-    one, five, fifteen = os.getloadavg()
-    note = "" if one <= LOAD_LIMIT else f"  (above {LOAD_LIMIT}: RSS is still comparable, timings would not be)"
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}{note}"
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -306,7 +299,7 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="probers to leave out, comma-separated (ssh, snmp, host, dns...)")
     args = parser.parse_args()
     only, skip = set(args.only.split(",")), frozenset(filter(None, args.skip.split(",")))
-    print(load_average())
+    load = idle.start()
     with tempfile.TemporaryDirectory(prefix="bench-agent-memory-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         os.chmod(work, 0o755)  # sshd reads the client's key directory as root; the mail peers as their users
@@ -316,9 +309,11 @@ def main() -> int:
             first_use_costs(work, peers, skip)
         blackbox = bench_blackbox(work, peers, args.rounds) if "blackbox" in only else None
     if agent is not None:
-        print(f"goal {GOAL_MB:g} MB: agent peak {agent['VmHWM']:.1f} MB = {agent['VmHWM'] / GOAL_MB:.2f}x the goal")
+        missed = agent["VmHWM"] - GOAL_MB
+        verdict = f"missed by {missed:.1f} MB" if missed > 0 else "met"
+        print(f"goal {GOAL_MB:g} MB peak RSS: {verdict} ({agent['VmHWM']:.1f} MB)")
     if agent is not None and blackbox is not None:
-        print(f"ratio agent/blackbox_exporter (peak RSS): {agent['VmHWM'] / blackbox['VmHWM']:.2f}x")
+        print(idle.ratio_line("peak RSS, agent / blackbox_exporter", agent["VmHWM"] / blackbox["VmHWM"], load))
     return 0
 
 
