@@ -43,5 +43,5 @@ class ProberSpec(Generic[S]):
     # more lines under a result in `netmon-agent probe --once` (the transaction prober: a table of its steps)
     result_lines: Callable[[ModuleConfig[Any], ProbeResult], list[str]] | None = None
     # one-time work a module's first probe would otherwise do inside its timed phases, stalling every probe
-    # running beside it (imports, TLS contexts, engines); `probe --once` runs it before starting any probe
+    # running beside it (imports, TLS contexts, engines); `run` (at start and reload) and `probe --once` run it first
     prepare: Callable[[ModuleConfig[Any], ProbeResources], None] = _nothing_to_prepare
