@@ -8,7 +8,9 @@ target of each prober on a 5 s interval: icmp, tcp, tcp+TLS, http, https, dns (d
 AUTH), imap (implicit TLS), pop3 (implicit TLS), mail_roundtrip, ssh (a command on sshd), snmp (v3 authPriv,
 if_mib profile). Every round scrapes /metrics once. Prints the agent's VmHWM (peak RSS) and VmRSS at the end,
 then blackbox_exporter's after /probe requests of comparable modules (http, https, tcp, tcp+TLS, dns, smtp
-STARTTLS, imap, pop3, icmp; it has no SNMP, SSH or roundtrip prober), and last the ratio of the peaks.
+STARTTLS, imap, pop3, icmp; it has no SNMP, SSH or roundtrip prober), and last the ratio of the peaks (only on
+an idle machine: tests/bench/idle.py). `--only first-use` prints VmRSS after each prober's first probe in a fresh
+process (what each one's imports and state cost); `--skip ssh,...` leaves probers out of the config.
 """
 
 from __future__ import annotations
