@@ -37,6 +37,7 @@ TARGETS = {
     "remote_write": ["foundation.remote_write"],
     "text": ["collector.scrape", "prometheus_client.parser"],
     "config": ["agents.catalog", "agents.config", "foundation.config", "collector.config", "yaml"],
+    "x509": ["agents.probes.x509fields"],
 }
 MAX_LEN = 8192  # bytes per input: enough for every structure the parsers know; large inputs have their own tests
 
