@@ -17,6 +17,7 @@ from foundation.config.remote_write import PushConfig
 from foundation.config.types import Duration, FilePath, Secret, SecretFile, SecretRef
 
 DEFAULT_LISTEN = "0.0.0.0:9856"
+IDENTITY_NAMES = frozenset({"agency", "agent", "district", "level"})  # InventoryAgent.identity's label names
 
 Level = Literal["province", "department", "district", "commune"]
 ClientAuth = Literal[
@@ -147,7 +148,7 @@ class InventoryAgent:
     config_token: Secret | None = None  # a pull agent's credential for GET /api/v1/agents/<id>/config
 
     @property
-    def identity(self) -> tuple[tuple[str, str], ...]:
+    def identity(self) -> tuple[tuple[str, str], ...]:  # names: IDENTITY_NAMES
         """The identity labels, sorted by name; they overwrite whatever the agent sent."""
         agency = self.agency
         return (("agency", agency.id), ("agent", self.id), ("district", agency.district), ("level", agency.level))
