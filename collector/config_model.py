@@ -102,6 +102,7 @@ class Ingest(_Strict):
     max_decompressed_bytes: int = 64 << 20  # announced snappy length (413 beyond)
     max_samples_per_second: int = 2_000_000  # all agents together; 429 with Retry-After beyond
     max_samples_per_second_per_agent: int | None = None  # one agent's share (default: twice an even share of the total)
+    first_sight_share: float = 0.5  # of one core, for pushes that bring series not seen before (1 s burst); 429 with Retry-After beyond
     max_sample_age: Duration = Duration(31 * 86400)  # older samples are dropped, counted (VictoriaMetrics' default retention)
     max_sample_in_future: Duration = Duration(600)  # samples further ahead of the collector's clock are dropped, counted
 

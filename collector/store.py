@@ -134,22 +134,27 @@ class AgentState:
         return tuple(self.merged(labels)[1])
 
     def entry_for(self, labels: Labels, forwarding: bool = False) -> Entry:
-        """A new entry for labels the agent sent, with its forwarded label block if `forwarding`. First sight of
-        a series: its exposition text is made when first rendered (`prefix`), its label block when forwarded."""
-        metric_name = metric_name_of(labels)
-        if metric_name in RESERVED_NAMES or metric_name.startswith(RESERVED_PREFIX):
-            raise Rejected("reserved_name", f"metric name {metric_name!r} is reserved for the collector's own series")
+        """A new entry for labels the agent sent (`check_new` passed), with its forwarded label block if
+        `forwarding`. First sight of a series: its exposition text is made when first rendered (`prefix`), its
+        label block when forwarded."""
         key = self.output_key(labels)
         entry = self.outputs.get(key)
         if entry is not None:
             self.aliased = True
             return entry
-        entry = self.outputs[key] = Entry(metric_name, labels)
+        entry = self.outputs[key] = Entry(metric_name_of(labels), labels)
         if self.ended:
             entry.timestamp_ms = self.ended.pop(key, -1)
         if forwarding:
             entry.forward_block = self._block_of(self.merged(labels)[1])
         return entry
+
+    @staticmethod
+    def check_new(labels: Labels) -> None:
+        """Rejected unless a series of these labels may be stored: its metric name is not the collector's."""
+        metric_name = metric_name_of(labels)
+        if metric_name in RESERVED_NAMES or metric_name.startswith(RESERVED_PREFIX):
+            raise Rejected("reserved_name", f"metric name {metric_name!r} is reserved for the collector's own series")
 
     def prefix(self, entry: Entry) -> str:
         """The entry's exposition line up to the value (`name{labels} `), made once."""
@@ -219,14 +224,15 @@ class SeriesStore:
 
     def accept(
         self, state: AgentState, series: list[Series], now: float, forwarding: bool = True,
-        admit: Callable[[int], None] | None = None, window: tuple[int, int] = NO_WINDOW,
+        admit: Callable[[int, int], None] | None = None, window: tuple[int, int] = NO_WINDOW,
     ) -> tuple[int, list[BlockSeries]]:
         """Store a push's series as a whole or not at all (Rejected); the count of samples stored (duplicates and
         samples outside `window`, (oldest, newest) timestamp in ms, left out) and, when forwarding, the series to
         send on (with their forwarded labels as label blocks).
 
         A stale marker ends its series; any other value, NaN and ±Inf included, is stored.
-        `admit(count)` runs once the push is known valid, before anything is stored; it may raise Rejected.
+        `admit(count, new)` (samples, series not seen before) runs once the push is known valid, before anything
+        is stored; it may raise Rejected.
         This is the collector's hot path: one dict lookup per known series and, for the usual series of one new
         sample, three comparisons of its timestamp.
         """
@@ -235,16 +241,16 @@ class SeriesStore:
             series = [one for one in series if one[1]]
         known = state.series
         get = known.get
-        entries: list[Entry] = []
-        new_series = False
-        for labels, _ in series:
-            entry = get(labels)
-            if entry is None:
-                entry = state.entry_for(labels, forwarding)
-                new_series = True
-            entries.append(entry)
+        entries: list[Entry | None] = [get(labels) for labels, _ in series]
+        new_series = entries.count(None)
+        if new_series:
+            for entry, (labels, _) in zip(entries, series):
+                if entry is None:
+                    state.check_new(labels)
         if admit is not None:
-            admit(count)
+            admit(count, new_series)
+        if new_series:
+            entries = [entry or state.entry_for(labels, forwarding) for entry, (labels, _) in zip(entries, series)]
         forward: list[BlockSeries] = []
         oldest, newest = window
         dropped = OutOfBounds()

@@ -76,6 +76,7 @@ class Options:
     warmup: float = 45.0  # steady pushing before the kill
     outage: float = 0.0  # seconds between the kill and the restart
     after: float = 120.0  # run this long after the restart
+    first_sight_share: float = 0.5  # the collector's ingest.first_sight_share (its default)
 
 
 @dataclass
@@ -220,7 +221,7 @@ async def observe(fleet: Fleet, report: Report, until: float, restart: float, pr
 
 async def cold_restart(options: Options, directory: Path) -> Report:
     port = free_port()
-    config, env = collector_config(directory, port, options.agents, None)
+    config, env = collector_config(directory, port, options.agents, None, options.first_sight_share)
     report = Report(options)
     proc = start_collector(config, env, directory / "collector.log")
     try:
