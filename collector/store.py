@@ -335,11 +335,20 @@ class SeriesStore:
 
     def render_groups(self, now: float) -> dict[str, list[str]]:
         """Sample lines of live agents' series (no timestamps), by metric name."""
+        self._make_prefixes(now)
         groups: dict[str, list[str]] = {}
         for state in self.live_states(now):
             for entry in state.entries():
                 lines = groups.get(entry.name)
                 if lines is None:
                     lines = groups[entry.name] = []
-                lines.append((entry.prefix or state.prefix(entry)) + format_value(entry.value))
+                lines.append(entry.prefix + format_value(entry.value))  # type: ignore[operator]
         return groups
+
+    def _make_prefixes(self, now: float) -> None:
+        """The exposition prefixes not made yet, before any line: made among the page's lines, which are garbage
+        once it is sent, they would leave the allocator's pools part-used (~25 MiB more RSS at 105 k series)."""
+        for state in self.live_states(now):
+            for entry in state.entries():
+                if entry.prefix is None:
+                    state.prefix(entry)
