@@ -133,16 +133,16 @@ class AgentState:
             return labels
         return tuple(self.merged(labels)[1])
 
-    def entry_for(self, labels: Labels, forwarding: bool = False) -> Entry:
-        """A new entry for labels the agent sent (`check_new` passed), with its forwarded label block if
-        `forwarding`. First sight of a series: its exposition text is made when first rendered (`prefix`), its
+    def entry_for(self, labels: Labels, metric_name: str, forwarding: bool = False) -> Entry:
+        """A new entry for labels the agent sent and their metric name (`check_new`), with its forwarded label
+        block if `forwarding`. First sight of a series: its exposition text is made when first rendered (`prefix`), its
         label block when forwarded."""
         key = self.output_key(labels)
         entry = self.outputs.get(key)
         if entry is not None:
             self.aliased = True
             return entry
-        entry = self.outputs[key] = Entry(metric_name_of(labels), labels)
+        entry = self.outputs[key] = Entry(metric_name, labels)
         if self.ended:
             entry.timestamp_ms = self.ended.pop(key, -1)
         if forwarding:
@@ -150,11 +150,13 @@ class AgentState:
         return entry
 
     @staticmethod
-    def check_new(labels: Labels) -> None:
-        """Rejected unless a series of these labels may be stored: its metric name is not the collector's."""
+    def check_new(labels: Labels) -> str:
+        """The metric name of labels the agent sent; Rejected unless a series of them may be stored (the name is
+        not one of the collector's)."""
         metric_name = metric_name_of(labels)
         if metric_name in RESERVED_NAMES or metric_name.startswith(RESERVED_PREFIX):
             raise Rejected("reserved_name", f"metric name {metric_name!r} is reserved for the collector's own series")
+        return metric_name
 
     def prefix(self, entry: Entry) -> str:
         """The entry's exposition line up to the value (`name{labels} `), made once."""
@@ -244,13 +246,11 @@ class SeriesStore:
         entries: list[Entry | None] = [get(labels) for labels, _ in series]
         new_series = entries.count(None)
         if new_series:
-            for entry, (labels, _) in zip(entries, series):
-                if entry is None:
-                    state.check_new(labels)
+            names = [state.check_new(labels) if entry is None else "" for entry, (labels, _) in zip(entries, series)]
         if admit is not None:
             admit(count, new_series)
         if new_series:
-            entries = [entry or state.entry_for(labels, forwarding) for entry, (labels, _) in zip(entries, series)]
+            entries = [entry or state.entry_for(labels, name, forwarding) for entry, (labels, _), name in zip(entries, series, names)]
         forward: list[BlockSeries] = []
         oldest, newest = window
         dropped = OutOfBounds()
