@@ -1,8 +1,10 @@
 """The series store: per inventory agent, the latest value of each series, with identity labels and a TTL.
 
-Built for the ingest path: a series seen before costs one dict lookup and two attribute writes per push.
-Each entry keeps what every reader needs precomputed once, when the series first arrives:
-- `prefix`: the exposition line up to the value (`name{labels} `), so /metrics is string joins;
+Built for the ingest path: a series seen before costs one dict lookup and two attribute writes per push, a
+series seen for the first time one entry (its metric name and the label set the agent sent, both shared objects).
+Each entry keeps what a reader needs, made once, when that reader first asks:
+- `prefix`: the exposition line up to the value (`name{labels} `), made at the first /metrics that shows the
+  series, so /metrics is string joins and first sight (every series at once after a restart) makes no text;
 - `forward_block`: the labels sent on by remote_write out (identity labels and external labels applied), as
   the label block foundation.remote_write.write_blocks takes, so forwarding a series costs no label lookup;
   made with the entry when the collector forwards, else when the series is first forwarded
