@@ -128,12 +128,13 @@ class AgentState:
         metric_name = next((value for name, value in kept if name == "__name__"), "")
         return metric_name, sorted(kept + list(identity))
 
-    def output_key(self, labels: Labels) -> Labels:
-        """What identifies the series stored for labels the agent sent: those labels, unless they carry an
-        identity label (then the merged labels: label sets that differ only there are one series)."""
+    @staticmethod
+    def output_key(labels: Labels) -> Labels:
+        """What identifies the series stored for labels the agent sent: those labels without identity labels,
+        which the agent's own replace (label sets that differ only there are one series)."""
         if IDENTITY_NAMES.isdisjoint(map(_label_name, labels)):
             return labels
-        return tuple(self.merged(labels)[1])
+        return tuple([label for label in labels if label[0] not in IDENTITY_NAMES])
 
     def entry_for(self, labels: Labels, metric_name: str, forwarding: bool = False) -> Entry:
         """A new entry for labels the agent sent and their metric name (`check_new`), with its forwarded label

@@ -501,6 +501,17 @@ def in_process_receiver(tmp_dir: Path):
     return Receiver(config, store, lambda series, now: None, TokenBucket(1e9)), store
 
 
+def test_label_sets_that_differ_only_in_identity_labels_are_one_series_whichever_comes_first(tmp_path):
+    receiver, store = in_process_receiver(tmp_path)
+    start = now_ms()
+    label_sets = ({}, {"agency": "elsewhere", "level": "commune"}, {"agent": "other"})  # the plain one first
+    for step, extra in enumerate(label_sets):
+        series = make_series("probe_success", {"target": "dc", "module": "icmp", **extra}, [(start + step * 1000, step + 1.0)])
+        assert receiver.write(f"Bearer {TOKENS['so-tttt-1']}", None, rw.encode([series])).status == 204
+    rendered = [line for line in exposition.page("", store.render_groups(time.time())).splitlines() if not line.startswith("#")]
+    assert rendered == ['probe_success{agency="so-tttt",agent="so-tttt-1",district="tp-my-tho",level="department",module="icmp",target="dc"} 3.0']
+
+
 LABEL_NAMES = ("__name__", "agency", "agent", "district", "level", "job")
 LABEL_TEXT = st.text(alphabet=st.sampled_from("ab_Z9:-. é\x00\\\"\n"), max_size=6)
 
