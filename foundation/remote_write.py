@@ -45,7 +45,7 @@ HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Prometheus-Remote-Write-Version", "0.1.0"),
 )
 DEFAULT_CACHE_SIZE = 100_000  # label sets remembered; a province's 105k series fit
-TAILS_PER_DECODER = 4_096  # label blocks' tails remembered (Decoder._new_block): an agent's targets and label sets
+TAILS_PER_DECODER = 4_096  # label blocks' tails remembered (Decoder._new_block) while an agent's series are new
 
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -309,6 +309,7 @@ class Decoder:
         known = self._labels.get
         stamps: dict[bytes, int | None] = {}  # a push's series mostly share a few timestamps
         out = []
+        fresh = False  # whether a label set not seen before came in this push
         for wire in request.timeseries:
             if wire[-18:-15] == _VALUE_SAMPLE and wire[-7] == 0x10:
                 block, value, stamp_bytes = wire[:-18], _VALUE.unpack_from(wire, len(wire) - 15)[0], wire[-6:]
@@ -322,11 +323,13 @@ class Decoder:
                 stamp = stamps[stamp_bytes] = _six_byte_varint(stamp_bytes)
             labels = known(block)
             if labels is None and stamp is not None:
-                labels = self._new_block(block)
+                labels, fresh = self._new_block(block), True
             if labels is None or stamp is None:
                 out.append(self._series_of(wire))
             else:
                 out.append(Series(labels, ((stamp, value),)))
+        if not fresh and self._tails:
+            self._tails.clear()  # first sight is over for this agent: the tails it needed go (memory per series)
         return out
 
     def _new_block(self, block: bytes) -> Labels | None:

@@ -342,6 +342,15 @@ def test_a_known_label_whose_field_runs_past_its_block_is_read_as_protobuf_reads
     assert outcome(decoder.parse, raw) == outcome(rw.Decoder(BIG, cache_size=0).parse, raw)
 
 
+def test_the_tails_of_first_sight_go_once_a_push_brings_no_new_label_set():
+    decoder = rw.Decoder(BIG)
+    label_sets = [[("__name__", "a"), ("target", "dc")], [("__name__", "b"), ("target", "dc")]]
+    decoder.parse(request_of(label_sets, NOW_MS, 1.0))
+    assert decoder._tails  # kept while the agent's series are new
+    decoder.parse(request_of(label_sets, NOW_MS + 1, 2.0))
+    assert not decoder._tails
+
+
 def test_a_label_set_made_of_known_parts_is_read_from_them_and_shares_their_pairs():
     decoder = rw.Decoder(BIG)
     decoder.parse(request_of([[("__name__", "a"), ("target", "dc")], [("__name__", "b"), ("target", "x")]], NOW_MS, 1.0))
