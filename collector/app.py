@@ -4,6 +4,7 @@ remote_write out; liveness checked every second."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 EXPIRY_INTERVAL = 1.0
 WRITE_PATH = "/api/v1/write"
 REFUSAL_LOG_INTERVAL = 10.0  # one line per sender and reason this often: a flood of bad pushes must not flood the log
+# the garbage collector's thresholds: a young collection per 5,000 new objects rather than 700, so a full one
+# (the whole heap walked) comes every 500 k; first sight of 105 k series makes ~3 objects each that live on
+# (docs/benchmarks.md: 6.5 -> 4.6 µs/sample in-process; steady 1.6 -> 1.3)
+GC_THRESHOLDS = (5_000, 10, 10)
 REFUSAL_LOG_SENDERS = 10_000  # (sender, reason) pairs remembered; unauthenticated senders are keyed by address
 # the `reason` label of a push the HTTP server refused before the receiver saw it (413: the same as the decoder's)
 SERVER_REFUSALS = {
@@ -114,6 +119,7 @@ class Collector:
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
+        gc.set_threshold(*GC_THRESHOLDS)
         await self.start()
         try:
             await self._stopping.wait()

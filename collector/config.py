@@ -78,6 +78,7 @@ def _check_positive(ctx: ConfigContext, raw: RawCollectorConfig) -> None:
         ("ingest", "max_body_bytes"): raw.ingest.max_body_bytes,
         ("ingest", "max_decompressed_bytes"): raw.ingest.max_decompressed_bytes,
         ("ingest", "max_samples_per_second"): raw.ingest.max_samples_per_second,
+        ("ingest", "first_sight_share"): raw.ingest.first_sight_share,
         ("ingest", "max_sample_age"): raw.ingest.max_sample_age,
         ("ingest", "max_sample_in_future"): raw.ingest.max_sample_in_future,
     }

@@ -17,6 +17,7 @@ from foundation.config.remote_write import PushConfig
 from foundation.config.types import Duration, FilePath, Secret, SecretFile, SecretRef
 
 DEFAULT_LISTEN = "0.0.0.0:9856"
+IDENTITY_NAMES = frozenset({"agency", "agent", "district", "level"})  # InventoryAgent.identity's label names
 
 Level = Literal["province", "department", "district", "commune"]
 ClientAuth = Literal[
@@ -101,6 +102,7 @@ class Ingest(_Strict):
     max_decompressed_bytes: int = 64 << 20  # announced snappy length (413 beyond)
     max_samples_per_second: int = 2_000_000  # all agents together; 429 with Retry-After beyond
     max_samples_per_second_per_agent: int | None = None  # one agent's share (default: twice an even share of the total)
+    first_sight_share: float = 0.5  # of one core, for pushes that bring series not seen before (1 s burst); 429 with Retry-After beyond
     max_sample_age: Duration = Duration(31 * 86400)  # older samples are dropped, counted (VictoriaMetrics' default retention)
     max_sample_in_future: Duration = Duration(600)  # samples further ahead of the collector's clock are dropped, counted
 
@@ -147,7 +149,7 @@ class InventoryAgent:
     config_token: Secret | None = None  # a pull agent's credential for GET /api/v1/agents/<id>/config
 
     @property
-    def identity(self) -> tuple[tuple[str, str], ...]:
+    def identity(self) -> tuple[tuple[str, str], ...]:  # names: IDENTITY_NAMES
         """The identity labels, sorted by name; they overwrite whatever the agent sent."""
         agency = self.agency
         return (("agency", agency.id), ("agent", self.id), ("district", agency.district), ("level", agency.level))

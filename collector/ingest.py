@@ -3,7 +3,8 @@
 Order of checks, each with its status and a reason in the body: 401 unknown or missing bearer token; 413 too
 large (compressed, or as announced by the snappy header before inflating); 400 a body that is not snappy +
 WriteRequest, or series with bad names, unsorted or duplicate labels, reserved names; then 429 with
-Retry-After when the agent's share of the sample budget, or the collector's whole budget per second, is spent
+Retry-After when the push brings series not seen before and the time for those (`ingest.first_sight_share` of a
+core) is spent, or the agent's share of the sample budget, or the collector's whole budget per second, is spent
 (only valid pushes use them up). NaN and ±Inf are values like any other (Prometheus and vmagent send them).
 204 when every series was stored, or dropped as a duplicate (collector/store.py: a sample at or before the
 last accepted timestamp of its series, e.g. a batch sent again because its acknowledgement was lost), or dropped
@@ -47,6 +48,11 @@ class TokenBucket:
         """Return what a push took that was refused by a later check."""
         self._tokens = min(self.rate, self._tokens + amount)
 
+    def spend(self, amount: float) -> None:
+        """Take what was used without asking first (work measured after it was done): the bucket may go below
+        zero, and `take` refuses until it has refilled."""
+        self._tokens -= amount
+
 
 def agent_share(total: int, configured: int | None, push_agents: int) -> int:
     """One agent's samples per second: as configured, else twice an even share of the total (at least 1,000),
@@ -73,6 +79,10 @@ class Receiver:
     store: SeriesStore
     forward: Callable[[list[BlockSeries], float], None]  # series to send on, and when they were accepted
     budget: TokenBucket
+    # seconds of work per second (`ingest.first_sight_share` of a core) for pushes that bring series not seen before:
+    # beyond it, such pushes get 429 with Retry-After and pushes of known series still pass, so a cold restart with
+    # every agent at once (docs/benchmarks.md) answers at once rather than queueing past the agents' timeouts
+    first_sight: TokenBucket = field(init=False)
     forwarding: bool = field(init=False)  # whether any remote_write out wants the accepted series
     tokens: dict[bytes, InventoryAgent] = field(init=False)
     decoders: dict[str, Decoder] = field(init=False)
@@ -81,6 +91,7 @@ class Receiver:
     def __post_init__(self) -> None:
         self.decoders = {}
         self.shares = {}
+        self.first_sight = TokenBucket(self.config.ingest.first_sight_share, time.perf_counter)
         self.follow(self.config)
 
     def follow(self, config: CollectorConfig) -> None:
@@ -93,6 +104,7 @@ class Receiver:
         self.tokens = config.agent_by_token()
         self.decoders = decoders
         self.budget.rate = config.ingest.max_samples_per_second
+        self.first_sight.rate = config.ingest.first_sight_share
         share = agent_share(config.ingest.max_samples_per_second, config.ingest.max_samples_per_second_per_agent, len(decoders))
         self.shares = {agent_id: self.shares.get(agent_id) or TokenBucket(share) for agent_id in decoders}
         for bucket in self.shares.values():
@@ -107,7 +119,9 @@ class Receiver:
             return None
         return self.tokens.get(token_digest(token.strip()))
 
-    def _admit(self, share: TokenBucket, samples: int) -> None:
+    def _admit(self, share: TokenBucket, samples: int, new_series: int) -> None:
+        if new_series and (wait := self.first_sight.take(0)):
+            raise Rejected("overloaded", "the collector is busy with series it has not seen before; retry later", math.ceil(wait))
         wait = share.take(samples)
         if wait:
             raise Rejected("overloaded", "this agent is over its share of the sample budget; retry later", math.ceil(wait))
@@ -117,6 +131,7 @@ class Receiver:
             raise Rejected("overloaded", "the collector is over its sample budget; retry later", math.ceil(wait))
 
     def write(self, authorization: str | None, content_encoding: str | None, body: bytes) -> Outcome:
+        started = time.perf_counter()
         agent = self.authenticate(authorization)
         if agent is None:
             return Outcome(401, "unauthorized", "missing or unknown bearer token")
@@ -132,13 +147,21 @@ class Receiver:
         now = time.time()
         try:
             share = self.shares[agent.id]
-            admit = lambda count: self._admit(share, count)  # noqa: E731
+            new_series = 0
+
+            def admit(count: int, new: int) -> None:
+                nonlocal new_series
+                self._admit(share, count, new)
+                new_series = new
+
             stored, forward = self.store.accept(state, series, now, self.forwarding, admit, self.window(now))
         except Rejected as exc:
             status = 429 if exc.reason == "overloaded" else 400
             return Outcome(status, exc.reason, str(exc), agent, sum(len(one.samples) for one in series), exc.retry_after)
         if forward:
             self.forward(forward, state.last_seen)
+        if new_series:
+            self.first_sight.spend(time.perf_counter() - started)
         return Outcome(204, "ok", "", agent, stored, out_of_bounds=state.out_of_bounds)
 
     def window(self, now: float) -> tuple[int, int]:

@@ -45,6 +45,7 @@ HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Prometheus-Remote-Write-Version", "0.1.0"),
 )
 DEFAULT_CACHE_SIZE = 100_000  # label sets remembered; a province's 105k series fit
+TAILS_PER_DECODER = 4_096  # label blocks' tails remembered (Decoder._new_block) while an agent's series are new
 
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -286,10 +287,14 @@ class Decoder:
 
     def __init__(self, max_decompressed_bytes: int, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.max_decompressed_bytes = max_decompressed_bytes
-        self._labels = _BoundedCache(cache_size)  # canonical label block -> validated labels
+        self._labels = _BoundedCache(cache_size)  # label block -> validated labels
         # (name, value) pairs of the cached label sets, one object each: series repeat their metric names and
         # label values, and a pair per label per series was over half of what a series held (docs/benchmarks.md)
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        # a Label message as sent -> its validated pair, one of `_pairs`: a new label set's labels are mostly known
+        self._fields: dict[bytes, tuple[str, str]] = {}
+        # a label block without its first Label field -> its labels and whether `__name__` is among them
+        self._tails: dict[bytes, tuple[Labels, bool]] = {}
 
     def decode(self, body: bytes) -> list[Series]:
         return self.parse(decompress(body, self.max_decompressed_bytes))
@@ -304,22 +309,93 @@ class Decoder:
         known = self._labels.get
         stamps: dict[bytes, int | None] = {}  # a push's series mostly share a few timestamps
         out = []
+        fresh = False  # whether a label set not seen before came in this push
         for wire in request.timeseries:
             if wire[-18:-15] == _VALUE_SAMPLE and wire[-7] == 0x10:
-                labels, value, stamp_bytes = known(wire[:-18]), _VALUE.unpack_from(wire, len(wire) - 15)[0], wire[-6:]
+                block, value, stamp_bytes = wire[:-18], _VALUE.unpack_from(wire, len(wire) - 15)[0], wire[-6:]
             elif wire[-9:-6] == _ZERO_SAMPLE:
-                labels, value, stamp_bytes = known(wire[:-9]), 0.0, wire[-6:]
+                block, value, stamp_bytes = wire[:-9], 0.0, wire[-6:]
             else:
                 out.append(self._series_of(wire))
                 continue
             stamp = stamps.get(stamp_bytes, -1)  # -1: not read yet (a 6-byte varint is never negative)
             if stamp == -1:
                 stamp = stamps[stamp_bytes] = _six_byte_varint(stamp_bytes)
+            labels = known(block)
+            if labels is None and stamp is not None:
+                labels, fresh = self._new_block(block), True
             if labels is None or stamp is None:
                 out.append(self._series_of(wire))
             else:
                 out.append(Series(labels, ((stamp, value),)))
+        if not fresh and self._tails:
+            self._tails.clear()  # first sight is over for this agent: the tails it needed go (memory per series)
         return out
+
+    def _new_block(self, block: bytes) -> Labels | None:
+        """The labels of a block not cached yet, cached; None if the block holds a sample or labels that are not
+        valid, sorted and unique with a metric name: protobuf then reads the series and names the fault
+        (`_series_of`). A block followed by a Sample field is, to protobuf, the block's labels and that sample
+        (fields it does not know it skips), so the block is a key for the fast path as it is.
+
+        First sight of a series costs this, so it is read in two parts when it can: its first Label field (a
+        known label) and the rest (`_tails`: the labels after the metric name, which an agent's series of one
+        target share), each a dict lookup; else field by field (`_read_block`)."""
+        if self._labels.size <= 0:
+            return None
+        stop = 2 + block[1] if len(block) > 2 and block[0] == 0x0A and block[1] < 0x80 else 0
+        if 0 < stop <= len(block):
+            head = self._fields.get(block[2:stop])
+            tail = self._tails.get(block[stop:])
+            if head is not None and tail is not None:
+                rest, named = tail
+                if (not rest or head[0] < rest[0][0]) and (named or head[0] == "__name__"):
+                    labels = (head, *rest)
+                    self._labels.remember(block, labels)
+                    return labels
+        labels = self._read_block(block)
+        if labels is not None and 0 < stop <= len(block):
+            tails = self._tails
+            if len(tails) >= TAILS_PER_DECODER:
+                tails.clear()
+            tails[block[stop:]] = (labels[1:], any(name == "__name__" for name, _ in labels[1:]))
+        return labels
+
+    def _read_block(self, block: bytes) -> Labels | None:
+        """`_new_block`, field by field."""
+        try:
+            timeseries = _WireTimeSeries.FromString(block)
+        except DecodeError:
+            return None
+        if timeseries.samples:  # fields protobuf does not know (exemplars) it skips here as it would in the whole
+            return None
+        fields = timeseries.labels
+        pairs = list(map(self._fields.get, fields))
+        if None in pairs:
+            pairs = [pair or self._pair_of(field) for pair, field in zip(pairs, fields)]
+            if None in pairs:
+                return None
+        named = dict(pairs)
+        if len(named) != len(pairs) or "__name__" not in named or pairs != sorted(pairs):
+            return None
+        labels = tuple(pairs)
+        self._labels.remember(block, labels)
+        return labels
+
+    def _pair_of(self, field: bytes) -> tuple[str, str] | None:
+        """A Label message's pair if valid (a well-formed name; for `__name__`, a valid metric name), remembered;
+        the fields remembered are bounded like the pairs."""
+        try:
+            label = Label.FromString(field)
+        except DecodeError:
+            return None
+        name, value = label.name, label.value
+        if not LABEL_NAME.fullmatch(name) or (name == "__name__" and not METRIC_NAME.fullmatch(value)):
+            return None
+        if len(self._fields) >= max(self._labels.size, 1) * 4:
+            self._fields.clear()
+        pair = self._fields[field] = self._shared(((name, value),))[0]
+        return pair
 
     def _series_of(self, wire: bytes) -> Series:
         try:

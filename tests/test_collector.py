@@ -409,6 +409,22 @@ def test_pushes_beyond_the_sample_budget_get_429_with_retry_after(tmp_path):
     assert text.startswith("overloaded:") and int(headers["Retry-After"]) >= 1
 
 
+def test_pushes_of_new_series_beyond_the_first_sight_share_get_429_while_known_series_pass(tmp_path):
+    """After a restart every push brings new series: beyond their share of time they wait (429), the rest flows."""
+    with running_collector(tmp_path, "ingest: {first_sight_share: 0.001}\n") as small:  # 1 ms of work per second
+        known = [f"t{i}" for i in range(2000)]  # storing 2,000 new series takes well over 1 ms
+        first = push(small.url, rw.encode([probe_series(target=target) for target in known]), TOKENS["so-tttt-1"])
+        new = push(small.url, rw.encode([probe_series(target="new")]), TOKENS["xa-my-tho-1"])
+        time.sleep(0.01)
+        again = push(small.url, rw.encode([probe_series(2.0, target=target) for target in known]), TOKENS["so-tttt-1"])
+        page = small.metrics()
+    assert first[0] == 204
+    assert new[0] == 429 and new[1].startswith("overloaded: the collector is busy with series it has not seen before")
+    assert int(new[2]["Retry-After"]) >= 1
+    assert again[0] == 204
+    assert 'target="new"' not in page and 'probe_success{agency="so-tttt",agent="so-tttt-1",district="tp-my-tho",level="department",module="icmp",target="t7"} 2.0' in page
+
+
 def test_one_agent_over_its_share_is_throttled_while_the_others_keep_writing(tmp_path):
     """A leaked or runaway agent spends its own share of the budget, not everyone's."""
     extra = "ingest: {max_samples_per_second: 1000, max_samples_per_second_per_agent: 100}\n"
@@ -483,6 +499,17 @@ def in_process_receiver(tmp_dir: Path):
     config = parse_collector_config(collector_config(tmp_dir, 9856).read_text(encoding="utf-8"))
     store = SeriesStore(config.agents)
     return Receiver(config, store, lambda series, now: None, TokenBucket(1e9)), store
+
+
+def test_label_sets_that_differ_only_in_identity_labels_are_one_series_whichever_comes_first(tmp_path):
+    receiver, store = in_process_receiver(tmp_path)
+    start = now_ms()
+    label_sets = ({}, {"agency": "elsewhere", "level": "commune"}, {"agent": "other"})  # the plain one first
+    for step, extra in enumerate(label_sets):
+        series = make_series("probe_success", {"target": "dc", "module": "icmp", **extra}, [(start + step * 1000, step + 1.0)])
+        assert receiver.write(f"Bearer {TOKENS['so-tttt-1']}", None, rw.encode([series])).status == 204
+    rendered = [line for line in exposition.page("", store.render_groups(time.time())).splitlines() if not line.startswith("#")]
+    assert rendered == ['probe_success{agency="so-tttt",agent="so-tttt-1",district="tp-my-tho",level="department",module="icmp",target="dc"} 3.0']
 
 
 LABEL_NAMES = ("__name__", "agency", "agent", "district", "level", "job")

@@ -287,6 +287,79 @@ def test_a_known_series_comes_back_with_its_cached_labels():
     assert series.labels is cached
 
 
+# --- a label set seen for the first time is read from known labels and known tails (what follows the first label)
+# of label sets seen before; whatever the mix, exactly as protobuf reads it
+
+PAIR_POOL = [
+    ("__name__", "up"), ("__name__", "probe_success"), ("phase", "rtt"), ("target", "dc"), ("target", "Trạm y tế"),
+    ("a", "1"), ("Z", "z"), ("bad-name", "x"), ("__name__", "9lives"), ("", "empty-name"), ("b", ""),
+]
+ANY_LABELS = st.lists(st.sampled_from(PAIR_POOL), max_size=4)  # unsorted, repeated names and all
+SORTED_LABELS = ANY_LABELS.map(lambda labels: sorted(dict(labels).items()))
+LABEL_SETS = st.lists(st.one_of(SORTED_LABELS, ANY_LABELS), min_size=1, max_size=6)
+NOW_MS = 1_764_000_000_000  # a timestamp of the decoder's fast path (a 6-byte varint)
+
+
+def request_of(label_sets: list[list[tuple[str, str]]], stamp: int, value: float) -> bytes:
+    """Label sets written as given (unsorted, repeated or badly named ones too), each with one sample."""
+    blocks = [protobuf_label_block(tuple(labels)) + sample_field(stamp, value) for labels in label_sets]
+    return rw._SplitWriteRequest(timeseries=blocks).SerializeToString()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(LABEL_SETS, st.data(), TIMESTAMPS, VALUES)
+def test_label_sets_seen_first_are_read_exactly_as_protobuf_does(seen, data, stamp, value):
+    # new label sets: a first label and the rest of a label set seen before, or anything
+    heads_and_tails = st.builds(lambda head, index: [head, *seen[index % len(seen)][1:]], st.sampled_from(PAIR_POOL), st.integers(0, 5))
+    new = data.draw(st.lists(st.one_of(heads_and_tails, ANY_LABELS), min_size=1, max_size=6))
+    decoder = rw.Decoder(BIG)
+    for raw in (request_of(seen, NOW_MS, value), request_of(new, stamp, value), request_of(seen + new, NOW_MS, value)):
+        assert outcome(decoder.parse, raw) == outcome(rw.Decoder(BIG, cache_size=0).parse, raw)
+
+
+@pytest.mark.parametrize(
+    "seen, new, error",
+    [
+        ([("Z", "z"), ("__name__", "up"), ("a", "1")], [("phase", "rtt"), ("__name__", "up"), ("a", "1")], rw.UnsortedLabels),
+        ([("Z", "z"), ("__name__", "up")], [("__name__", "probe_success"), ("__name__", "up")], rw.DuplicateLabel),
+        ([("__name__", "up"), ("target", "dc")], [("phase", "rtt"), ("target", "dc")], rw.MissingMetricName),
+    ],
+    ids=["unsorted", "duplicate", "no-name"],
+)
+def test_a_known_first_label_and_known_tail_that_make_a_bad_label_set_are_refused(seen, new, error):
+    decoder = rw.Decoder(BIG)
+    decoder.parse(request_of([seen, [("__name__", "probe_success"), ("phase", "rtt")]], NOW_MS, 1.0))
+    with pytest.raises(error):
+        decoder.parse(request_of([new], NOW_MS, 1.0))
+
+
+def test_a_known_label_whose_field_runs_past_its_block_is_read_as_protobuf_reads_it():
+    decoder = rw.Decoder(BIG)
+    decoder.parse(request_of([[("__name__", "up")]], NOW_MS, 1.0))  # known: the label, and the empty tail
+    label = rw.Label(name="__name__", value="up").SerializeToString()
+    wire = b"\x0a" + bytes([len(label) + 5]) + label + sample_field(NOW_MS, 1.0)  # the length takes 5 sample bytes
+    raw = rw._SplitWriteRequest(timeseries=[wire]).SerializeToString()
+    assert outcome(decoder.parse, raw) == outcome(rw.Decoder(BIG, cache_size=0).parse, raw)
+
+
+def test_the_tails_of_first_sight_go_once_a_push_brings_no_new_label_set():
+    decoder = rw.Decoder(BIG)
+    label_sets = [[("__name__", "a"), ("target", "dc")], [("__name__", "b"), ("target", "dc")]]
+    decoder.parse(request_of(label_sets, NOW_MS, 1.0))
+    assert decoder._tails  # kept while the agent's series are new
+    decoder.parse(request_of(label_sets, NOW_MS + 1, 2.0))
+    assert not decoder._tails
+
+
+def test_a_label_set_made_of_known_parts_is_read_from_them_and_shares_their_pairs():
+    decoder = rw.Decoder(BIG)
+    decoder.parse(request_of([[("__name__", "a"), ("target", "dc")], [("__name__", "b"), ("target", "x")]], NOW_MS, 1.0))
+    [series] = decoder.parse(request_of([[("__name__", "b"), ("target", "dc")]], NOW_MS, 2.0))
+    assert series == Series((("__name__", "b"), ("target", "dc")), ((NOW_MS, 2.0),))
+    [first] = decoder.parse(request_of([[("__name__", "a"), ("target", "dc")]], NOW_MS, 1.0))
+    assert series.labels[1] is first.labels[1]
+
+
 def protobuf_write_request(series: list[Series]) -> bytes:
     """The reference: prompb's whole schema, every Label, TimeSeries and Sample a protobuf object."""
     request = rw.WriteRequest()

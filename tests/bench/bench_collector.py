@@ -187,8 +187,9 @@ def measure(name: str, pid: int, base: str, rounds: list[list[tuple[str, bytes, 
     }
 
 
-def collector_config(directory: Path, port: int, agents: int, sink_url: str | None) -> tuple[Path, dict[str, str]]:
-    env, lines = {}, [f"listen: 127.0.0.1:{port}", "agencies:"]
+def collector_config(directory: Path, port: int, agents: int, sink_url: str | None, first_sight_share: float = 1.0) -> tuple[Path, dict[str, str]]:
+    """first_sight_share 1.0: the benchmark measures the cost of first sight (cold_restart.py its admission)."""
+    env, lines = {}, [f"listen: 127.0.0.1:{port}", f"ingest: {{first_sight_share: {first_sight_share}}}", "agencies:"]
     lines += [f"  - {{id: ag-{a}, name: 'Cơ quan {a}', district: d-{a % 11}, level: commune}}" for a in range(agents)]
     lines.append("agents:")
     for a in range(agents):

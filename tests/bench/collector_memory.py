@@ -4,7 +4,9 @@
     cd /work/main && .venv/bin/python tests/bench/collector_memory.py [--forward]
 
 `--forward`: as with a remote_write out configured (the forwarded label blocks are made too).
-Then two steady rounds without tracemalloc, for their CPU per sample (`time.process_time`).
+Then, without tracemalloc and with the collector's garbage-collector thresholds (collector.app.GC_THRESHOLDS),
+first sight again on a fresh receiver and two steady rounds, for their CPU per sample (`time.process_time`) and
+the garbage collections they ran.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from collector.app import GC_THRESHOLDS  # noqa: E402
 from collector.config import parse_collector_config  # noqa: E402
 from collector.ingest import Receiver, TokenBucket  # noqa: E402
 from collector.store import SeriesStore  # noqa: E402
@@ -69,10 +72,17 @@ def main() -> None:
             frame = stat.traceback[0]
             code = linecache.getline(frame.filename, frame.lineno).strip()[:90]
             print(f"{stat.size_diff / series:6.0f} B {stat.count_diff / series:5.2f} objects  {Path(frame.filename).name}:{frame.lineno}  {code}")
-    for number, bodies in enumerate(rounds[1:], start=2):
+    with tempfile.TemporaryDirectory(prefix="collector-memory-") as temporary:
+        receiver = receiver_for(Path(temporary), args.forward)
+    gc.collect()
+    gc.set_threshold(*GC_THRESHOLDS)
+    for number, bodies in enumerate(rounds, start=1):
+        collections = [generation["collections"] for generation in gc.get_stats()]
         begin = time.process_time()
         push_round(receiver, bodies)
-        print(f"round {number}: {(time.process_time() - begin) / series * 1e6:.2f} µs/sample")
+        spent = time.process_time() - begin
+        ran = [generation["collections"] - before for generation, before in zip(gc.get_stats(), collections)]
+        print(f"round {number}{' (first sight)' if number == 1 else ''}: {spent / series * 1e6:.2f} µs/sample, garbage collections by generation {ran}")
 
 
 if __name__ == "__main__":
