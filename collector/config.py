@@ -87,7 +87,7 @@ def _shard_note(ctx: ConfigContext, raw: RawCollectorConfig) -> str:
         if not re.match(r"^https?://[^\s/]+$", peer.url.rstrip("/")):
             raise ctx.error(("shard", "shards", index, "url"), f"expected http(s)://HOST[:PORT], got {peer.url!r}")
     where = ", ".join(f"{peer.name} {peer.url}" for peer in shard.shards)
-    return f"this is {shard.name} of {len(names)} (by {shard.by}); an agent of another shard is unknown here; shards: {where}"
+    return f"this is {shard.name} of {len(names)}; shards: {where}"  # short: agents log 200 characters of a refusal
 
 
 def _check_positive(ctx: ConfigContext, raw: RawCollectorConfig) -> None:
