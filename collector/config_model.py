@@ -122,7 +122,7 @@ class RemoteWriteOut(PushConfig, kw_only=True):
 
 
 class ShardPeer(_Strict):
-    name: str
+    name: str  # shard-N
     url: str  # the base URL its agents push to and fetch their config from
 
 
@@ -130,9 +130,9 @@ class ShardSection(_Strict):
     """`shard:` written by `netmon-collector shard`: which shard this collector is, and every shard of the inventory,
     so an agent sent to the wrong one is told where the shards are (docs/deployment.md, "Sharding")."""
 
-    name: str
-    by: Literal["hash", "district"]
-    shards: list[ShardPeer]
+    name: str  # this shard; also its `shard` external label
+    by: Literal["hash", "district"]  # how the inventory was split
+    shards: list[ShardPeer]  # every shard, this one included, in order
 
 
 class RawCollectorConfig(_Strict):
@@ -147,7 +147,7 @@ class RawCollectorConfig(_Strict):
     districts: list[District] = []  # per-district display names and template variables
     templates: list[Template] = []  # probe sets served to agents (docs/fleet.md)
     status_page: StatusPage = StatusPage()
-    shard: ShardSection | None = None
+    shard: ShardSection | None = None  # set by `netmon-collector shard` in the configs it writes
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--by", choices=["hash", "district"], default="hash")
     parser.add_argument("--districts", type=int, default=130)
-    parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the steady window starts")
+    parser.add_argument("--warmup", type=float, default=120.0, help="seconds before the steady window starts")
     parser.add_argument("--run", type=float, default=600.0, help="seconds from the start to the kill (the steady window ends there)")
     parser.add_argument("--kill", type=float, default=120.0, help="seconds the killed shard stays down")
     parser.add_argument("--recovery-timeout", type=float, default=180.0)
