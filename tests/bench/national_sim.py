@@ -147,6 +147,13 @@ def agents_up(url: str) -> tuple[int, int] | None:
     return sum(value == "1.0" for value in values), sum(value != "1.0" for value in values)
 
 
+def metrics_page(url: str) -> dict[str, float]:
+    """How long a shard takes to serve its /metrics (what Prometheus scrapes every 15 s), and its size."""
+    began = time.monotonic()
+    text = http_text(f"{url}/metrics") or ""
+    return {"seconds": time.monotonic() - began, "mib": len(text.encode()) / 2**20}
+
+
 def vm_query(vm: Peer, query: str) -> list[dict]:
     text = http_text(f"{vm.url}/api/v1/query?{urllib.parse.urlencode({'query': query})}")
     return json.loads(text)["data"]["result"] if text else []
@@ -233,6 +240,7 @@ def run(args: argparse.Namespace) -> dict:
         rss = [rss_mib(processes[name].pid) for name in plan.names]
         report["steady"] = steady_figures(args, first, last, rss_empty, rss, agents_of, watch)
         report["up_before"] = {name: agents_up(plan.urls[name]) for name in plan.names}
+        report["metrics_page"] = {name: metrics_page(plan.urls[name]) for name in plan.names}
         killed = plan.names[KILLED]
         report["outage"] = outage(args, plan, processes, killed, vm, generator)
         processes[killed] = stack.enter_context(running_shard(plan, killed, inventory.env, "warning"))
@@ -352,8 +360,13 @@ def print_report(report: dict) -> None:
               f"{latency.get('p99', float('nan')):6.1f} {report['loss']['acked'][name]:10.0f} {report['loss']['stored'].get(name, 0):10.0f} "
               f"{report['loss']['lost'][name]:5.0f}")
     loss_ = report["loss"]
+    shard_us = sum(shard["cpu_cores"] for shard in steady["shards"]) / sum(shard["samples_per_s"] for shard in steady["shards"]) * 1e6
+    vm_us = steady["vm_cpu_cores"] / steady["vm_rows_per_s"] * 1e6 if steady["vm_rows_per_s"] else float("nan")
+    print(f"CPU per sample: collector shards {shard_us:.2f} µs (receive, liveness, forward), VictoriaMetrics {vm_us:.2f} µs "
+          f"(receive and store the same samples): ratio {shard_us / vm_us:.1f}")
     print(f"VictoriaMetrics: {steady['vm_rows_per_s']:.0f} rows/s ingested, {steady['vm_cpu_cores']:.2f} cores; generator: "
           f"{steady['generator_cpu_cores']:.2f} cores over {args['workers']} processes, largest agent queue {steady['generator_max_pending_rounds']:.0f} rounds")
+    print("/metrics: " + ", ".join(f"{name} {page['mib']:.0f} MiB in {page['seconds']:.2f} s" for name, page in report["metrics_page"].items()))
     print(f"up before: {report['up_before']}; during the outage: {report['outage']['agents_up']}, fresh agencies in the TSDB: "
           f"{report['outage']['fresh_agencies_in_tsdb']}; restarted shard all up after {report['recovery']['seconds_to_all_up']:.0f} s; "
           f"after: {report['up_after']}")
