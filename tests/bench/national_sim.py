@@ -154,6 +154,24 @@ def metrics_page(url: str) -> dict[str, float]:
     return {"seconds": time.monotonic() - began, "mib": len(text.encode()) / 2**20}
 
 
+COLLECTOR_COUNTERS = (
+    "netmon_collector_samples_dropped_total", "netmon_collector_samples_duplicate_total",
+    "netmon_collector_remote_write_samples_dropped_total", "netmon_collector_remote_write_queue_pending_samples",
+)
+
+
+def collector_counters(url: str) -> dict[str, float]:
+    """What a shard dropped (by reason), took as duplicates, and still has to forward: where a loss went."""
+    out: dict[str, float] = {}
+    for line in (http_text(f"{url}/metrics") or "").splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if name in COLLECTOR_COUNTERS:
+            reason = line.split('reason="', 1)[1].split('"', 1)[0] if 'reason="' in line else ""
+            key = name.removeprefix("netmon_collector_") + (f"{{{reason}}}" if reason else "")
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def vm_query(vm: Peer, query: str) -> list[dict]:
     text = http_text(f"{vm.url}/api/v1/query?{urllib.parse.urlencode({'query': query})}")
     return json.loads(text)["data"]["result"] if text else []
@@ -249,6 +267,7 @@ def run(args: argparse.Namespace) -> dict:
         latencies = generator.drain(args.drain_timeout)
         report["latency_ms"] = latency_figures(latencies, plan, time.time() - (time.monotonic() - first.time), time.time() - (time.monotonic() - last.time))
         report["loss"] = loss(args, plan, generator, vm, time.monotonic() - started)
+        report["collectors_at_end"] = {name: collector_counters(plan.urls[name]) for name in plan.names}
     return report
 
 
@@ -372,6 +391,8 @@ def print_report(report: dict) -> None:
           f"after: {report['up_after']}")
     print(f"samples: produced {loss_['produced']:.0f}, acknowledged {sum(loss_['acked'].values()):.0f}, in the TSDB {sum(loss_['stored'].values()):.0f}, "
           f"unsent {loss_['unsent_at_end']:.0f}; 429s {loss_['throttled_429']:.0f}, push errors {loss_['errors']:.0f} (the outage), refused {loss_['refused_samples']:.0f}")
+    print("collectors at the end (the killed one since its restart): " + "; ".join(
+        f"{name} " + ", ".join(f"{key} {value:.0f}" for key, value in counters.items() if value) for name, counters in report["collectors_at_end"].items()))
     print("verdicts: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in report["verdicts"].items()))
 
 
