@@ -309,7 +309,7 @@ def recovery(args, plan: ShardPlan, killed: str, agents: int, generator: Generat
     began = time.monotonic()
     up = agents_up(plan.urls[killed])
     while (up is None or up[0] < agents) and time.monotonic() - began < args.recovery_timeout:
-        time.sleep(5)
+        time.sleep(args.interval)  # as often as Prometheus would scrape it: each look renders the whole /metrics
         up = agents_up(plan.urls[killed])
     return {"seconds_to_all_up": time.monotonic() - began, "up": up, "pending_rounds": generator.total("pending_rounds")}
 
