@@ -15,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from collector import exposition
 from collector.config import CollectorConfig, load_collector_config
 from collector.fleet import CONFIG_PREFIX, FetchLog, FleetCollector, serve_config
-from collector.forward import ForwardCollector, Forwarder
+from collector.forward import ForwardCollector, Forwarder, split_by_samples
 from collector.ingest import Receiver, TokenBucket
 from collector.scrape import Scraper
 from collector.selfmetrics import CollectorMetrics, ConnectionsCollector, InventoryCollector
@@ -196,10 +196,11 @@ class Collector:
     def _forward(self, series: list[BlockSeries], now: float) -> None:
         if not self.forwarders:
             return
-        payload = compress(write_blocks(series))
-        items = sum(len(samples) for _, samples in series)
-        for forwarder in self.forwarders:
-            forwarder.append(payload, items, int(now * 1000))
+        for part in split_by_samples(series, min(forwarder.config.batch_max_samples for forwarder in self.forwarders)):
+            payload = compress(write_blocks(part))
+            items = sum(len(samples) for _, samples in part)
+            for forwarder in self.forwarders:
+                forwarder.append(payload, items, int(now * 1000))
 
     async def _expire_forever(self) -> None:
         while True:

@@ -1,4 +1,5 @@
-"""netmon-collector: run the collector, check its config file, or make the monthly availability report."""
+"""netmon-collector: run the collector, check its config file, make the monthly availability report, or split one
+inventory into shards."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Sequence
 
 from collector.config import CollectorConfig, describe, load_collector_config
 from collector.report import add_report_command, run_report_command
+from collector.shard_cli import add_shard_command, run_shard_command
 from foundation import __version__
 from foundation.config.base import ConfigError, listen_argument
 from foundation.logs import protect_secrets, setup_logging
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("agent", help="an agent id of the inventory")
     render.add_argument("--config", required=True, help="collector YAML config file")
     add_report_command(commands)
+    add_shard_command(commands)
     return parser
 
 
@@ -40,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     if args.command == "report":
         return run_report_command(args)
+    if args.command == "shard":
+        return run_shard_command(args)
     try:
         config = load_collector_config(args.config)
     except ConfigError as exc:

@@ -8,6 +8,7 @@ types are in collector/config_model.py; the configs served to agents are rendere
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import types
 from pathlib import Path as FsPath
@@ -53,6 +54,8 @@ def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig
     # agents fetch their config with their push bearer_token, or (pull agents) their config_token
     fetch_tokens = {token_digest(token.reveal()): agent for agent in agents if (token := agent.token or agent.config_token)}
     fleet = build_fleet(ctx, raw, agents, fetch_tokens)
+    if raw.shard is not None:
+        fleet = dataclasses.replace(fleet, unknown_token_note=_shard_note(ctx, raw))
     _check_status_page(ctx, raw.status_page)
     return CollectorConfig(
         source=file,
@@ -69,6 +72,22 @@ def parse_collector_config(text: str, file: str = "<config>") -> CollectorConfig
         status_page=raw.status_page,
         district_names=types.MappingProxyType({district.id: district.name.strip() or district.id for district in raw.districts}),
     )
+
+
+def _shard_note(ctx: ConfigContext, raw: RawCollectorConfig) -> str:
+    """What a shard's 401 adds: this shard's name and where every shard is (agents learn theirs from shards.yml)."""
+    shard = raw.shard
+    assert shard is not None
+    names = [peer.name for peer in shard.shards]
+    if shard.name not in names:
+        raise ctx.error(("shard", "name"), f"{shard.name!r} is not among shard.shards: {', '.join(names)}")
+    if raw.external_labels.get("shard") != shard.name:
+        raise ctx.error(("external_labels",), f"a shard labels its series shard: {shard.name} (shards are not replicas)")
+    for index, peer in enumerate(shard.shards):
+        if not re.match(r"^https?://[^\s/]+$", peer.url.rstrip("/")):
+            raise ctx.error(("shard", "shards", index, "url"), f"expected http(s)://HOST[:PORT], got {peer.url!r}")
+    where = ", ".join(f"{peer.name} {peer.url}" for peer in shard.shards)
+    return f"this is {shard.name} of {len(names)}; shards: {where}"  # short: agents log 200 characters of a refusal
 
 
 def _check_positive(ctx: ConfigContext, raw: RawCollectorConfig) -> None:

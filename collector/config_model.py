@@ -123,6 +123,20 @@ class RemoteWriteOut(PushConfig, kw_only=True):
     name: str = ""  # label value for the self-metrics; defaults to the URL's host:port
 
 
+class ShardPeer(_Strict):
+    name: str  # shard-N
+    url: str  # the base URL its agents push to and fetch their config from
+
+
+class ShardSection(_Strict):
+    """`shard:` written by `netmon-collector shard`: which shard this collector is, and every shard of the inventory,
+    so an agent sent to the wrong one is told where the shards are (docs/deployment.md, "Sharding")."""
+
+    name: str  # this shard; also its `shard` external label
+    by: Literal["hash", "district"]  # how the inventory was split
+    shards: list[ShardPeer]  # every shard, this one included, in order
+
+
 class RawCollectorConfig(_Strict):
     listen: str = DEFAULT_LISTEN
     defaults: Defaults = Defaults()
@@ -135,6 +149,7 @@ class RawCollectorConfig(_Strict):
     districts: list[District] = []  # per-district display names and template variables
     templates: list[Template] = []  # probe sets served to agents (docs/fleet.md)
     status_page: StatusPage = StatusPage()
+    shard: ShardSection | None = None  # set by `netmon-collector shard` in the configs it writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +189,7 @@ class Fleet:
 
     configs: Mapping[str, ServedConfig] = field(default_factory=lambda: types.MappingProxyType({}))  # by agent id
     tokens: Mapping[bytes, InventoryAgent] = field(default_factory=lambda: types.MappingProxyType({}))  # sha256(token) ->
+    unknown_token_note: str = ""  # a shard's 401 names the shards, for an agent sent to the wrong one
 
 
 @dataclass(frozen=True, slots=True)

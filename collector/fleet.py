@@ -30,7 +30,8 @@ def serve_config(fleet: Fleet, fetches: FetchLog, request: Request) -> Response:
     not; 304 when If-None-Match matches the served ETag, else 200 with the YAML."""
     agent = authenticated_agent(fleet, request.headers.get("authorization"))
     if agent is None:
-        return Response.text(401, "unauthorized: missing or unknown bearer token\n", **{"WWW-Authenticate": 'Bearer realm="netmon-collector"'})
+        note = f"; {fleet.unknown_token_note}" if fleet.unknown_token_note else ""
+        return Response.text(401, f"unauthorized: missing or unknown bearer token{note}\n", **{"WWW-Authenticate": 'Bearer realm="netmon-collector"'})
     wanted = requested_agent(request.path)
     if wanted is None:
         return Response.text(404, f"no such path; agents fetch {config_path(agent.id)}\n")

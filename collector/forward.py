@@ -11,6 +11,7 @@ import logging
 
 from collector.config import RemoteWriteOut, remote_write_name
 from foundation import __version__
+from foundation.remote_write import BlockSeries
 from foundation.sender import Labeled, QueuedSender, SenderMetrics, SenderNames
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,25 @@ METRICS_FAMILIES = (
     "samples_sent", "samples_dropped", "requests", "queue_pending_samples", "queue_bytes", "oldest_unsent_age_seconds",
 )
 USER_AGENT = f"netmon-collector/{__version__}"
+
+
+def split_by_samples(series: list[BlockSeries], limit: int) -> list[list[BlockSeries]]:
+    """Records of at most `limit` samples (a series with more stays whole). The sender sends a record whole, so one
+    record must fit a batch: the stale markers of thousands of agents expiring together (a cold restart with many
+    agents silent past their TTL) were one record of 220,600 samples, 41 MB unpacked, which VictoriaMetrics refuses
+    with 400 beyond its -maxInsertRequestSize of 32 MB; the sender then drops it (national_sim.py found it)."""
+    if sum(len(samples) for _, samples in series) <= limit:
+        return [series]
+    parts: list[list[BlockSeries]] = []
+    part: list[BlockSeries] = []
+    count = 0
+    for one in series:
+        if part and count + len(one[1]) > limit:
+            parts.append(part)
+            part, count = [], 0
+        part.append(one)
+        count += len(one[1])
+    return parts + [part] if part else parts
 
 
 class Forwarder:

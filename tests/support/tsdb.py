@@ -11,7 +11,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from tests.support.ports import free_port
 from tests.support.procs import running
@@ -59,13 +59,13 @@ def running_prometheus(directory: Path, port: int | None = None, config: str = "
 
 
 @contextmanager
-def running_victoria_metrics(directory: Path, port: int | None = None) -> Iterator[Peer]:
+def running_victoria_metrics(directory: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> Iterator[Peer]:
     binary = require_binary("victoria-metrics")
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv = [
         binary, f"-httpListenAddr=127.0.0.1:{port}", f"-storageDataPath={directory / 'vm-data'}",
-        "-retentionPeriod=1d", "-search.latencyOffset=0s",
+        "-retentionPeriod=1d", "-search.latencyOffset=0s", *extra_args,
     ]
     log = directory / "victoria-metrics.log"
     with running(argv, log_path=str(log)):
