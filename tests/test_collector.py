@@ -602,3 +602,21 @@ def test_check_config_names_file_line_and_key_of_a_mistake_and_exits_2(tmp_path,
     assert done.returncode == 2, done.stdout
     assert f"{path}{expected}" in done.stderr
     assert "hunter2" not in done.stderr and TOKENS["so-tttt-1"] not in done.stderr
+
+
+def test_a_backlog_replayed_after_the_ttl_ended_its_series_is_stored_and_forwarded_whole(tmp_path):
+    """A commune's link comes back after its agent was declared silent: the stale markers went out at the TTL,
+    and the rounds the agent queued meanwhile (older than those markers) must still be stored and forwarded."""
+    receiver, store = in_process_receiver(tmp_path)
+    state = store.states["so-tttt-1"]
+    labels = (("__name__", "probe_success"), ("module", "icmp"), ("target", "dc"))
+    start = now_ms()
+    assert store.accept(state, [(labels, ((start, 1.0),))], start / 1000)[0] == 1
+    silent_at = start / 1000 + state.agent.ttl + 5
+    ended = store.expire(silent_at)
+    assert len(ended) == 1 and rw.is_stale_marker(ended[0][1][0][1])
+    backlog = tuple((start + step * 1000, 0.0) for step in range(1, int(state.agent.ttl) + 10))  # across the marker
+    stored, forward = store.accept(state, [(labels, backlog)], silent_at + 1)
+    assert stored == len(backlog)
+    assert [samples for _, samples in forward] == [backlog]
+    assert store.duplicate_samples == 0
