@@ -393,7 +393,12 @@ def running_mail_system(defer_delivery: bool = False) -> Iterator[MailSystem]:
         )
         # not the postscreen port: a probing connect would be a postscreen client of its own
         listening = [name for name in DOVECOT_LISTENERS + SMTP_LISTENERS if name != "postscreen"]
-        _wait_for_all([("127.0.0.1", ports[name]) for name in listening], [dovecot_proc, postfix_proc])
+        try:
+            _wait_for_all([("127.0.0.1", ports[name]) for name in listening], [dovecot_proc, postfix_proc])
+        except (TimeoutError, RuntimeError) as exc:  # say which listener and what the servers logged
+            logs = {name: (root / name).read_text(errors="replace")[-2000:]
+                    for name in ("dovecot.out", "postfix.out", "postfix/postfix.log") if (root / name).exists()}
+            raise RuntimeError(f"{exc}; ports {ports}; server output: {logs}") from exc
         yield MailSystem(
             root=root,
             ports=ports,
