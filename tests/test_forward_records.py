@@ -5,43 +5,13 @@
 from __future__ import annotations
 
 import math
-import threading
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 from foundation import remote_write as rw
 from foundation.remote_write import is_stale_marker, make_series
+from tests.support.rwsink import remote_write_sink
 from tests.test_collector import TOKENS, now_ms, push, running_collector, wait_until
 
 BATCH = 100
-
-
-@contextmanager
-def recording_sink() -> Iterator[tuple[str, list[list[rw.Series]]]]:
-    """A remote_write receiver that answers 204 and keeps every request's series."""
-    received: list[list[rw.Series]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            received.append(rw.decode(body, 1 << 30))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api/v1/write", received
-    finally:
-        server.shutdown()
 
 
 def stale_markers(received: list[list[rw.Series]]) -> int:
@@ -49,7 +19,7 @@ def stale_markers(received: list[list[rw.Series]]) -> int:
 
 
 def test_stale_markers_of_many_series_ending_together_go_out_in_batches_of_batch_max_samples(tmp_path):
-    with recording_sink() as (url, received):
+    with remote_write_sink(keep=True) as (url, received):
         extra = (
             "defaults: {interval: 1s, ttl: 2s}\n"
             f"remote_write:\n  - url: {url}\n    queue: {{directory: {tmp_path / 'queue'}, fsync_interval: 100ms}}\n"

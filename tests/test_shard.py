@@ -3,7 +3,6 @@ shard, the same split on every run, few agencies moved when a shard is added, an
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import yaml
 
 from collector.cli import main as collector_main
 from collector.shard import by_hash, shard_names
+from tests.support.require import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,9 +137,7 @@ def test_shard_configs_pass_check_config_and_carry_shard_label_url_and_own_queue
 
 
 def test_prometheus_accepts_the_generated_scrape_job(tmp_path):
-    promtool = "/usr/bin/promtool"
-    if not os.path.exists(promtool):
-        pytest.fail("promtool is not installed (TESTBED.md)") if os.environ.get("CI") == "true" else pytest.skip("no promtool")
+    promtool = require_binary("promtool", "prometheus")
     inventory = write_inventory(tmp_path)
     assert shard(inventory, tmp_path / "out", 2) == 0
     check = subprocess.run([promtool, "check", "config", str(tmp_path / "out" / "prometheus-shards.yml")], capture_output=True, text=True, timeout=30)

@@ -25,14 +25,10 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from contextlib import contextmanager
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -43,6 +39,7 @@ from tests.bench import idle  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.procs import running, wait_for_port  # noqa: E402
 from tests.support.require import require_binary  # noqa: E402
+from tests.support.rwsink import remote_write_sink  # noqa: E402
 
 AGENTS = 210
 SERIES_PER_AGENT = 500
@@ -89,31 +86,6 @@ def remote_write_rounds(agents: int, rounds: int) -> list[list[bytes]]:
     encoder = Encoder(cache_size=agents * SERIES_PER_AGENT)
     start = int(time.time() * 1000) - rounds * 15_000
     return [[encoder.encode(agent_series(a, start + r * 15_000)) for a in range(agents)] for r in range(rounds)]
-
-
-@contextmanager
-def sink() -> Iterator[str]:
-    """A remote_write receiver that takes everything (204) without looking: forwarding's cost stays the sender's."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api/v1/write"
-    finally:
-        server.shutdown()
 
 
 async def send_all(base: str, requests: list[tuple[str, bytes, tuple]], pace: float = 0.0) -> list[float]:
@@ -205,7 +177,7 @@ def collector_config(directory: Path, port: int, agents: int, sink_url: str | No
 
 def run_collector(directory: Path, agents: int, bodies: list[list[bytes]], pace: float, forward: bool) -> dict:
     port = free_port()
-    with sink() as sink_url:
+    with remote_write_sink() as (sink_url, _):
         config, env = collector_config(directory, port, agents, sink_url if forward else None)
         argv = [sys.executable, "-m", "collector.cli", "--log-level", "warning", "run", "--config", str(config)]
         rounds = [
@@ -221,7 +193,7 @@ def run_collector(directory: Path, agents: int, bodies: list[list[bytes]], pace:
 def run_vmagent(directory: Path, bodies: list[list[bytes]], pace: float) -> dict:
     binary = require_binary("vmagent", "victoria-metrics")
     port = free_port()
-    with sink() as sink_url:
+    with remote_write_sink() as (sink_url, _):
         argv = [binary, f"-httpListenAddr=127.0.0.1:{port}", f"-remoteWrite.url={sink_url}",
                 f"-remoteWrite.tmpDataPath={directory / 'vmagent'}", "-loggerLevel=ERROR"]
         rounds = [[(WRITE_PATH, body, HEADERS) for body in bodies_of_round] for bodies_of_round in bodies]
