@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 import pytest
 
 from agents.catalog import parse_config
@@ -24,6 +26,7 @@ from agents.probes.transaction import TransactionFailure as Failure
 from agents.resources import ProbeResources
 from agents.results import ProbeResult, ProbeTarget
 from agents.runner import run_probe
+from agents.worker import WORKER_PROCESS, WorkerDied
 from tests.support.certs import make_ca, make_leaf
 from tests.support.django_site import running_portal
 from tests.support.httpd import HttpServer, Reply
@@ -416,13 +419,60 @@ async def test_checks_over_a_large_body_run_off_the_event_loop_and_see_every_row
             last = time.perf_counter()
 
     ticking = asyncio.create_task(ticker())
-    result = await run(server.url("/"), """\
-        max_body_bytes: 3000000
-        steps: [{name: search, url: /tra-cuu, assert: {values: [{css: "#ket-qua td.thu-tuc", equals: Thủ tục số 19999}]}}]
-        """)
-    ticking.cancel()
-    assert result.success, result.detail
-    assert inline > 0.05 and max(gaps) < inline / 2, (inline, max(gaps))
+    resources = ProbeResources()
+    try:
+        result = await run(server.url("/"), """\
+            max_body_bytes: 3000000
+            steps: [{name: search, url: /tra-cuu, assert: {values: [{css: "#ket-qua td.thu-tuc", equals: Thủ tục số 19999}]}}]
+            """, resources=resources)
+        ticking.cancel()
+        assert result.success, result.detail
+        assert inline > 0.05 and max(gaps) < inline / 2, (inline, max(gaps))
+        [worker] = worker_processes()
+    finally:
+        resources.close()
+    await ended(worker.pid)
+
+
+def worker_processes() -> list[psutil.Process]:
+    """This process's WORKER_PROCESS children (a test's servers may be children too)."""
+    return [child for child in psutil.Process().children() if child.cmdline()[1:] == ["-m", "agents.worker"]]
+
+
+async def test_a_small_body_is_judged_in_a_thread_and_a_dead_worker_process_is_replaced(server: HttpServer) -> None:
+    server.routes["/small"] = Reply(body=b"<p id='ok'>xong</p>", headers=(("Content-Type", "text/html"),))
+    resources = ProbeResources()
+    try:
+        result = await run(server.url("/"), "steps: [{name: s, url: /small, assert: {values: [{css: '#ok', equals: xong}]}}]",
+                           resources=resources)
+        assert result.success, result.detail
+        assert worker_processes() == []  # no process is started for a body under OUT_OF_PROCESS_BYTES
+        worker = resources.get(WORKER_PROCESS)
+        with pytest.raises(ValueError, match="invalid literal"):
+            await worker.call(int, "mười")  # the function's exception, raised here; the worker lives on
+        assert await worker.call(len, b"abc") == 3
+        [first] = worker_processes()
+        with pytest.raises(WorkerDied):
+            await worker.call(os._exit, 9)  # dies while working: the caller is told
+        assert await worker.call(len, b"abcd") == 4  # the next call starts another process
+        [second] = worker_processes()
+        assert second.pid != first.pid
+        second.kill()  # dies while idle: the next call does not fail, it gets a new process
+        await ended(second.pid)
+        assert await worker.call(len, b"ab") == 2
+        [third] = worker_processes()
+    finally:
+        resources.close()
+    await ended(third.pid)  # closing the resources ends the worker
+
+
+async def ended(pid: int) -> None:
+    """Wait until the process has exited and the event loop has seen it (it reaps it)."""
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert not psutil.pid_exists(pid)
+    await asyncio.sleep(0.05)  # the loop closes the process's pipes
 
 
 # --- the config ------------------------------------------------------------------------------------------------------

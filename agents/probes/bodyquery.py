@@ -2,7 +2,8 @@
 
 A building block of the transaction prober (agents/probes/transaction.py). python-jsonpath, lxml and cssselect are
 imported on first use, so an agent without a transaction module never loads them (tests/test_footprint.py).
-Parsing is CPU work on bodies up to a MiB: the prober runs `Document` queries off the event loop.
+Parsing is CPU work on bodies up to a MiB: the prober runs `Document` queries off the event loop (a large body in
+its worker process).
 
 Every query gives its values lazily, as strings in document order: the prober keeps the first as a variable, or
 compares them (`equals`, `matches`) until one passes, so memory stays small whatever the body. JSON values that are not strings are given as JSON (`7`, `true`, `{"a":1}`); an

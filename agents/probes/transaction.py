@@ -33,6 +33,7 @@ from agents.probes.bodyquery import Document, QueryError, QueryKind, check_expre
 from agents.probes.tlsinfo import TLS_CONTEXTS, TlsSettings
 from agents.resources import BLOCKING_EXECUTOR, ProbeResources
 from agents.results import Failure, Metric, ProbeResult, ProbeTarget, Reason, Sample
+from agents.worker import WORKER_PROCESS, WorkerDied
 from foundation.config.base import Strict
 from foundation.config.types import Duration, SecretFile, SecretRef
 from foundation.logs import SecretRedactor
@@ -60,6 +61,7 @@ class TransactionFailure(Failure):
 
 
 DEFAULT_BODY_BYTES = 1024 * 1024
+OUT_OF_PROCESS_BYTES = 256 * 1024  # a body this long is judged in the worker process, a shorter one in a thread
 BUILTINS = ("run_id", "unix_time")  # variables every run has: a random id (unique records), the time
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
@@ -500,8 +502,12 @@ class _Journey:
         judge = _Judge(step, checks, run.response.status, document, elapsed, self.settings.namespaces)
         if not judge.reads_body():
             return judge.verdict()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.resources.get(BLOCKING_EXECUTOR), judge.verdict)
+        if len(document.body) < OUT_OF_PROCESS_BYTES:
+            return await asyncio.get_running_loop().run_in_executor(self.resources.get(BLOCKING_EXECUTOR), judge.verdict)
+        try:
+            return await self.resources.get(WORKER_PROCESS).call(judge.verdict)
+        except WorkerDied:
+            return (TransactionFailure.ASSERTION_FAILED, "the process that checks large bodies ended before it answered"), {}
 
     # the result
 
