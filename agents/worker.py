@@ -36,6 +36,12 @@ class WorkerProcess:
         self._served = False  # the running process has answered a call before
         self._lock = asyncio.Lock()  # one call at a time: a reply answers the request before it
 
+    @property
+    def pid(self) -> int | None:
+        """The running worker's process id; None before the first call and after it ended."""
+        running = self._process is not None and self._process.returncode is None
+        return self._process.pid if running else None  # type: ignore[union-attr]
+
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """function(*args) in the worker; its exception is raised here. WorkerDied if the worker ended first."""
         request = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)

@@ -112,6 +112,10 @@ async def test_a_catastrophic_transaction_assertion_on_a_1mb_page_is_judged_at_o
 
     module = transaction_module("steps: [{name: portal, url: /, assert: {body_matches: ['(a+)+$']}}]", timeout="10s")
     started = time.monotonic()
-    result = await run_probe(ProbeTarget("journey", hostile_site.url("/")), module, ProbeResources())
+    resources = ProbeResources()
+    try:
+        result = await run_probe(ProbeTarget("journey", hostile_site.url("/")), module, resources)
+    finally:
+        resources.close()
     assert time.monotonic() - started < 1.0
     assert result.failure is not None and "does not match '(a+)+$'" in result.detail

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -428,42 +429,43 @@ async def test_checks_over_a_large_body_run_off_the_event_loop_and_see_every_row
         ticking.cancel()
         assert result.success, result.detail
         assert inline > 0.05 and max(gaps) < inline / 2, (inline, max(gaps))
-        [worker] = worker_processes()
+        worker = resources.get(WORKER_PROCESS).pid
+        assert worker is not None and psutil.Process(worker).cmdline()[1:] == ["-m", "agents.worker"]
     finally:
         resources.close()
-    await ended(worker.pid)
-
-
-def worker_processes() -> list[psutil.Process]:
-    """This process's WORKER_PROCESS children (a test's servers may be children too)."""
-    return [child for child in psutil.Process().children() if child.cmdline()[1:] == ["-m", "agents.worker"]]
+    await ended(worker)
 
 
 async def test_a_small_body_is_judged_in_a_thread_and_a_dead_worker_process_is_replaced(server: HttpServer) -> None:
     server.routes["/small"] = Reply(body=b"<p id='ok'>xong</p>", headers=(("Content-Type", "text/html"),))
+    server.routes["/big"] = Reply(body=b"<p>" + b"x" * 400_000 + b"</p>", headers=(("Content-Type", "text/html"),))
     resources = ProbeResources()
+    worker = resources.get(WORKER_PROCESS)
     try:
-        result = await run(server.url("/"), "steps: [{name: s, url: /small, assert: {values: [{css: '#ok', equals: xong}]}}]",
-                           resources=resources)
+        result = await run(server.url("/"), """\
+            steps:
+            - {name: small, url: /small, assert: {values: [{css: '#ok', equals: xong}]}}
+            - {name: big, url: /big, assert: {body_matches: ['x{1000}</p>$']}}
+            """, resources=resources)
         assert result.success, result.detail
-        assert worker_processes() == []  # no process is started for a body under OUT_OF_PROCESS_BYTES
-        worker = resources.get(WORKER_PROCESS)
+        assert worker.pid is None  # a small body, or a large one read only by regexes: no tree, no process
         with pytest.raises(ValueError, match="invalid literal"):
             await worker.call(int, "mười")  # the function's exception, raised here; the worker lives on
-        assert await worker.call(len, b"abc") == 3
-        [first] = worker_processes()
+        first = worker.pid
+        assert first is not None and await worker.call(len, b"abc") == 3 and worker.pid == first
         with pytest.raises(WorkerDied):
             await worker.call(os._exit, 9)  # dies while working: the caller is told
         assert await worker.call(len, b"abcd") == 4  # the next call starts another process
-        [second] = worker_processes()
-        assert second.pid != first.pid
-        second.kill()  # dies while idle: the next call does not fail, it gets a new process
-        await ended(second.pid)
+        second = worker.pid
+        assert second is not None and second != first
+        os.kill(second, signal.SIGKILL)  # dies while idle: the next call does not fail, it gets a new process
+        await ended(second)
         assert await worker.call(len, b"ab") == 2
-        [third] = worker_processes()
+        third = worker.pid
+        assert third is not None and third not in (first, second)
     finally:
         resources.close()
-    await ended(third.pid)  # closing the resources ends the worker
+    await ended(third)  # closing the resources ends the worker
 
 
 async def ended(pid: int) -> None:

@@ -23,7 +23,6 @@ SOAP_11 = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP_12 = "http://www.w3.org/2003/05/soap-envelope"
 _CHARSET = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.IGNORECASE)
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.IGNORECASE)
-PARSE_PIECE_BYTES = 65536  # an HTML body is parsed in pieces of this size (about 2 ms each), not in one call
 
 
 class QueryError(Exception):
@@ -145,12 +144,7 @@ class Document:
             except etree.XMLSyntaxError as exc:
                 raise QueryError(f"the body is not well-formed XML ({exc}){self._cut()}") from None
         else:
-            parser = etree.HTMLParser(encoding=self.charset(), no_network=True)
-            body = self.body or b"<html/>"
-            # fed in pieces: one parse call holds the GIL throughout, and the event loop's thread waits on it
-            for start in range(0, len(body), PARSE_PIECE_BYTES):
-                parser.feed(body[start : start + PARSE_PIECE_BYTES])
-            root = parser.close()
+            root = etree.fromstring(self.body or b"<html/>", etree.HTMLParser(encoding=self.charset(), no_network=True))
         if root is None:
             raise QueryError(f"the body has no document{self._cut()}")
         return root

@@ -61,7 +61,9 @@ class TransactionFailure(Failure):
 
 
 DEFAULT_BODY_BYTES = 1024 * 1024
-OUT_OF_PROCESS_BYTES = 256 * 1024  # a body this long is judged in the worker process, a shorter one in a thread
+# A body this long that becomes a tree or JSON objects is judged in the worker process (agents/worker.py), a shorter
+# one, or one read only by regexes (one string, no objects per element), in a thread of the blocking pool.
+OUT_OF_PROCESS_BYTES = 256 * 1024
 BUILTINS = ("run_id", "unix_time")  # variables every run has: a random id (unique records), the time
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
@@ -502,7 +504,7 @@ class _Journey:
         judge = _Judge(step, checks, run.response.status, document, elapsed, self.settings.namespaces)
         if not judge.reads_body():
             return judge.verdict()
-        if len(document.body) < OUT_OF_PROCESS_BYTES:
+        if len(document.body) < OUT_OF_PROCESS_BYTES or not judge.parses_body():
             return await asyncio.get_running_loop().run_in_executor(self.resources.get(BLOCKING_EXECUTOR), judge.verdict)
         try:
             return await self.resources.get(WORKER_PROCESS).call(judge.verdict)
@@ -566,6 +568,11 @@ class _Judge:
         checks = self.step.checks
         by_header = all(check.kind == "header" for check in [*self.values, *self.step.extract.values()])
         return bool(self.step.soap or checks.body_matches or checks.body_not_matches or not by_header)
+
+    def parses_body(self) -> bool:
+        """Whether the body becomes a tree or JSON: tens of thousands of Python objects for a large one."""
+        kinds = {query.kind for query in [*self.values, *self.step.extract.values()]}
+        return self.step.soap is not None or bool(kinds & {"xpath", "css", "json_path"})
 
     def verdict(self) -> tuple[tuple[Reason, str] | None, dict[str, str]]:
         try:
