@@ -192,3 +192,30 @@ def test_readme_first_command_is_the_demo():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     first_block = readme.split("```sh\n", 1)[1]
     assert first_block.splitlines()[0].split("#")[0].strip() == "scripts/demo"
+
+
+
+@pytest.mark.parametrize(("signal_sent", "code"), [(signal.SIGINT, 0), (signal.SIGKILL, 1)])
+def test_an_agent_that_stops_cleanly_ends_the_demo_cleanly_and_a_crash_ends_it_with_1(tmp_path, signal_sent, code):
+    """Ctrl-C reaches the whole group, and the agent may finish before the script's trap runs: its code 0 is a
+    clean stop (exit 0, everything stopped); a collector or agent that dies of anything else is a failure (1)."""
+    ports = {"agent": free_port(), "collector": free_port(), "prometheus": free_port()}
+    state, output = tmp_path / "state", tmp_path / "demo.out"
+    env = {**demo_env(state, ports["agent"], ports["collector"], ports["prometheus"]), "NETMON_DEMO_PROMETHEUS": "off"}
+    with open(output, "wb") as out:
+        proc = subprocess.Popen([str(DEMO)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=str(ROOT), env=env)
+    healthy = f"http://127.0.0.1:{ports['agent']}/-/healthy"
+    try:
+        wait_until(lambda: (state / "agent.pid").exists() and fetch(healthy)[0] == 200,
+                   READY_WITHIN, "the demo agent healthy", proc, output)
+        pids = {name: int((state / f"{name}.pid").read_text()) for name in ("agent", "collector")}
+        os.kill(pids["agent"], signal_sent)  # the agent alone, not the group: the script's trap does not run
+        assert proc.wait(30) == code, output.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    text = output.read_text()
+    assert ("demo: stopped" in text) == (code == 0), text[-3000:]
+    assert all(process_is_gone(pid) for pid in pids.values()), text[-3000:]
